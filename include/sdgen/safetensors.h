@@ -1,0 +1,81 @@
+#pragma once
+
+// A reader and writer for the safetensors format
+// (https://github.com/huggingface/safetensors): an 8-byte little-endian header
+// length, a JSON header mapping tensor names to {dtype, shape, data_offsets},
+// then the raw little-endian tensor bytes. Nothing in the file is executed.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace sdgen {
+
+enum class DType { F32, F16, BF16, F64, I64, I32, U8 };
+
+// Parses "F32", "F16", ...; throws Error for anything else.
+DType dtype_from_string(const std::string& name);
+const char* dtype_name(DType dtype);
+size_t dtype_size(DType dtype);
+torch::ScalarType to_scalar_type(DType dtype);
+DType from_scalar_type(torch::ScalarType type);
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // byte offsets relative to the start of the data section
+  uint64_t end = 0;
+  uint64_t numel() const;
+};
+
+class MappedFile;
+
+// A validated, memory-mapped safetensors file. Tensors returned by tensor()
+// alias the mapping (no copy) and keep it alive on their own.
+class SafeTensorsFile {
+ public:
+  // Header larger than this is rejected before it is read (the format's own
+  // reference implementation uses 100 MB).
+  static constexpr uint64_t kMaxHeaderBytes = 100ull * 1024 * 1024;
+
+  // Maps and validates `path`; throws Error naming the file and the problem.
+  explicit SafeTensorsFile(const std::string& path);
+  // Validates an in-memory buffer (used by tests and fuzzers); the bytes are copied.
+  static SafeTensorsFile from_bytes(const std::string& bytes, const std::string& label);
+
+  const std::string& path() const { return path_; }
+  bool contains(const std::string& name) const;
+  const TensorInfo& info(const std::string& name) const;  // throws Error if absent
+  std::vector<std::string> names() const;                 // sorted
+  const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  uint64_t file_size() const;
+
+  // Zero-copy CPU view of the stored bytes with the stored dtype and shape.
+  torch::Tensor tensor(const std::string& name) const;
+
+ private:
+  SafeTensorsFile() = default;
+  void parse();
+
+  std::string path_;
+  std::shared_ptr<MappedFile> file_;
+  uint64_t data_start_ = 0;
+  std::map<std::string, TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Writes tensors (any device, contiguous or not) as a safetensors file, keys
+// sorted, data laid out in key order. Written to a temporary file and renamed,
+// so a failure never leaves a partial file behind.
+void write_safetensors(const std::string& path,
+                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace sdgen

@@ -1,0 +1,179 @@
+#include "sdgen/image_io.h"
+
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_STATIC
+#define STBI_ONLY_PNG
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
+#endif
+#include "stb_image.h"
+#include "stb_image_write.h"
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+#include "sdgen/error.h"
+
+namespace fs = std::filesystem;
+
+namespace sdgen {
+
+namespace {
+
+void put_u32(std::string& out, uint32_t v) {
+  out.push_back(static_cast<char>((v >> 24) & 0xff));
+  out.push_back(static_cast<char>((v >> 16) & 0xff));
+  out.push_back(static_cast<char>((v >> 8) & 0xff));
+  out.push_back(static_cast<char>(v & 0xff));
+}
+
+uint32_t get_u32(const std::string& s, size_t pos) {
+  return (static_cast<uint32_t>(static_cast<uint8_t>(s[pos])) << 24) |
+         (static_cast<uint32_t>(static_cast<uint8_t>(s[pos + 1])) << 16) |
+         (static_cast<uint32_t>(static_cast<uint8_t>(s[pos + 2])) << 8) |
+         static_cast<uint32_t>(static_cast<uint8_t>(s[pos + 3]));
+}
+
+// One PNG chunk: length, type, data, CRC over type+data.
+std::string chunk(const std::string& type, const std::string& data) {
+  std::string out;
+  put_u32(out, static_cast<uint32_t>(data.size()));
+  std::string body = type + data;
+  out += body;
+  uLong crc = crc32(0L, Z_NULL, 0);
+  crc = crc32(crc, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size()));
+  put_u32(out, static_cast<uint32_t>(crc));
+  return out;
+}
+
+void append_bytes(void* context, void* data, int size) {
+  static_cast<std::string*>(context)->append(static_cast<const char*>(data), size);
+}
+
+const char kPngSignature[] = "\x89PNG\r\n\x1a\n";
+
+}  // namespace
+
+std::string encode_png(const torch::Tensor& image, const PngText& text) {
+  if (image.dim() != 3 || image.scalar_type() != torch::kUInt8 || image.size(2) < 1 ||
+      image.size(2) > 4)
+    throw Error("encode_png: expected a uint8 [H, W, C] image, C in 1..4");
+  auto pixels = image.to(torch::kCPU).contiguous();
+  const int h = static_cast<int>(pixels.size(0)), w = static_cast<int>(pixels.size(1)),
+            c = static_cast<int>(pixels.size(2));
+  std::string png;
+  if (!stbi_write_png_to_func(append_bytes, &png, w, h, c, pixels.data_ptr<uint8_t>(), w * c))
+    throw Error("encode_png: PNG encoding failed");
+  if (text.empty()) return png;
+  // stb writes signature + IHDR (8 + 25 bytes) first; tEXt chunks go right after it.
+  const size_t after_ihdr = 8 + 12 + get_u32(png, 8);
+  std::string chunks;
+  for (const auto& [key, value] : text) {
+    if (key.empty() || key.size() > 79) throw Error("PNG text keyword must be 1-79 bytes: " + key);
+    chunks += chunk("tEXt", key + std::string(1, '\0') + value);
+  }
+  png.insert(after_ihdr, chunks);
+  return png;
+}
+
+void write_png(const std::string& path, const torch::Tensor& image, const PngText& text) {
+  const std::string png = encode_png(image, text);
+  check_output_path(path);
+  const fs::path target(path);
+  const fs::path tmp = target.parent_path() /
+                       ("." + target.filename().string() + ".tmp" + std::to_string(::getpid()));
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(path + ": cannot write: " + std::strerror(errno));
+    out.write(png.data(), static_cast<std::streamsize>(png.size()));
+    out.flush();
+    if (!out) {
+      out.close();
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw Error(path + ": write failed (disk full?)");
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw Error(path + ": cannot move the finished PNG into place: " + ec.message());
+  }
+}
+
+PngImage read_png(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot open image: " + std::strerror(errno));
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.size() < 8 || bytes.compare(0, 8, kPngSignature, 8) != 0)
+    throw Error(path + ": not a PNG file");
+  int w = 0, h = 0, c = 0;
+  stbi_uc* data = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
+                                        static_cast<int>(bytes.size()), &w, &h, &c, 0);
+  if (!data) throw Error(path + ": cannot decode PNG (" + stbi_failure_reason() + ")");
+  PngImage out;
+  out.pixels = torch::from_blob(data, {h, w, c}, torch::kUInt8).clone();
+  stbi_image_free(data);
+  // Walk the chunks for tEXt (stb ignores them).
+  size_t pos = 8;
+  while (pos + 12 <= bytes.size()) {
+    const uint32_t len = get_u32(bytes, pos);
+    if (len > bytes.size() - pos - 12) break;
+    const std::string type = bytes.substr(pos + 4, 4);
+    if (type == "tEXt") {
+      const std::string data_str = bytes.substr(pos + 8, len);
+      const size_t nul = data_str.find('\0');
+      if (nul != std::string::npos && nul > 0)
+        out.text.emplace_back(data_str.substr(0, nul), data_str.substr(nul + 1));
+    }
+    if (type == "IEND") break;
+    pos += 12 + len;
+  }
+  return out;
+}
+
+torch::Tensor to_unit_images(const torch::Tensor& decoded) {
+  return (decoded.to(torch::kFloat32) / 2 + 0.5).clamp(0, 1).permute({0, 2, 3, 1}).cpu().contiguous();
+}
+
+torch::Tensor to_uint8_images(const torch::Tensor& decoded) {
+  return (to_unit_images(decoded) * 255).round().to(torch::kUInt8);
+}
+
+void check_output_path(const std::string& path, bool create_dirs) {
+  if (path.empty()) throw Error("output path is empty");
+  const fs::path target(path);
+  std::error_code ec;
+  if (fs::is_directory(target, ec))
+    throw Error(path + ": output path is a directory; give a file name such as " +
+                (target / "out.png").string());
+  fs::path parent = target.parent_path();
+  if (parent.empty()) parent = ".";
+  if (!fs::exists(parent, ec)) {
+    if (!create_dirs) throw Error(path + ": output folder " + parent.string() + " does not exist");
+    fs::create_directories(parent, ec);
+    if (ec) throw Error(path + ": cannot create output folder " + parent.string() + ": " + ec.message());
+  }
+  if (!fs::is_directory(parent, ec))
+    throw Error(path + ": " + parent.string() + " is not a folder");
+  if (::access(parent.c_str(), W_OK) != 0)
+    throw Error(path + ": output folder " + parent.string() + " is not writable");
+  if (fs::exists(target, ec) && ::access(target.c_str(), W_OK) != 0)
+    throw Error(path + ": existing file is not writable");
+}
+
+}  // namespace sdgen

@@ -1,0 +1,293 @@
+#include "sdgen/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "sdgen/error.h"
+
+namespace sdgen {
+
+namespace {
+
+struct DTypeEntry {
+  const char* name;
+  DType dtype;
+  size_t size;
+  torch::ScalarType scalar;
+};
+
+constexpr DTypeEntry kDTypes[] = {
+    {"F32", DType::F32, 4, torch::kFloat32}, {"F16", DType::F16, 2, torch::kFloat16},
+    {"BF16", DType::BF16, 2, torch::kBFloat16}, {"F64", DType::F64, 8, torch::kFloat64},
+    {"I64", DType::I64, 8, torch::kInt64},     {"I32", DType::I32, 4, torch::kInt32},
+    {"U8", DType::U8, 1, torch::kUInt8},
+};
+
+const DTypeEntry& entry(DType dtype) {
+  for (const auto& e : kDTypes)
+    if (e.dtype == dtype) return e;
+  throw Error("internal: unknown dtype");
+}
+
+}  // namespace
+
+DType dtype_from_string(const std::string& name) {
+  for (const auto& e : kDTypes)
+    if (name == e.name) return e.dtype;
+  throw Error("unsupported dtype '" + name + "' (known: F32, F16, BF16, F64, I64, I32, U8)");
+}
+const char* dtype_name(DType dtype) { return entry(dtype).name; }
+size_t dtype_size(DType dtype) { return entry(dtype).size; }
+torch::ScalarType to_scalar_type(DType dtype) { return entry(dtype).scalar; }
+DType from_scalar_type(torch::ScalarType type) {
+  for (const auto& e : kDTypes)
+    if (e.scalar == type) return e.dtype;
+  throw Error(std::string("cannot store tensors of type ") + c10::toString(type) + " in safetensors");
+}
+
+uint64_t TensorInfo::numel() const {
+  uint64_t n = 1;
+  for (auto d : shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+// A read-only memory mapping (or an owned buffer for from_bytes).
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      throw Error(path + ": not a regular file");
+    }
+    size_ = static_cast<uint64_t>(st.st_size);
+    if (size_ > 0) {
+      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        ::close(fd);
+        throw Error(path + ": mmap failed: " + std::strerror(errno));
+      }
+      data_ = static_cast<const uint8_t*>(p);
+      mapped_ = true;
+    }
+    ::close(fd);
+  }
+  // In-memory copy of `bytes` (tests, fuzzers).
+  MappedFile(std::string bytes, bool /*in_memory*/) : buffer_(std::move(bytes)) {
+    data_ = reinterpret_cast<const uint8_t*>(buffer_.data());
+    size_ = buffer_.size();
+  }
+  ~MappedFile() {
+    if (mapped_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  std::string buffer_;
+  const uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+  bool mapped_ = false;
+};
+
+SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path) {
+  if (!std::filesystem::exists(path)) throw Error(path + ": file not found");
+  file_ = std::make_shared<MappedFile>(path);
+  parse();
+}
+
+SafeTensorsFile SafeTensorsFile::from_bytes(const std::string& bytes, const std::string& label) {
+  SafeTensorsFile f;
+  f.path_ = label;
+  f.file_ = std::make_shared<MappedFile>(bytes, true);
+  f.parse();
+  return f;
+}
+
+uint64_t SafeTensorsFile::file_size() const { return file_->size(); }
+
+void SafeTensorsFile::parse() {
+  const auto fail = [&](const std::string& why) -> Error {
+    return Error(path_ + ": not a valid safetensors file: " + why);
+  };
+  const uint64_t size = file_->size();
+  if (size < 8) throw fail("file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | file_->data()[i];
+  if (header_len > kMaxHeaderBytes)
+    throw fail("header length " + std::to_string(header_len) + " exceeds the " +
+               std::to_string(kMaxHeaderBytes) + "-byte limit");
+  if (header_len > size - 8)
+    throw fail("header length " + std::to_string(header_len) + " is larger than the file (" +
+               std::to_string(size) + " bytes; truncated?)");
+  data_start_ = 8 + header_len;
+  const uint64_t data_size = size - data_start_;
+
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(file_->data() + 8, file_->data() + 8 + header_len);
+  } catch (const nlohmann::json::exception& e) {
+    throw fail(std::string("header is not valid JSON (") + e.what() + ")");
+  }
+  if (!header.is_object()) throw fail("header is not a JSON object");
+
+  std::vector<const TensorInfo*> by_offset;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    const auto& value = it.value();
+    if (name == "__metadata__") {
+      if (!value.is_object()) throw fail("__metadata__ is not an object");
+      for (auto m = value.begin(); m != value.end(); ++m) {
+        if (!m.value().is_string()) throw fail("__metadata__ value '" + m.key() + "' is not a string");
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = "tensor '" + name + "': ";
+    if (!value.is_object()) throw fail(where + "entry is not an object");
+    if (!value.contains("dtype") || !value["dtype"].is_string())
+      throw fail(where + "missing string 'dtype'");
+    if (!value.contains("shape") || !value["shape"].is_array())
+      throw fail(where + "missing array 'shape'");
+    if (!value.contains("data_offsets") || !value["data_offsets"].is_array() ||
+        value["data_offsets"].size() != 2)
+      throw fail(where + "'data_offsets' must be an array of two integers");
+    TensorInfo info;
+    info.name = name;
+    try {
+      info.dtype = dtype_from_string(value["dtype"].get<std::string>());
+    } catch (const Error& e) {
+      throw fail(where + e.what());
+    }
+    uint64_t numel = 1;
+    for (const auto& d : value["shape"]) {
+      if (!d.is_number_unsigned()) throw fail(where + "shape entries must be non-negative integers");
+      const uint64_t dim = d.get<uint64_t>();
+      if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+          (dim != 0 && numel > std::numeric_limits<uint64_t>::max() / dim / 8))
+        throw fail(where + "shape is too large");
+      numel *= dim;
+      info.shape.push_back(static_cast<int64_t>(dim));
+    }
+    for (const auto& o : value["data_offsets"])
+      if (!o.is_number_unsigned()) throw fail(where + "data_offsets must be non-negative integers");
+    info.begin = value["data_offsets"][0].get<uint64_t>();
+    info.end = value["data_offsets"][1].get<uint64_t>();
+    if (info.begin > info.end) throw fail(where + "data_offsets begin > end");
+    if (info.end > data_size)
+      throw fail(where + "data_offsets [" + std::to_string(info.begin) + ", " +
+                 std::to_string(info.end) + "] lie outside the data section (" +
+                 std::to_string(data_size) + " bytes; truncated?)");
+    const uint64_t expected = numel * dtype_size(info.dtype);
+    if (info.end - info.begin != expected)
+      throw fail(where + "holds " + std::to_string(info.end - info.begin) + " bytes but dtype " +
+                 dtype_name(info.dtype) + " and shape need " + std::to_string(expected));
+    tensors_.emplace(name, std::move(info));
+  }
+  for (const auto& kv : tensors_)
+    if (kv.second.end > kv.second.begin) by_offset.push_back(&kv.second);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
+  for (size_t i = 1; i < by_offset.size(); ++i)
+    if (by_offset[i]->begin < by_offset[i - 1]->end)
+      throw fail("tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name +
+                 "' overlap");
+}
+
+bool SafeTensorsFile::contains(const std::string& name) const { return tensors_.count(name) > 0; }
+
+const TensorInfo& SafeTensorsFile::info(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) throw Error(path_ + ": no tensor named '" + name + "'");
+  return it->second;
+}
+
+std::vector<std::string> SafeTensorsFile::names() const {
+  std::vector<std::string> out;
+  out.reserve(tensors_.size());
+  for (const auto& kv : tensors_) out.push_back(kv.first);
+  return out;
+}
+
+torch::Tensor SafeTensorsFile::tensor(const std::string& name) const {
+  const TensorInfo& ti = info(name);
+  const auto options = torch::TensorOptions().dtype(to_scalar_type(ti.dtype));
+  if (ti.numel() == 0) return torch::empty(ti.shape, options);
+  auto* ptr = const_cast<uint8_t*>(file_->data() + data_start_ + ti.begin);
+  std::shared_ptr<MappedFile> keep = file_;
+  // Misaligned data (offsets are not required to be aligned) is copied once.
+  if (reinterpret_cast<uintptr_t>(ptr) % dtype_size(ti.dtype) != 0) {
+    auto out = torch::empty(ti.shape, options);
+    std::memcpy(out.data_ptr(), ptr, ti.end - ti.begin);
+    return out;
+  }
+  return torch::from_blob(
+      ptr, ti.shape, [keep](void*) mutable { keep.reset(); }, options);
+}
+
+void write_safetensors(const std::string& path,
+                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<std::pair<std::string, torch::Tensor>> sorted = tensors;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  std::vector<torch::Tensor> data;
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    const auto& [name, t] = sorted[i];
+    if (i > 0 && name == sorted[i - 1].first) throw Error(path + ": duplicate tensor name '" + name + "'");
+    auto c = t.detach().to(torch::kCPU).contiguous();
+    const DType dtype = from_scalar_type(c.scalar_type());
+    const uint64_t bytes = static_cast<uint64_t>(c.numel()) * dtype_size(dtype);
+    header[name] = {{"dtype", dtype_name(dtype)},
+                    {"shape", c.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    data.push_back(c);
+  }
+  std::string text = header.dump();
+  while ((text.size() + 8) % 8 != 0) text.push_back(' ');  // keep tensor data 8-byte aligned
+  const std::string tmp = path + ".tmp" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    if (!out) throw Error(path + ": cannot write (" + std::strerror(errno) + ")");
+    uint64_t n = text.size();
+    char len[8];
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    out.write(len, 8);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const auto& c : data)
+      out.write(static_cast<const char*>(c.data_ptr()),
+                static_cast<std::streamsize>(c.numel() * c.element_size()));
+    out.flush();
+    if (!out) {
+      out.close();
+      std::remove(tmp.c_str());
+      throw Error(path + ": write failed (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(path + ": cannot rename temporary file into place: " + std::strerror(errno));
+  }
+}
+
+}  // namespace sdgen

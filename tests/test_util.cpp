@@ -1,0 +1,109 @@
+#include "test_util.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace sdgen::test {
+
+std::string shared_dir() {
+  if (const char* env = std::getenv("SDGEN_SHARED_DIR")) return env;
+  return SDGEN_SHARED_DIR;
+}
+
+std::string golden_path() { return shared_dir() + "/golden/sd1/golden.safetensors"; }
+std::string tiny_model_dir() { return shared_dir() + "/models/sd1-tiny"; }
+std::string tiny_model_file() { return shared_dir() + "/models/sd1-tiny.safetensors"; }
+std::string clip_vocab_dir() { return shared_dir() + "/data/clip"; }
+
+bool has_shared() {
+  return fs::exists(golden_path()) && fs::exists(tiny_model_dir() + "/model_index.json") &&
+         fs::exists(tiny_model_file());
+}
+
+const SafeTensorsFile& golden_file() {
+  static std::unique_ptr<SafeTensorsFile> file;
+  static std::once_flag once;
+  std::call_once(once, [] { file = std::make_unique<SafeTensorsFile>(golden_path()); });
+  return *file;
+}
+
+torch::Tensor golden(const std::string& key) {
+  const auto& file = golden_file();
+  if (!file.contains(key)) {
+    ADD_FAILURE() << "golden tensor '" << key << "' not in " << golden_path();
+    return {};
+  }
+  return file.tensor(key).clone();
+}
+
+std::string golden_meta() {
+  const auto& meta = golden_file().metadata();
+  auto it = meta.find("meta");
+  return it == meta.end() ? std::string("{}") : it->second;
+}
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  EXPECT_EQ(a.sizes(), b.sizes());
+  if (a.sizes() != b.sizes()) return 1e30;
+  return (a.to(torch::kDouble).cpu() - b.to(torch::kDouble).cpu()).abs().max().item<double>();
+}
+
+namespace {
+std::vector<std::string>& temp_dirs() {
+  static std::vector<std::string> dirs;
+  return dirs;
+}
+void remove_temp_dirs() {
+  if (std::getenv("SDGEN_KEEP_TEMP")) return;
+  std::error_code ec;
+  for (const auto& d : temp_dirs()) fs::remove_all(d, ec);
+}
+}  // namespace
+
+std::string temp_dir(const std::string& tag) {
+  static bool registered = false;
+  if (!registered) {
+    temp_dirs();  // constructed before the handler is registered, so it outlives it
+    // Construct the list first: statics are destroyed in reverse order of
+    // registration, so it must outlive the atexit handler that reads it.
+    temp_dirs();
+    std::atexit(remove_temp_dirs);
+    registered = true;
+  }
+  static int counter = 0;
+  fs::path dir = fs::path(binary_dir()) / "test-tmp" /
+                 (tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  temp_dirs().push_back(dir.string());
+  return dir.string();
+}
+
+std::string binary_dir() { return SDGEN_BINARY_DIR; }
+std::string source_dir() { return SDGEN_SOURCE_DIR; }
+
+int run(const std::string& command, std::string* output) {
+  std::string full = command + " 2>&1";
+  FILE* pipe = ::popen(full.c_str(), "r");
+  if (!pipe) return -1;
+  std::array<char, 4096> buffer{};
+  std::string out;
+  size_t n;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) out.append(buffer.data(), n);
+  int status = ::pclose(pipe);
+  if (output) *output = out;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+}  // namespace sdgen::test

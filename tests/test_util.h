@@ -1,0 +1,45 @@
+#pragma once
+
+// Helpers shared by the GoogleTest suites: where ../shared is, golden tensors,
+// temporary folders and running the project's binaries.
+
+#include <string>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "sdgen/safetensors.h"
+
+namespace sdgen::test {
+
+std::string shared_dir();   // SDGEN_SHARED_DIR (CMake cache variable) or $SDGEN_SHARED_DIR
+bool has_shared();          // golden file and tiny models present
+std::string golden_path();  // <shared>/golden/sd1/golden.safetensors
+std::string tiny_model_dir();   // <shared>/models/sd1-tiny
+std::string tiny_model_file();  // <shared>/models/sd1-tiny.safetensors
+std::string clip_vocab_dir();   // <shared>/data/clip
+const SafeTensorsFile& golden_file();
+// A copy of golden tensor `key` (CPU, stored dtype); fails the test if absent.
+torch::Tensor golden(const std::string& key);
+// The JSON string in the golden file's __metadata__["meta"].
+std::string golden_meta();
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
+
+// A fresh empty folder under the build tree, removed at process exit.
+std::string temp_dir(const std::string& tag);
+std::string binary_dir();  // the CMake build folder (where `sdgen` is)
+std::string source_dir();
+
+// Runs a shell command, capturing stdout+stderr; returns the exit code.
+int run(const std::string& command, std::string* output = nullptr);
+
+}  // namespace sdgen::test
+
+// Skips the current test with a clear message when ../shared is missing.
+#define SDGEN_REQUIRE_SHARED()                                                        \
+  do {                                                                                \
+    if (!::sdgen::test::has_shared())                                                 \
+      GTEST_SKIP() << "reference data not found at " << ::sdgen::test::shared_dir()   \
+                   << " (set -DSDGEN_SHARED_DIR=...); skipping";                      \
+  } while (0)
