@@ -89,9 +89,11 @@ UNetConfig UNetConfig::from_json(const json& j) {
   get(j, "sample_size", c.sample_size);
   if (c.block_out_channels.empty() || c.down_block_types.size() != blocks ||
       c.up_block_types.size() != blocks)
-    throw Error("UNet config: block_out_channels, down_block_types and up_block_types must have "
-                "the same, non-zero length");
-  if (c.attention_head_dim.size() == 1) c.attention_head_dim.assign(blocks, c.attention_head_dim[0]);
+    throw Error(
+        "UNet config: block_out_channels, down_block_types and up_block_types must have "
+        "the same, non-zero length");
+  if (c.attention_head_dim.size() == 1)
+    c.attention_head_dim.assign(blocks, c.attention_head_dim[0]);
   return c;
 }
 
@@ -117,7 +119,8 @@ json UNetConfig::to_json() const {
             {"flip_sin_to_cos", flip_sin_to_cos},
             {"freq_shift", freq_shift},
             {"sample_size", sample_size}};
-  j["num_attention_heads"] = num_attention_heads.empty() ? json(nullptr) : json(num_attention_heads);
+  j["num_attention_heads"] =
+      num_attention_heads.empty() ? json(nullptr) : json(num_attention_heads);
   return j;
 }
 
@@ -227,9 +230,12 @@ TokenizerConfig TokenizerConfig::from_json(const json& j) {
 }
 
 json TokenizerConfig::to_json() const {
-  return {{"tokenizer_class", "CLIPTokenizer"}, {"bos_token", bos_token},
-          {"eos_token", eos_token},             {"pad_token", pad_token},
-          {"unk_token", unk_token},             {"model_max_length", model_max_length}};
+  return {{"tokenizer_class", "CLIPTokenizer"},
+          {"bos_token", bos_token},
+          {"eos_token", eos_token},
+          {"pad_token", pad_token},
+          {"unk_token", unk_token},
+          {"model_max_length", model_max_length}};
 }
 
 SchedulerConfig SchedulerConfig::from_json(const json& j) {

@@ -147,7 +147,11 @@ PngImage read_png(const std::string& path) {
 }
 
 torch::Tensor to_unit_images(const torch::Tensor& decoded) {
-  return (decoded.to(torch::kFloat32) / 2 + 0.5).clamp(0, 1).permute({0, 2, 3, 1}).cpu().contiguous();
+  return (decoded.to(torch::kFloat32) / 2 + 0.5)
+      .clamp(0, 1)
+      .permute({0, 2, 3, 1})
+      .cpu()
+      .contiguous();
 }
 
 torch::Tensor to_uint8_images(const torch::Tensor& decoded) {
@@ -166,7 +170,8 @@ void check_output_path(const std::string& path, bool create_dirs) {
   if (!fs::exists(parent, ec)) {
     if (!create_dirs) throw Error(path + ": output folder " + parent.string() + " does not exist");
     fs::create_directories(parent, ec);
-    if (ec) throw Error(path + ": cannot create output folder " + parent.string() + ": " + ec.message());
+    if (ec)
+      throw Error(path + ": cannot create output folder " + parent.string() + ": " + ec.message());
   }
   if (!fs::is_directory(parent, ec))
     throw Error(path + ": " + parent.string() + " is not a folder");

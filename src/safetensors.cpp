@@ -28,9 +28,9 @@ struct DTypeEntry {
 };
 
 constexpr DTypeEntry kDTypes[] = {
-    {"F32", DType::F32, 4, torch::kFloat32}, {"F16", DType::F16, 2, torch::kFloat16},
+    {"F32", DType::F32, 4, torch::kFloat32},    {"F16", DType::F16, 2, torch::kFloat16},
     {"BF16", DType::BF16, 2, torch::kBFloat16}, {"F64", DType::F64, 8, torch::kFloat64},
-    {"I64", DType::I64, 8, torch::kInt64},     {"I32", DType::I32, 4, torch::kInt32},
+    {"I64", DType::I64, 8, torch::kInt64},      {"I32", DType::I32, 4, torch::kInt32},
     {"U8", DType::U8, 1, torch::kUInt8},
 };
 
@@ -53,7 +53,8 @@ torch::ScalarType to_scalar_type(DType dtype) { return entry(dtype).scalar; }
 DType from_scalar_type(torch::ScalarType type) {
   for (const auto& e : kDTypes)
     if (e.scalar == type) return e.dtype;
-  throw Error(std::string("cannot store tensors of type ") + c10::toString(type) + " in safetensors");
+  throw Error(std::string("cannot store tensors of type ") + c10::toString(type) +
+              " in safetensors");
 }
 
 uint64_t TensorInfo::numel() const {
@@ -127,7 +128,8 @@ void SafeTensorsFile::parse() {
     return Error(path_ + ": not a valid safetensors file: " + why);
   };
   const uint64_t size = file_->size();
-  if (size < 8) throw fail("file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  if (size < 8)
+    throw fail("file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | file_->data()[i];
   if (header_len > kMaxHeaderBytes)
@@ -154,7 +156,8 @@ void SafeTensorsFile::parse() {
     if (name == "__metadata__") {
       if (!value.is_object()) throw fail("__metadata__ is not an object");
       for (auto m = value.begin(); m != value.end(); ++m) {
-        if (!m.value().is_string()) throw fail("__metadata__ value '" + m.key() + "' is not a string");
+        if (!m.value().is_string())
+          throw fail("__metadata__ value '" + m.key() + "' is not a string");
         metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;
@@ -177,7 +180,8 @@ void SafeTensorsFile::parse() {
     }
     uint64_t numel = 1;
     for (const auto& d : value["shape"]) {
-      if (!d.is_number_unsigned()) throw fail(where + "shape entries must be non-negative integers");
+      if (!d.is_number_unsigned())
+        throw fail(where + "shape entries must be non-negative integers");
       const uint64_t dim = d.get<uint64_t>();
       if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
           (dim != 0 && numel > std::numeric_limits<uint64_t>::max() / dim / 8))
@@ -253,7 +257,8 @@ void write_safetensors(const std::string& path,
   std::vector<torch::Tensor> data;
   for (size_t i = 0; i < sorted.size(); ++i) {
     const auto& [name, t] = sorted[i];
-    if (i > 0 && name == sorted[i - 1].first) throw Error(path + ": duplicate tensor name '" + name + "'");
+    if (i > 0 && name == sorted[i - 1].first)
+      throw Error(path + ": duplicate tensor name '" + name + "'");
     auto c = t.detach().to(torch::kCPU).contiguous();
     const DType dtype = from_scalar_type(c.scalar_type());
     const uint64_t bytes = static_cast<uint64_t>(c.numel()) * dtype_size(dtype);

@@ -12,9 +12,9 @@
 
 namespace sdgen::test {
 
-std::string shared_dir();   // SDGEN_SHARED_DIR (CMake cache variable) or $SDGEN_SHARED_DIR
-bool has_shared();          // golden file and tiny models present
-std::string golden_path();  // <shared>/golden/sd1/golden.safetensors
+std::string shared_dir();       // SDGEN_SHARED_DIR (CMake cache variable) or $SDGEN_SHARED_DIR
+bool has_shared();              // golden file and tiny models present
+std::string golden_path();      // <shared>/golden/sd1/golden.safetensors
 std::string tiny_model_dir();   // <shared>/models/sd1-tiny
 std::string tiny_model_file();  // <shared>/models/sd1-tiny.safetensors
 std::string clip_vocab_dir();   // <shared>/data/clip
@@ -37,9 +37,9 @@ int run(const std::string& command, std::string* output = nullptr);
 }  // namespace sdgen::test
 
 // Skips the current test with a clear message when ../shared is missing.
-#define SDGEN_REQUIRE_SHARED()                                                        \
-  do {                                                                                \
-    if (!::sdgen::test::has_shared())                                                 \
-      GTEST_SKIP() << "reference data not found at " << ::sdgen::test::shared_dir()   \
-                   << " (set -DSDGEN_SHARED_DIR=...); skipping";                      \
+#define SDGEN_REQUIRE_SHARED()                                                      \
+  do {                                                                              \
+    if (!::sdgen::test::has_shared())                                               \
+      GTEST_SKIP() << "reference data not found at " << ::sdgen::test::shared_dir() \
+                   << " (set -DSDGEN_SHARED_DIR=...); skipping";                    \
   } while (0)

@@ -103,7 +103,7 @@ struct SchedulerConfig {
   double beta_end = 0.012;
   std::string beta_schedule = "scaled_linear";  // linear | scaled_linear | squaredcos_cap_v2
   std::vector<double> trained_betas;
-  std::string prediction_type = "epsilon";  // epsilon | v_prediction | sample
+  std::string prediction_type = "epsilon";   // epsilon | v_prediction | sample
   std::string timestep_spacing = "leading";  // leading | trailing | linspace
   int steps_offset = 1;
   bool set_alpha_to_one = false;

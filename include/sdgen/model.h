@@ -1,0 +1,50 @@
+#pragma once
+
+// Loading a whole Stable Diffusion model (tokenizer, text encoder, UNet, VAE,
+// scheduler config) from either layout users have: a diffusers folder or a
+// single-file (A1111/ComfyUI) .safetensors checkpoint.
+
+#include <memory>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "sdgen/config.h"
+#include "sdgen/text_encoder.h"
+#include "sdgen/tokenizer.h"
+#include "sdgen/unet.h"
+#include "sdgen/vae.h"
+
+namespace sdgen {
+
+struct LoadOptions {
+  std::string model_path;  // diffusers folder or .safetensors file
+  std::string
+      config_dir;  // optional diffusers-style folder with */config.json (overrides inference)
+  std::string tokenizer_path;   // optional folder or bpe_simple_vocab_16e6.txt.gz
+  std::string prediction_type;  // "" (from the model), "epsilon" or "v_prediction"
+  torch::Device device = torch::kCPU;
+  torch::ScalarType dtype = torch::kFloat32;
+  bool verbose = false;  // print what was detected and loaded to stderr
+};
+
+struct StableDiffusionModel {
+  std::string source;  // the path given
+  std::string family;  // "SD1.x" or "SD2.x"
+  std::string layout;  // "diffusers" or "single-file"
+  std::unique_ptr<Tokenizer> tokenizer;
+  CLIPTextModel text_encoder{nullptr};
+  UNet2DConditionModel unet{nullptr};
+  AutoencoderKL vae{nullptr};
+  SchedulerConfig scheduler_config;
+  torch::Device device = torch::kCPU;
+  torch::ScalarType dtype = torch::kFloat32;
+};
+
+// Throws Error naming the path/key at fault.
+StableDiffusionModel load_model(const LoadOptions& options);
+
+// Places looked at for CLIP tokenizer files when the model has none, in order.
+std::vector<std::string> tokenizer_search_paths();
+
+}  // namespace sdgen

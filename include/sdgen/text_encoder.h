@@ -1,0 +1,45 @@
+#pragma once
+
+// CLIP text transformer (transformers' CLIPTextModel). Parameter names equal
+// the diffusers-folder checkpoint keys without the "text_model." prefix
+// (e.g. "encoder.layers.0.self_attn.q_proj.weight").
+
+#include <memory>
+
+#include <torch/torch.h>
+
+#include "sdgen/config.h"
+
+namespace sdgen {
+
+struct CLIPTextOutput {
+  torch::Tensor hidden;  // [B, 77, hidden]: last layer (clip_skip 1) or the chosen earlier layer
+  torch::Tensor pooled;  // [B, hidden]: final-layer-normed last state at the eos position
+};
+
+struct CLIPTextEmbeddingsImpl;
+struct CLIPEncoderImpl;
+
+class CLIPTextModelImpl : public torch::nn::Module {
+ public:
+  explicit CLIPTextModelImpl(const CLIPTextConfig& config);
+
+  // clip_skip follows A1111: 1 = last layer, 2 = penultimate layer, ...; the
+  // chosen hidden state is passed through final_layer_norm either way (as
+  // diffusers' StableDiffusionPipeline does for clip_skip). input_ids: [B, L]
+  // integer ids, L <= max_position_embeddings; clip_skip in [1, num_hidden_layers].
+  CLIPTextOutput forward(const torch::Tensor& input_ids, int clip_skip = 1);
+
+  const CLIPTextConfig& config() const { return config_; }
+
+ private:
+  CLIPTextConfig config_;
+  // Submodules are registered under the checkpoint names (embeddings, encoder,
+  // final_layer_norm); their types are private to text_encoder.cpp.
+  std::shared_ptr<CLIPTextEmbeddingsImpl> embeddings_;
+  std::shared_ptr<CLIPEncoderImpl> encoder_;
+  torch::nn::LayerNorm final_layer_norm_{nullptr};
+};
+TORCH_MODULE(CLIPTextModel);
+
+}  // namespace sdgen

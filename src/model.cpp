@@ -1,0 +1,279 @@
+#include "sdgen/model.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+
+#include "sdgen/checkpoint.h"
+#include "sdgen/error.h"
+#include "sdgen/safetensors.h"
+#include "sdgen/weights.h"
+
+namespace fs = std::filesystem;
+
+namespace sdgen {
+
+namespace {
+
+// The weights file of one diffusers component folder.
+std::string find_component_weights(const fs::path& dir, const std::vector<std::string>& names) {
+  for (const auto& n : names)
+    if (fs::exists(dir / n)) return (dir / n).string();
+  for (const auto& n : {"diffusion_pytorch_model.bin", "pytorch_model.bin"})
+    if (fs::exists(dir / n))
+      throw Error((dir / n).string() +
+                  ": pickle checkpoints (.bin) are not supported because loading them can run "
+                  "code; convert the model to .safetensors");
+  throw Error(dir.string() + ": no weights found (looked for " + names.front() + ")");
+}
+
+nlohmann::json component_config(const fs::path& dir, const std::string& what) {
+  const fs::path p = dir / "config.json";
+  if (!fs::exists(p)) throw Error(p.string() + ": missing " + what + " config");
+  return read_json_file(p.string());
+}
+
+// Text-encoder files store keys with or without transformers' "text_model." prefix.
+TensorMap text_encoder_tensors(const TensorMap& all) {
+  bool prefixed = false;
+  for (const auto& kv : all)
+    if (kv.first.rfind("text_model.", 0) == 0) prefixed = true;
+  TensorMap out;
+  for (const auto& [key, t] : all) {
+    std::string k = key;
+    if (prefixed) {
+      if (k.rfind("text_model.", 0) != 0) {
+        out.emplace(k, t);  // e.g. text_projection: reported as unexpected unless known
+        continue;
+      }
+      k = k.substr(11);
+    }
+    if (k == "embeddings.position_ids") continue;  // a buffer older transformers saved
+    out.emplace(k, t);
+  }
+  return out;
+}
+
+template <typename ModuleHolder>
+void place_and_load(ModuleHolder& module, const TensorMap& weights, const std::string& what,
+                    const LoadOptions& options) {
+  module->to(options.device, options.dtype);
+  load_weights(*module, weights, what);
+  module->eval();
+}
+
+TokenizerConfig tokenizer_config_in(const fs::path& dir, TokenizerConfig fallback) {
+  const fs::path p = dir / "tokenizer_config.json";
+  if (fs::exists(p)) return TokenizerConfig::from_json(read_json_file(p.string()));
+  return fallback;
+}
+
+bool has_tokenizer_files(const fs::path& dir) {
+  return (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")) ||
+         fs::exists(dir / "bpe_simple_vocab_16e6.txt.gz");
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& explicit_path,
+                                          const std::vector<fs::path>& model_dirs,
+                                          const TokenizerConfig& fallback) {
+  if (!explicit_path.empty()) {
+    const fs::path p(explicit_path);
+    if (!fs::exists(p)) throw Error(explicit_path + ": tokenizer path not found");
+    const fs::path dir = fs::is_directory(p) ? p : p.parent_path();
+    return CLIPTokenizer::from_path(explicit_path, tokenizer_config_in(dir, fallback));
+  }
+  std::vector<std::string> looked;
+  for (const auto& d : model_dirs) {
+    looked.push_back(d.string());
+    if (has_tokenizer_files(d))
+      return CLIPTokenizer::from_path(d.string(), tokenizer_config_in(d, fallback));
+  }
+  for (const auto& d : tokenizer_search_paths()) {
+    looked.push_back(d);
+    if (has_tokenizer_files(d))
+      return CLIPTokenizer::from_path(d, tokenizer_config_in(d, fallback));
+  }
+  std::string where;
+  for (const auto& l : looked) where += (where.empty() ? "" : ", ") + l;
+  throw Error(
+      "no CLIP tokenizer files (vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz) "
+      "found; looked in: " +
+      where +
+      ". Pass --tokenizer DIR (e.g. the 'tokenizer' folder of a diffusers model) or set "
+      "SDGEN_TOKENIZER");
+}
+
+void apply_prediction_override(SchedulerConfig& config, const std::string& prediction) {
+  if (prediction.empty()) return;
+  if (prediction == "epsilon" || prediction == "eps") {
+    config.prediction_type = "epsilon";
+  } else if (prediction == "v" || prediction == "v_prediction" || prediction == "v-prediction") {
+    config.prediction_type = "v_prediction";
+  } else {
+    throw Error("unknown prediction type '" + prediction + "' (use epsilon or v)");
+  }
+}
+
+// The scheduler config the SD1.x/SD2.x releases ship (DDIM/PNDM, scaled_linear
+// 0.00085-0.012, leading spacing, steps_offset 1), used for single files.
+SchedulerConfig default_scheduler_config() {
+  SchedulerConfig c;
+  c.class_name = "PNDMScheduler";
+  c.raw = c.to_json();
+  return c;
+}
+
+void load_diffusers_folder(const fs::path& root, const LoadOptions& options,
+                           StableDiffusionModel& model) {
+  if (!fs::exists(root / "model_index.json"))
+    throw Error(root.string() +
+                ": not a diffusers model folder (no model_index.json); give the folder that "
+                "holds model_index.json, unet/, vae/, text_encoder/, or a .safetensors file");
+  model.layout = "diffusers";
+  const fs::path cfg_root = options.config_dir.empty() ? root : fs::path(options.config_dir);
+
+  const auto unet_cfg = UNetConfig::from_json(component_config(cfg_root / "unet", "UNet"));
+  const auto vae_cfg = VAEConfig::from_json(component_config(cfg_root / "vae", "VAE"));
+  const auto clip_cfg =
+      CLIPTextConfig::from_json(component_config(cfg_root / "text_encoder", "text encoder"));
+  model.family = unet_cfg.cross_attention_dim >= 1024 ? "SD2.x" : "SD1.x";
+
+  const fs::path sched = cfg_root / "scheduler" / "scheduler_config.json";
+  model.scheduler_config = fs::exists(sched)
+                               ? SchedulerConfig::from_json(read_json_file(sched.string()))
+                               : default_scheduler_config();
+
+  TokenizerConfig tok_fallback;
+  if (model.family == "SD2.x") tok_fallback.pad_token = "!";
+  model.tokenizer = load_tokenizer(options.tokenizer_path,
+                                   {cfg_root / "tokenizer", root / "tokenizer"}, tok_fallback);
+
+  {
+    SafeTensorsFile f(find_component_weights(root / "text_encoder", {"model.safetensors"}));
+    model.text_encoder = CLIPTextModel(clip_cfg);
+    place_and_load(model.text_encoder, text_encoder_tensors(tensors_with_prefix(f, "")),
+                   "text_encoder (" + f.path() + ")", options);
+  }
+  {
+    SafeTensorsFile f(
+        find_component_weights(root / "unet", {"diffusion_pytorch_model.safetensors"}));
+    model.unet = UNet2DConditionModel(unet_cfg);
+    place_and_load(model.unet, tensors_with_prefix(f, ""), "unet (" + f.path() + ")", options);
+  }
+  {
+    SafeTensorsFile f(
+        find_component_weights(root / "vae", {"diffusion_pytorch_model.safetensors"}));
+    model.vae = AutoencoderKL(vae_cfg);
+    place_and_load(model.vae, tensors_with_prefix(f, ""), "vae (" + f.path() + ")", options);
+  }
+}
+
+void load_single_file(const fs::path& path, const LoadOptions& options,
+                      StableDiffusionModel& model) {
+  std::string ext = path.extension().string();
+  for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin")
+    throw Error(path.string() +
+                ": pickle checkpoints are not supported because loading them can run code; "
+                "convert the model to .safetensors");
+  model.layout = "single-file";
+  SafeTensorsFile file(path.string());
+  const TensorMap all = tensors_with_prefix(file, "");
+  ModelFamily family;
+  try {
+    family = detect_family(all);
+  } catch (const Error& e) {
+    throw Error(path.string() + ": " + e.what());
+  }
+  model.family = family == ModelFamily::SD2 ? "SD2.x" : "SD1.x";
+
+  UNetConfig unet_cfg;
+  VAEConfig vae_cfg;
+  CLIPTextConfig clip_cfg;
+  std::vector<fs::path> tokenizer_dirs;
+  TokenizerConfig tok_fallback;
+  if (family == ModelFamily::SD2) tok_fallback.pad_token = "!";
+  if (!options.config_dir.empty()) {
+    const fs::path cfg(options.config_dir);
+    if (!fs::is_directory(cfg)) throw Error(options.config_dir + ": --config must be a folder");
+    unet_cfg = UNetConfig::from_json(component_config(cfg / "unet", "UNet"));
+    vae_cfg = VAEConfig::from_json(component_config(cfg / "vae", "VAE"));
+    clip_cfg = CLIPTextConfig::from_json(component_config(cfg / "text_encoder", "text encoder"));
+    const fs::path sched = cfg / "scheduler" / "scheduler_config.json";
+    model.scheduler_config = fs::exists(sched)
+                                 ? SchedulerConfig::from_json(read_json_file(sched.string()))
+                                 : default_scheduler_config();
+    tokenizer_dirs.push_back(cfg / "tokenizer");
+  } else {
+    unet_cfg = infer_unet_config(all, family);
+    vae_cfg = infer_vae_config(all);
+    clip_cfg = infer_clip_config(all, family);
+    model.scheduler_config = default_scheduler_config();
+  }
+  tokenizer_dirs.push_back(path.parent_path() / "tokenizer");
+  model.tokenizer = load_tokenizer(options.tokenizer_path, tokenizer_dirs, tok_fallback);
+
+  ConvertedWeights converted = convert_single_file(all, family, unet_cfg, vae_cfg, clip_cfg);
+  const std::string where = " (" + path.string() + ")";
+  model.text_encoder = CLIPTextModel(clip_cfg);
+  place_and_load(model.text_encoder, converted.text_encoder, "text encoder" + where, options);
+  converted.text_encoder.clear();
+  model.unet = UNet2DConditionModel(unet_cfg);
+  place_and_load(model.unet, converted.unet, "unet" + where, options);
+  converted.unet.clear();
+  model.vae = AutoencoderKL(vae_cfg);
+  place_and_load(model.vae, converted.vae, "vae" + where, options);
+}
+
+}  // namespace
+
+std::vector<std::string> tokenizer_search_paths() {
+  std::vector<std::string> out;
+  if (const char* env = std::getenv("SDGEN_TOKENIZER")) out.push_back(env);
+  const char* home = std::getenv("HOME");
+  if (const char* xdg = std::getenv("XDG_DATA_HOME")) {
+    out.push_back(std::string(xdg) + "/sdgen/clip");
+  } else if (home) {
+    out.push_back(std::string(home) + "/.local/share/sdgen/clip");
+  }
+  out.push_back("/usr/local/share/sdgen/clip");
+  out.push_back("/usr/share/sdgen/clip");
+  // A Hugging Face cache that already holds the CLIP tokenizer SD1.x uses.
+  if (home) {
+    const fs::path snaps =
+        fs::path(home) / ".cache/huggingface/hub/models--openai--clip-vit-large-patch14/snapshots";
+    std::error_code ec;
+    if (fs::is_directory(snaps, ec))
+      for (const auto& entry : fs::directory_iterator(snaps, ec))
+        out.push_back(entry.path().string());
+  }
+  return out;
+}
+
+StableDiffusionModel load_model(const LoadOptions& options) {
+  torch::NoGradGuard no_grad;
+  StableDiffusionModel model;
+  model.source = options.model_path;
+  model.device = options.device;
+  model.dtype = options.dtype;
+  const fs::path path(options.model_path);
+  std::error_code ec;
+  if (options.model_path.empty()) throw Error("no model given (--model PATH)");
+  if (!fs::exists(path, ec))
+    throw Error(options.model_path +
+                ": model not found (give a diffusers folder or a "
+                ".safetensors checkpoint)");
+  if (fs::is_directory(path, ec)) {
+    load_diffusers_folder(path, options, model);
+  } else {
+    load_single_file(path, options, model);
+  }
+  apply_prediction_override(model.scheduler_config, options.prediction_type);
+  if (options.verbose)
+    std::cerr << "sdgen: loaded " << model.family << " model (" << model.layout << ") from "
+              << options.model_path << ", prediction " << model.scheduler_config.prediction_type
+              << "\n";
+  return model;
+}
+
+}  // namespace sdgen

@@ -1,0 +1,46 @@
+#include "nn/resnet.h"
+
+namespace sdgen::nn {
+
+namespace F = torch::nn::functional;
+
+ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : options_(options) {
+  const auto in = options.in_channels, out = options.out_channels;
+  norm1_ = register_module(
+      "norm1",
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.groups, in).eps(options.eps)));
+  conv1_ = register_module(
+      "conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(1).padding(1)));
+  if (options.temb_channels > 0) {
+    time_emb_proj_ =
+        register_module("time_emb_proj", torch::nn::Linear(options.temb_channels, out));
+  }
+  norm2_ = register_module(
+      "norm2",
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.groups, out).eps(options.eps)));
+  conv2_ = register_module(
+      "conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(out, out, 3).stride(1).padding(1)));
+  if (in != out) {
+    conv_shortcut_ = register_module(
+        "conv_shortcut",
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1).stride(1).padding(0)));
+  }
+}
+
+// Follows diffusers ResnetBlock2D.forward with time_embedding_norm="default":
+// h = conv1(silu(norm1(x))) + proj(silu(temb)); h = conv2(silu(norm2(h)));
+// out = (shortcut(x) + h) / output_scale_factor.
+torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
+  auto h = conv1_(F::silu(norm1_(x)));
+  if (time_emb_proj_ && temb.defined()) {
+    auto t = time_emb_proj_(F::silu(temb));
+    h = h + t.unsqueeze(-1).unsqueeze(-1);
+  }
+  h = conv2_(F::silu(norm2_(h)));
+  auto shortcut = conv_shortcut_ ? conv_shortcut_(x) : x;
+  auto out = shortcut + h;
+  if (options_.output_scale_factor != 1.0) out = out / options_.output_scale_factor;
+  return out;
+}
+
+}  // namespace sdgen::nn

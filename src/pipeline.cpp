@@ -1,0 +1,109 @@
+#include "sdgen/pipeline.h"
+
+#include "sdgen/error.h"
+#include "sdgen/image_io.h"
+#include "sdgen/rng.h"
+#include "sdgen/schedulers/ddim.h"
+#include "sdgen/schedulers/scheduler.h"
+
+namespace sdgen {
+
+void Pipeline::validate(const GenerationRequest& r) const {
+  // The UNet upsamples to each skip connection's size (diffusers' upsample_size),
+  // so any latent size works; only the VAE factor constrains the image size.
+  const int factor = model_.vae->downsample_factor();
+  for (auto [name, v] : {std::pair<const char*, int>{"width", r.width}, {"height", r.height}}) {
+    if (v <= 0 || v % factor != 0)
+      throw Error(std::string(name) + " " + std::to_string(v) + " must be a positive multiple of " +
+                  std::to_string(factor));
+    if (v > 8192)
+      throw Error(std::string(name) + " " + std::to_string(v) + " is too large (max 8192)");
+  }
+  if (r.steps < 1 || r.steps > 1000)
+    throw Error("steps " + std::to_string(r.steps) + " must be between 1 and 1000");
+  if (!(r.cfg_scale >= 0) || r.cfg_scale > 1000) throw Error("cfg scale must be a number >= 0");
+  if (r.batch_size < 1 || r.batch_size > 64)
+    throw Error("batch size " + std::to_string(r.batch_size) + " must be between 1 and 64");
+  const int layers = model_.text_encoder->config().num_hidden_layers;
+  if (r.clip_skip < 1 || r.clip_skip > layers)
+    throw Error("clip skip " + std::to_string(r.clip_skip) + " must be between 1 and " +
+                std::to_string(layers));
+  if (!(r.eta >= 0) || r.eta > 1) throw Error("eta must be between 0 and 1");
+}
+
+torch::Tensor Pipeline::encode_prompts(const std::vector<std::string>& prompts, int clip_skip) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> ids;
+  const int64_t length = model_.tokenizer->max_length();
+  for (const auto& p : prompts) {
+    auto row = model_.tokenizer->encode_padded(p);
+    ids.insert(ids.end(), row.begin(), row.end());
+  }
+  auto input = torch::tensor(ids, torch::kInt64)
+                   .view({static_cast<int64_t>(prompts.size()), length})
+                   .to(model_.device);
+  return model_.text_encoder->forward(input, clip_skip).hidden.to(model_.dtype);
+}
+
+// Follows diffusers' StableDiffusionPipeline.__call__: encode_prompt (negative
+// first, [uncond, cond] batched when guidance > 1), prepare_latents (CPU
+// randn from the seeded generator, times init_noise_sigma), the denoising
+// loop with classifier-free guidance, then vae.decode(latents / scaling_factor).
+GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallback& on_step) {
+  validate(r);
+  torch::NoGradGuard no_grad;
+  const int64_t batch = r.batch_size;
+  const bool guided = r.cfg_scale > 1.0;
+
+  // num_images_per_prompt copies of each embedding (prompt_embeds.repeat(1, n, 1)).
+  auto cond = encode_prompts({r.prompt}, r.clip_skip).repeat({batch, 1, 1});
+  torch::Tensor context = cond;
+  if (guided) {
+    // diffusers' encode_prompt applies clip_skip to the prompt only; the
+    // negative prompt always uses the last layer. Kept for parity.
+    auto uncond = encode_prompts({r.negative_prompt}, 1).repeat({batch, 1, 1});
+    context = torch::cat({uncond, cond}, 0);
+  }
+
+  SchedulerConfig sched_config = model_.scheduler_config;
+  auto scheduler = make_scheduler(r.sampler, sched_config);
+  if (auto* ddim = dynamic_cast<DDIMScheduler*>(scheduler.get())) {
+    ddim->set_eta(r.eta);
+  } else if (r.eta > 0) {
+    throw Error("--eta applies to the ddim sampler only");
+  }
+  scheduler->set_timesteps(r.steps);
+
+  Generator generator(r.seed);
+  const int factor = model_.vae->downsample_factor();
+  const int64_t channels = model_.unet->config().in_channels;
+  auto latents = generator.randn({batch, channels, r.height / factor, r.width / factor})
+                     .to(model_.device, model_.dtype);
+  latents = latents * scheduler->init_noise_sigma();
+
+  const auto& timesteps = scheduler->timesteps();
+  for (size_t i = 0; i < timesteps.size(); ++i) {
+    const double t = timesteps[i];
+    auto model_input = guided ? torch::cat({latents, latents}, 0) : latents;
+    model_input = scheduler->scale_model_input(model_input, t);
+    auto t_tensor =
+        torch::full({model_input.size(0)}, t,
+                    torch::TensorOptions().dtype(torch::kFloat32).device(model_.device));
+    auto noise_pred = model_.unet->forward(model_input, t_tensor, context);
+    if (guided) {
+      auto chunks = noise_pred.chunk(2, 0);
+      noise_pred = chunks[0] + r.cfg_scale * (chunks[1] - chunks[0]);
+    }
+    latents = scheduler->step(noise_pred, t, latents, generator);
+    if (on_step) on_step({static_cast<int>(i), static_cast<int>(timesteps.size()), t}, latents);
+  }
+
+  auto decoded = model_.vae->decode(latents / model_.vae->config().scaling_factor);
+  GenerationResult out;
+  out.images = to_unit_images(decoded);
+  out.images_u8 = (out.images * 255).round().to(torch::kUInt8);
+  out.latents = latents.to(torch::kCPU, torch::kFloat32);
+  return out;
+}
+
+}  // namespace sdgen

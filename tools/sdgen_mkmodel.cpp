@@ -1,0 +1,187 @@
+// sdgen-mkmodel: makes random-weight models for smoke tests and benchmarks.
+//
+//   sdgen-mkmodel tiny --out DIR [--seed N]
+//       A tiny SD1-shaped model in the diffusers folder layout, with a minimal
+//       byte-level tokenizer vocabulary: everything the smoke test and a first
+//       `scripts/generate.sh` need, made from nothing. Its pictures are noise.
+//   sdgen-mkmodel manifest --manifest manifests.json --key sd15.single --out FILE.safetensors
+//       A full-size checkpoint with the tensor names and shapes of a manifest
+//       entry (random weights, fp16 by default) for speed and memory benchmarks.
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include <torch/torch.h>
+#include <CLI/CLI.hpp>
+
+#include "sdgen/config.h"
+#include "sdgen/error.h"
+#include "sdgen/safetensors.h"
+#include "sdgen/text_encoder.h"
+#include "sdgen/tokenizer.h"
+#include "sdgen/unet.h"
+#include "sdgen/vae.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void write_text(const fs::path& path, const std::string& text) {
+  fs::create_directories(path.parent_path());
+  std::ofstream out(path);
+  if (!out) throw sdgen::Error(path.string() + ": cannot write");
+  out << text << "\n";
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> named(torch::nn::Module& module,
+                                                         const std::string& prefix) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : module.named_parameters()) out.emplace_back(prefix + p.key(), p.value());
+  return out;
+}
+
+// The tiny architecture: the same block types as SD1.5, a few channels each.
+void make_tiny(const fs::path& dir, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  fs::create_directories(dir);
+  sdgen::CLIPTokenizer::write_minimal_vocab((dir / "tokenizer").string());
+  auto tokenizer = sdgen::CLIPTokenizer::from_path((dir / "tokenizer").string(), {});
+
+  sdgen::CLIPTextConfig text;
+  text.vocab_size = static_cast<int>(tokenizer->vocab_size());
+  text.hidden_size = 32;
+  text.intermediate_size = 64;
+  text.num_hidden_layers = 2;
+  text.num_attention_heads = 4;
+  text.projection_dim = 32;
+  text.bos_token_id = static_cast<int>(tokenizer->token_id("<|startoftext|>"));
+  text.eos_token_id = static_cast<int>(tokenizer->token_id("<|endoftext|>"));
+  text.pad_token_id = text.eos_token_id;
+
+  sdgen::UNetConfig unet;
+  unet.block_out_channels = {32, 64};
+  unet.down_block_types = {"CrossAttnDownBlock2D", "DownBlock2D"};
+  unet.up_block_types = {"UpBlock2D", "CrossAttnUpBlock2D"};
+  unet.layers_per_block = 1;
+  unet.attention_head_dim = {4, 4};
+  unet.transformer_layers_per_block = {1, 1};
+  unet.cross_attention_dim = 32;
+  unet.sample_size = 8;
+
+  sdgen::VAEConfig vae;
+  vae.block_out_channels = {32, 32, 32, 32};
+  vae.layers_per_block = 1;
+  vae.sample_size = 64;
+
+  sdgen::CLIPTextModel text_model(text);
+  sdgen::UNet2DConditionModel unet_model(unet);
+  sdgen::AutoencoderKL vae_model(vae);
+
+  const std::map<std::string, std::string> meta = {{"format", "pt"}};
+  fs::create_directories(dir / "text_encoder");
+  fs::create_directories(dir / "unet");
+  fs::create_directories(dir / "vae");
+  sdgen::write_safetensors((dir / "text_encoder/model.safetensors").string(),
+                           named(*text_model, "text_model."), meta);
+  sdgen::write_safetensors((dir / "unet/diffusion_pytorch_model.safetensors").string(),
+                           named(*unet_model, ""), meta);
+  sdgen::write_safetensors((dir / "vae/diffusion_pytorch_model.safetensors").string(),
+                           named(*vae_model, ""), meta);
+  write_text(dir / "text_encoder/config.json", text.to_json().dump(2));
+  write_text(dir / "unet/config.json", unet.to_json().dump(2));
+  write_text(dir / "vae/config.json", vae.to_json().dump(2));
+  sdgen::SchedulerConfig sched;
+  sched.class_name = "DDIMScheduler";
+  write_text(dir / "scheduler/scheduler_config.json", sched.to_json().dump(2));
+  nlohmann::json index = {
+      {"_class_name", "StableDiffusionPipeline"},
+      {"_sdgen_note", "tiny random weights made by sdgen-mkmodel; pictures are noise"},
+      {"scheduler", {"diffusers", "DDIMScheduler"}},
+      {"text_encoder", {"transformers", "CLIPTextModel"}},
+      {"tokenizer", {"transformers", "CLIPTokenizer"}},
+      {"unet", {"diffusers", "UNet2DConditionModel"}},
+      {"vae", {"diffusers", "AutoencoderKL"}}};
+  write_text(dir / "model_index.json", index.dump(2));
+}
+
+// Random weights scaled like a trained network (norms 1/0, weights ~ 1/sqrt(fan_in))
+// so that activations stay finite in fp16 through the whole pipeline.
+torch::Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape,
+                            torch::ScalarType dtype) {
+  const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+  const bool is_norm = name.find("norm") != std::string::npos ||
+                       name.find("ln_") != std::string::npos ||
+                       name.find("layer_norm") != std::string::npos;
+  if (is_bias) return torch::zeros(shape, dtype);
+  if (shape.size() <= 1) return is_norm ? torch::ones(shape, dtype) : torch::zeros(shape, dtype);
+  int64_t fan_in = 1;
+  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
+  const bool embedding = name.find("embedding") != std::string::npos;
+  const double std = embedding ? 0.02 : 1.0 / std::sqrt(static_cast<double>(fan_in));
+  return (torch::randn(shape) * std).to(dtype);
+}
+
+void make_from_manifest(const std::string& manifest_path, const std::string& key,
+                        const std::string& out, const std::string& dtype_name, uint64_t seed) {
+  torch::manual_seed(seed);
+  const auto manifest = sdgen::read_json_file(manifest_path);
+  if (!manifest.contains(key) || !manifest[key].is_object())
+    throw sdgen::Error(manifest_path + ": no entry '" + key + "'");
+  torch::ScalarType dtype = torch::kFloat16;
+  if (dtype_name == "fp32")
+    dtype = torch::kFloat32;
+  else if (dtype_name == "bf16")
+    dtype = torch::kBFloat16;
+  else if (dtype_name != "fp16")
+    throw sdgen::Error("--dtype must be fp16, bf16 or fp32");
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  int64_t params = 0;
+  for (auto it = manifest[key].begin(); it != manifest[key].end(); ++it) {
+    const auto shape = it.value().get<std::vector<int64_t>>();
+    tensors.emplace_back(it.key(), random_weight(it.key(), shape, dtype));
+    params += tensors.back().second.numel();
+  }
+  sdgen::write_safetensors(out, tensors,
+                           {{"format", "pt"}, {"sdgen", "random weights from " + key}});
+  std::cout << "wrote " << out << ": " << tensors.size() << " tensors, " << params
+            << " parameters (" << dtype_name << ")\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sdgen-mkmodel: random-weight models for tests and benchmarks"};
+  app.require_subcommand(1);
+  std::string out, manifest, key = "sd15.single", dtype = "fp16";
+  uint64_t seed = 0;
+  auto* tiny = app.add_subcommand("tiny", "tiny SD1-shaped diffusers folder with a tiny tokenizer");
+  tiny->add_option("-o,--out", out, "output folder")->required();
+  tiny->add_option("--seed", seed, "weight seed");
+  auto* full = app.add_subcommand("manifest", "full-size single file from a manifest entry");
+  full->add_option("--manifest", manifest, "path to manifests.json")->required();
+  full->add_option("--key", key, "manifest entry, e.g. sd15.single or sd21.single")
+      ->capture_default_str();
+  full->add_option("-o,--out", out, "output .safetensors file")->required();
+  full->add_option("--dtype", dtype, "fp16, bf16 or fp32")->capture_default_str();
+  full->add_option("--seed", seed, "weight seed");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (tiny->parsed()) {
+      make_tiny(out, seed);
+      std::cout << "wrote tiny random model to " << out << "\n";
+    } else {
+      make_from_manifest(manifest, key, out, dtype, seed);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "sdgen-mkmodel: error: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}
