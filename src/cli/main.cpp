@@ -19,6 +19,7 @@
 #include "sdgen/model.h"
 #include "sdgen/pipeline.h"
 #include "sdgen/rng.h"
+#include "sdgen/runtime.h"
 #include "sdgen/schedulers/scheduler.h"
 
 namespace fs = std::filesystem;
@@ -126,8 +127,7 @@ std::string a1111_parameters(const Options& o, uint64_t seed) {
 }
 
 int run(const Options& o) {
-  const int threads = o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
-  at::set_num_threads(threads);
+  sdgen::init_cpu_runtime(o.threads);
 
   const torch::Device device = parse_device(o.device);
   const torch::ScalarType dtype = parse_dtype(o.dtype, device);

@@ -1,6 +1,8 @@
 #include "nn/attention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include <torch/version.h>
 
@@ -16,25 +18,61 @@ torch::Tensor merge_heads(const torch::Tensor& x) {
   return x.transpose(1, 2).reshape({b, l, h * d});
 }
 
+namespace {
+
+// Upper bound on the score elements materialised at once. One SD1.5
+// self-attention at a 64x64 latent would otherwise build a 16x4096x4096 fp32
+// score tensor (1 GiB), twice (scores and probabilities); blocks of at most
+// this many elements keep memory bounded and stay below glibc's mmap
+// threshold, so buffers are reused instead of page-faulted in on every call.
+constexpr int64_t kScoreBlockElements = int64_t{1} << 22;  // 16 MiB in fp32
+
+// Same math as diffusers' AttnProcessor (baddbmm with beta 0, softmax, bmm),
+// computed over blocks of (batch*head) x query rows; each output row depends
+// only on its own query, so blocking does not change the result.
+torch::Tensor blocked_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                const torch::Tensor& v, bool causal) {
+  const auto b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), lk = k.size(2);
+  const auto bh = b * h;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  auto q3 = q.reshape({bh, lq, d});
+  auto kt = k.reshape({bh, lk, d}).transpose(1, 2);
+  auto v3 = v.reshape({bh, lk, d});
+  const int64_t rows = std::min(lq, std::max<int64_t>(1, kScoreBlockElements / lk));
+  const int64_t heads = std::min(bh, std::max<int64_t>(1, kScoreBlockElements / (rows * lk)));
+  if (rows == lq && heads == bh && !causal) {
+    auto scores = torch::baddbmm(torch::empty({bh, lq, lk}, q.options()), q3, kt, 0.0, scale);
+    return torch::bmm(scores.softmax(-1), v3).view({b, h, lq, d});
+  }
+  auto out = torch::empty({bh, lq, d}, q.options());
+  for (int64_t h0 = 0; h0 < bh; h0 += heads) {
+    const int64_t hn = std::min(heads, bh - h0);
+    auto kt_h = kt.narrow(0, h0, hn);
+    auto v_h = v3.narrow(0, h0, hn);
+    for (int64_t q0 = 0; q0 < lq; q0 += rows) {
+      const int64_t qn = std::min(rows, lq - q0);
+      auto scores = torch::baddbmm(torch::empty({hn, qn, lk}, q.options()),
+                                   q3.narrow(0, h0, hn).narrow(1, q0, qn), kt_h, 0.0, scale);
+      if (causal) {
+        // Query i (absolute q0 + i) sees keys 0..q0+i.
+        auto mask = torch::ones({qn, lk}, torch::dtype(torch::kBool).device(q.device()))
+                        .triu(q0 + 1);
+        scores.masked_fill_(mask, -std::numeric_limits<float>::infinity());
+      }
+      out.narrow(0, h0, hn).narrow(1, q0, qn).copy_(torch::bmm(scores.softmax(-1), v_h));
+    }
+  }
+  return out.view({b, h, lq, d});
+}
+
+}  // namespace
+
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         bool causal) {
 #if TORCH_VERSION_MAJOR >= 2
   return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal);
 #else
-  // Same math as diffusers' AttnProcessor (baddbmm with beta 0, softmax, bmm).
-  const auto b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), lk = k.size(2);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  auto q3 = q.reshape({b * h, lq, d});
-  auto k3 = k.reshape({b * h, lk, d});
-  auto v3 = v.reshape({b * h, lk, d});
-  auto scores = torch::baddbmm(torch::empty({b * h, lq, lk}, q.options()), q3, k3.transpose(1, 2),
-                               /*beta=*/0.0, /*alpha=*/scale);
-  if (causal) {
-    auto mask = torch::ones({lq, lk}, torch::dtype(torch::kBool).device(q.device())).triu(1);
-    scores.masked_fill_(mask, -std::numeric_limits<float>::infinity());
-  }
-  auto probs = scores.softmax(-1);
-  return torch::bmm(probs, v3).view({b, h, lq, d});
+  return blocked_attention(q, k, v, causal);
 #endif
 }
 
