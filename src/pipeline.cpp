@@ -29,6 +29,49 @@ void Pipeline::validate(const GenerationRequest& r) const {
     throw Error("clip skip " + std::to_string(r.clip_skip) + " must be between 1 and " +
                 std::to_string(layers));
   if (!(r.eta >= 0) || r.eta > 1) throw Error("eta must be between 0 and 1");
+  if (r.schedule != "" && r.schedule != "karras" && r.schedule != "normal")
+    throw Error("schedule type '" + r.schedule + "' must be karras or normal");
+  if (r.init_image.defined()) {
+    if (!(r.strength > 0) || r.strength > 1)
+      throw Error("strength " + std::to_string(r.strength) + " must be in (0, 1]");
+    if (r.init_image.dim() != 3 || r.init_image.size(2) != 3 ||
+        r.init_image.scalar_type() != torch::kUInt8)
+      throw Error("init image must be an RGB uint8 image [H, W, 3]");
+    if (static_cast<int>(r.steps * r.strength) < 1)
+      throw Error("strength " + std::to_string(r.strength) + " with " + std::to_string(r.steps) +
+                  " steps leaves no step to run; raise --strength or --steps");
+  }
+}
+
+std::unique_ptr<Scheduler> Pipeline::make_request_scheduler(const GenerationRequest& r) const {
+  SchedulerConfig config = model_.scheduler_config;
+  if (r.schedule == "karras") config.use_karras_sigmas = true;
+  if (r.schedule == "normal") config.use_karras_sigmas = false;
+  auto scheduler = make_scheduler(r.sampler, config);
+  if (auto* ddim = dynamic_cast<DDIMScheduler*>(scheduler.get())) {
+    ddim->set_eta(r.eta);
+  } else if (r.eta > 0) {
+    throw Error("eta applies to the ddim sampler only");
+  }
+  scheduler->set_timesteps(r.steps);
+  return scheduler;
+}
+
+torch::Tensor Pipeline::preprocess_image(const torch::Tensor& image, int height, int width) const {
+  // pil_to_numpy (x / 255) then normalize (2x - 1), as VaeImageProcessor does.
+  auto x = image.to(torch::kFloat32).div(255.0).permute({2, 0, 1}).unsqueeze(0).contiguous();
+  if (x.size(2) != height || x.size(3) != width) {
+    // diffusers resizes PIL images with Lanczos; bicubic with antialiasing is
+    // the closest libtorch offers, so resized inputs differ slightly from it.
+    namespace F = torch::nn::functional;
+    x = F::interpolate(x, F::InterpolateFuncOptions()
+                              .size(std::vector<int64_t>{height, width})
+                              .mode(torch::kBicubic)
+                              .align_corners(false)
+                              .antialias(true))
+            .clamp(0, 1);
+  }
+  return (2.0 * x - 1.0).to(model_.device, model_.dtype);
 }
 
 torch::Tensor Pipeline::encode_prompts(const std::vector<std::string>& prompts, int clip_skip) {
@@ -65,24 +108,35 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
     context = torch::cat({uncond, cond}, 0);
   }
 
-  SchedulerConfig sched_config = model_.scheduler_config;
-  auto scheduler = make_scheduler(r.sampler, sched_config);
-  if (auto* ddim = dynamic_cast<DDIMScheduler*>(scheduler.get())) {
-    ddim->set_eta(r.eta);
-  } else if (r.eta > 0) {
-    throw Error("--eta applies to the ddim sampler only");
-  }
-  scheduler->set_timesteps(r.steps);
-
+  auto scheduler = make_request_scheduler(r);
   Generator generator(r.seed);
   const int factor = model_.vae->downsample_factor();
   const int64_t channels = model_.unet->config().in_channels;
-  auto latents = generator.randn({batch, channels, r.height / factor, r.width / factor})
-                     .to(model_.device, model_.dtype);
-  latents = latents * scheduler->init_noise_sigma();
+  torch::Tensor latents;
+  size_t first_step = 0;
+  if (!r.init_image.defined()) {
+    latents = generator.randn({batch, channels, r.height / factor, r.width / factor})
+                  .to(model_.device, model_.dtype);
+    latents = latents * scheduler->init_noise_sigma();
+  } else {
+    // StableDiffusionImg2ImgPipeline.get_timesteps: skip the first
+    // steps - int(steps * strength) steps (times the scheduler order).
+    const int init_timestep = std::min(static_cast<int>(r.steps * r.strength), r.steps);
+    const int t_start = std::max(r.steps - init_timestep, 0);
+    first_step = static_cast<size_t>(t_start) * static_cast<size_t>(scheduler->order());
+    scheduler->set_begin_index(static_cast<int>(first_step));
+    // prepare_latents: posterior sample (drawn first), scaled, repeated for
+    // the batch, then noised to the first timestep with a second draw.
+    const auto posterior = model_.vae->encode(preprocess_image(r.init_image, r.height, r.width));
+    const auto eps = generator.randn(posterior.mean.sizes()).to(model_.device, model_.dtype);
+    auto init = (posterior.mean + posterior.std * eps) * model_.vae->config().scaling_factor;
+    init = init.repeat({batch, 1, 1, 1});
+    const auto noise = generator.randn(init.sizes()).to(model_.device, model_.dtype);
+    latents = scheduler->add_noise(init, noise, scheduler->timesteps()[first_step]);
+  }
 
   const auto& timesteps = scheduler->timesteps();
-  for (size_t i = 0; i < timesteps.size(); ++i) {
+  for (size_t i = first_step; i < timesteps.size(); ++i) {
     const double t = timesteps[i];
     auto model_input = guided ? torch::cat({latents, latents}, 0) : latents;
     model_input = scheduler->scale_model_input(model_input, t);
@@ -95,7 +149,10 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
       noise_pred = chunks[0] + r.cfg_scale * (chunks[1] - chunks[0]);
     }
     latents = scheduler->step(noise_pred, t, latents, generator);
-    if (on_step) on_step({static_cast<int>(i), static_cast<int>(timesteps.size()), t}, latents);
+    if (on_step)
+      on_step(
+          {static_cast<int>(i - first_step), static_cast<int>(timesteps.size() - first_step), t},
+          latents);
   }
 
   auto decoded = model_.vae->decode(latents / model_.vae->config().scaling_factor);

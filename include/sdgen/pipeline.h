@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "sdgen/model.h"
+#include "sdgen/schedulers/scheduler.h"
 
 namespace sdgen {
 
@@ -26,6 +27,13 @@ struct GenerationRequest {
   std::string sampler = "ddim";
   double eta = 0.0;   // DDIM eta
   int clip_skip = 1;  // A1111 convention: 1 = last layer, 2 = penultimate
+  // "" (the sampler's own), "karras" or "normal": the sigma schedule of
+  // sigma-based samplers (diffusers' use_karras_sigmas).
+  std::string schedule;
+  // img2img: uint8 [H, W, 3] image to start from (undefined for txt2img) and
+  // how much of the schedule to run over it, 0 < strength <= 1.
+  torch::Tensor init_image;
+  double strength = 0.75;
 };
 
 struct StepInfo {
@@ -50,6 +58,12 @@ class Pipeline {
   // Tokenize + encode, [N, 77, hidden] in the model's dtype on its device.
   torch::Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip);
   GenerationResult generate(const GenerationRequest& request, const StepCallback& on_step = {});
+
+  // The scheduler a request runs with (sampler, schedule type, DDIM eta), timesteps set.
+  std::unique_ptr<Scheduler> make_request_scheduler(const GenerationRequest& request) const;
+  // uint8 [H, W, 3] -> [1, 3, height, width] in [-1, 1] on the model's device and
+  // dtype (diffusers' VaeImageProcessor.preprocess); resized when the size differs.
+  torch::Tensor preprocess_image(const torch::Tensor& image, int height, int width) const;
 
  private:
   StableDiffusionModel& model_;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -40,6 +41,10 @@ struct Options {
   int height = 512;
   std::string sampler = "ddim";
   double eta = 0.0;
+  std::string schedule;  // "", karras, normal
+  std::string init_image;
+  double strength = 0.75;
+  bool size_given = false;  // --width or --height on the command line
   int clip_skip = 1;
   int batch_size = 1;
   std::string device = "auto";
@@ -103,30 +108,61 @@ std::string numbered_output(const std::string& output, int index, int count) {
   return (p.parent_path() / name).string();
 }
 
-std::string sampler_label(const std::string& sampler) {
-  std::string s;
-  for (char c : sampler)
-    s.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
-  if (s == "ddim") return "DDIM";
-  if (s == "ddpm") return "DDPM";
-  return sampler;
+// A1111's name for a canonical sampler name (as in its "Sampler:" field).
+std::string sampler_label(const std::string& canonical) {
+  static const std::map<std::string, std::string> labels = {{"ddim", "DDIM"},
+                                                            {"ddpm", "DDPM"},
+                                                            {"pndm", "PLMS"},
+                                                            {"euler", "Euler"},
+                                                            {"euler_a", "Euler a"},
+                                                            {"heun", "Heun"},
+                                                            {"lms", "LMS"},
+                                                            {"dpmpp_2m", "DPM++ 2M"},
+                                                            {"dpmpp_2m_karras", "DPM++ 2M"},
+                                                            {"unipc", "UniPC"},
+                                                            {"lcm", "LCM"}};
+  auto it = labels.find(canonical);
+  return it == labels.end() ? canonical : it->second;
 }
 
 // The "parameters" text A1111 writes and reads back ("PNG Info").
-std::string a1111_parameters(const Options& o, uint64_t seed) {
+std::string a1111_parameters(const Options& o, const std::string& sampler, uint64_t seed) {
   std::ostringstream s;
   s << o.prompt << "\n";
   if (!o.negative_prompt.empty()) s << "Negative prompt: " << o.negative_prompt << "\n";
-  s << "Steps: " << o.steps << ", Sampler: " << sampler_label(o.sampler)
-    << ", CFG scale: " << o.cfg_scale << ", Seed: " << seed << ", Size: " << o.width << "x"
+  s << "Steps: " << o.steps << ", Sampler: " << sampler_label(sampler);
+  if (o.schedule == "karras" || sampler == "dpmpp_2m_karras") s << ", Schedule type: Karras";
+  s << ", CFG scale: " << o.cfg_scale << ", Seed: " << seed << ", Size: " << o.width << "x"
     << o.height << ", Model: " << fs::path(o.model).stem().string();
+  if (!o.init_image.empty()) s << ", Denoising strength: " << o.strength;
   if (o.clip_skip > 1) s << ", Clip skip: " << o.clip_skip;
   if (o.eta > 0) s << ", Eta: " << o.eta;
   s << ", Version: sdgen " << SDGEN_VERSION;
   return s.str();
 }
 
-int run(const Options& o) {
+// Reads --init-image and settles the output size: the image's own size (down
+// to a multiple of 8) unless --width/--height were given; says when it resizes.
+torch::Tensor load_init_image(Options& o) {
+  auto png = sdgen::read_png(o.init_image);
+  auto pixels = png.pixels;
+  if (pixels.size(2) == 4 || pixels.size(2) == 2)
+    throw sdgen::Error(o.init_image + ": the init image has an alpha channel; save it as RGB");
+  if (pixels.size(2) == 1) pixels = pixels.repeat({1, 1, 3});
+  const int h = static_cast<int>(pixels.size(0)), w = static_cast<int>(pixels.size(1));
+  if (!o.size_given) {
+    o.width = w / 8 * 8;
+    o.height = h / 8 * 8;
+    if (o.width == 0 || o.height == 0)
+      throw sdgen::Error(o.init_image + ": the init image is smaller than 8x8 pixels");
+  }
+  if (o.width != w || o.height != h)
+    std::cerr << "sdgen: resizing the init image from " << w << "x" << h << " to " << o.width << "x"
+              << o.height << "\n";
+  return pixels;
+}
+
+int run(Options o) {
   sdgen::init_cpu_runtime(o.threads);
 
   const torch::Device device = parse_device(o.device);
@@ -134,6 +170,12 @@ int run(const Options& o) {
   if (!device.is_cuda() && dtype == torch::kFloat16)
     throw sdgen::Error("--dtype fp16 is not supported on the CPU; use fp32 or bf16");
 
+  torch::Tensor init_image;
+  if (!o.init_image.empty()) init_image = load_init_image(o);
+  if (!(o.strength > 0) || o.strength > 1)
+    throw sdgen::Error("--strength " + std::to_string(o.strength) + ": must be in (0, 1]");
+  if (o.schedule != "" && o.schedule != "karras" && o.schedule != "normal")
+    throw sdgen::Error("--scheduler " + o.schedule + ": expected karras or normal");
   // Fail on bad settings and a bad output path before minutes of work, not after.
   for (auto [name, v] : {std::pair<const char*, int>{"width", o.width}, {"height", o.height}})
     if (v <= 0 || v % 8 != 0 || v > 8192)
@@ -147,7 +189,8 @@ int run(const Options& o) {
   if (o.clip_skip < 1) throw sdgen::Error("--clip-skip must be >= 1");
   for (int i = 0; i < o.batch_size; ++i)
     sdgen::check_output_path(numbered_output(o.output, i, o.batch_size));
-  sdgen::make_scheduler(o.sampler, sdgen::SchedulerConfig{});  // unknown sampler -> error now
+  // Unknown sampler -> error now; its canonical name goes into the metadata.
+  const std::string sampler = sdgen::make_scheduler(o.sampler, sdgen::SchedulerConfig{})->name();
 
   sdgen::LoadOptions load;
   load.model_path = o.model.empty() ? default_model_dir() : o.model;
@@ -177,6 +220,9 @@ int run(const Options& o) {
   request.sampler = o.sampler;
   request.eta = o.eta;
   request.clip_skip = o.clip_skip;
+  request.schedule = o.schedule;
+  request.init_image = init_image;
+  request.strength = o.strength;
 
   sdgen::Pipeline pipeline(model);
   pipeline.validate(request);
@@ -198,7 +244,7 @@ int run(const Options& o) {
 
   Options meta = o;
   meta.model = load.model_path;
-  const std::string params = a1111_parameters(meta, request.seed);
+  const std::string params = a1111_parameters(meta, sampler, request.seed);
   for (int i = 0; i < o.batch_size; ++i) {
     const std::string path = numbered_output(o.output, i, o.batch_size);
     sdgen::write_png(path, result.images_u8[i], {{"parameters", params}});
@@ -233,8 +279,22 @@ int main(int argc, char** argv) {
   app.add_option("-s,--seed", o.seed, "Seed (random and printed when not given)");
   app.add_option("-W,--width", o.width, "Image width, a multiple of 8")->capture_default_str();
   app.add_option("-H,--height", o.height, "Image height, a multiple of 8")->capture_default_str();
-  app.add_option("--sampler", o.sampler, "Sampler: ddim or ddpm")->capture_default_str();
+  std::string sampler_names;
+  for (const auto& n : sdgen::scheduler_names())
+    sampler_names += (sampler_names.empty() ? "" : ", ") + n;
+  app.add_option(
+         "--sampler", o.sampler,
+         "Sampler: " + sampler_names + " (case-insensitive; A1111 names such as \"Euler a\" work)")
+      ->capture_default_str();
   app.add_option("--eta", o.eta, "DDIM eta (0 = deterministic)")->capture_default_str();
+  app.add_option(
+      "--scheduler", o.schedule,
+      "Sigma schedule of sigma-based samplers: karras or normal (default: the sampler's)");
+  app.add_option("-i,--init-image", o.init_image,
+                 "img2img: start from this PNG (RGB); its size is used unless -W/-H are given");
+  app.add_option("--strength", o.strength,
+                 "img2img: how much of the schedule to run over the init image, 0 < S <= 1")
+      ->capture_default_str();
   app.add_option("--clip-skip", o.clip_skip,
                  "Text encoder layer from the end (A1111 convention: 1 = last, 2 = penultimate)")
       ->capture_default_str();
@@ -254,6 +314,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  o.size_given = app.count("--width") > 0 || app.count("--height") > 0;
+  for (auto& c : o.schedule) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   try {
     return run(o);
   } catch (const sdgen::Error& e) {
