@@ -45,8 +45,10 @@ void Pipeline::validate(const GenerationRequest& r) const {
 
 std::unique_ptr<Scheduler> Pipeline::make_request_scheduler(const GenerationRequest& r) const {
   SchedulerConfig config = model_.scheduler_config;
-  if (r.schedule == "karras") config.use_karras_sigmas = true;
-  if (r.schedule == "normal") config.use_karras_sigmas = false;
+  if (!r.schedule.empty()) {
+    config.use_karras_sigmas = r.schedule == "karras";
+    config.raw["use_karras_sigmas"] = config.use_karras_sigmas;
+  }
   auto scheduler = make_scheduler(r.sampler, config);
   if (auto* ddim = dynamic_cast<DDIMScheduler*>(scheduler.get())) {
     ddim->set_eta(r.eta);

@@ -9,6 +9,14 @@
 #include "sdgen/error.h"
 #include "sdgen/schedulers/ddim.h"
 #include "sdgen/schedulers/ddpm.h"
+#include "sdgen/schedulers/dpm_solver_multistep.h"
+#include "sdgen/schedulers/euler.h"
+#include "sdgen/schedulers/euler_ancestral.h"
+#include "sdgen/schedulers/heun.h"
+#include "sdgen/schedulers/lcm.h"
+#include "sdgen/schedulers/lms.h"
+#include "sdgen/schedulers/pndm.h"
+#include "sdgen/schedulers/unipc_multistep.h"
 
 namespace sdgen {
 
@@ -297,7 +305,10 @@ int Scheduler::index_for_timestep(double timestep) const {
   return indices.size() > 1 ? indices[1] : indices[0];
 }
 
-std::vector<std::string> scheduler_names() { return {"ddim", "ddpm"}; }
+std::vector<std::string> scheduler_names() {
+  return {"ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lms",
+          "pndm", "lcm",  "euler",    "euler_a",         "heun"};
+}
 
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config) {
   std::string key = to_lower(name);
@@ -309,6 +320,34 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   }
   if (key == "ddim") return std::make_unique<DDIMScheduler>(config);
   if (key == "ddpm") return std::make_unique<DDPMScheduler>(config);
+  // Euler, Euler ancestral ("Euler a") and Heun, by canonical, A1111 or diffusers class name.
+  if (key == "euler" || key == "eulerdiscrete") {
+    return std::make_unique<EulerDiscreteScheduler>(config);
+  }
+  if (key == "euler_a" || key == "euler a" || key == "eulerancestraldiscrete") {
+    return std::make_unique<EulerAncestralDiscreteScheduler>(config);
+  }
+  if (key == "heun" || key == "heundiscrete") {
+    return std::make_unique<HeunDiscreteScheduler>(config);
+  }
+  // LMS, PLMS and LCM, by canonical, A1111 or diffusers class name.
+  if (key == "lms" || key == "lmsdiscrete") return std::make_unique<LMSDiscreteScheduler>(config);
+  if (key == "pndm" || key == "plms") return std::make_unique<PNDMScheduler>(config);
+  if (key == "lcm") return std::make_unique<LCMScheduler>(config);
+  // DPM-Solver++ 2M ("DPM++ 2M" / "DPM++ 2M Karras" in A1111); the class name
+  // keeps the config's own solver settings.
+  if (key == "dpmsolvermultistep") return std::make_unique<DPMSolverMultistepScheduler>(config);
+  if (key == "dpmpp_2m" || key == "dpm++ 2m" || key == "dpmpp_2m_karras" ||
+      key == "dpm++ 2m karras") {
+    // "DPM++ 2M Karras" asks for Karras sigmas by name; plain "DPM++ 2M" keeps
+    // the config's choice (--scheduler karras, or the model's own config).
+    const bool karras = key.find("karras") != std::string::npos || config.use_karras_sigmas;
+    return std::make_unique<DPMSolverMultistepScheduler>(
+        DPMSolverMultistepScheduler::dpmpp_2m_config(config, karras));
+  }
+  if (key == "unipc" || key == "unipcmultistep") {
+    return std::make_unique<UniPCMultistepScheduler>(config);
+  }
   std::string valid;
   for (const auto& n : scheduler_names()) valid += (valid.empty() ? "" : ", ") + n;
   throw Error("unknown scheduler '" + name + "' (valid: " + valid + ")");
