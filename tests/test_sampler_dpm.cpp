@@ -135,66 +135,19 @@ TEST(SamplerDPM, RecoversCleanSampleFromExactNoise) {
   }
 }
 
-StableDiffusionModel& tiny_model() {
-  static StableDiffusionModel model = [] {
-    LoadOptions options;
-    options.model_path = test::tiny_model_dir();
-    return load_model(options);
-  }();
-  return model;
-}
-
-GenerationRequest golden_request(const std::string& sampler) {
-  GenerationRequest r;
-  r.prompt = "a photograph of an astronaut riding a horse";
-  r.negative_prompt = "blurry, low quality";
-  r.steps = 10;
-  r.cfg_scale = 7.5;
-  r.seed = 42;
-  r.width = 64;
-  r.height = 64;
-  r.sampler = sampler;
-  return r;
-}
-
-void check_pipeline(const std::string& name) {
-  Pipeline pipeline(tiny_model());
-  const auto expected_steps = test::golden("pipe." + name + ".latents_steps");
-  std::vector<torch::Tensor> steps;
-  auto result =
-      pipeline.generate(golden_request(name), [&](const StepInfo&, const torch::Tensor& l) {
-        steps.push_back(l.to(torch::kCPU, torch::kFloat32).clone());
-      });
-  ASSERT_EQ(static_cast<int64_t>(steps.size()), expected_steps.size(0));
-  double worst = 0;
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const double d = test::max_abs_diff(steps[i], expected_steps[static_cast<int64_t>(i)]);
-    worst = std::max(worst, d);
-    EXPECT_LT(d, 1e-4) << name << " step " << i;
-  }
-  const double image_err =
-      test::max_abs_diff(result.images, test::golden("pipe." + name + ".image"));
-  const double u8_err =
-      test::max_abs_diff(result.images_u8, test::golden("pipe." + name + ".image_u8"));
-  std::cout << "[parity] " << name << ": latents max err " << worst << ", image max err "
-            << image_err << ", u8 max diff " << u8_err << std::endl;
-  EXPECT_LT(image_err, 1e-4);
-  EXPECT_LE(u8_err, 1.0);
-}
-
 TEST(SamplerDPM, DPMPP2MPipelineMatchesDiffusers) {
   SDGEN_REQUIRE_SHARED();
-  check_pipeline("dpmpp_2m");
+  test::check_golden_pipeline("dpmpp_2m");
 }
 
 TEST(SamplerDPM, DPMPP2MKarrasPipelineMatchesDiffusers) {
   SDGEN_REQUIRE_SHARED();
-  check_pipeline("dpmpp_2m_karras");
+  test::check_golden_pipeline("dpmpp_2m_karras");
 }
 
 TEST(SamplerDPM, UniPCPipelineMatchesDiffusers) {
   SDGEN_REQUIRE_SHARED();
-  check_pipeline("unipc");
+  test::check_golden_pipeline("unipc");
 }
 
 }  // namespace

@@ -79,52 +79,6 @@ void check_schedules(const std::string& name, bool exact_timesteps, bool has_sig
             << std::endl;
 }
 
-StableDiffusionModel& tiny_model() {
-  static StableDiffusionModel model = [] {
-    LoadOptions options;
-    options.model_path = test::tiny_model_dir();
-    return load_model(options);
-  }();
-  return model;
-}
-
-// (b) the tiny pipeline with the golden settings, every step's latents.
-void check_pipeline(const std::string& name) {
-  const auto meta = test::golden("pipe." + name + ".meta").to(torch::kFloat64);
-  GenerationRequest r;
-  r.prompt = "a photograph of an astronaut riding a horse";
-  r.steps = static_cast<int>(meta[0].item<double>());
-  r.cfg_scale = meta[1].item<double>();
-  r.seed = static_cast<uint64_t>(meta[2].item<double>());
-  r.height = static_cast<int>(meta[3].item<double>());
-  r.width = static_cast<int>(meta[4].item<double>());
-  // LCM: guidance 1.0 and no negative prompt (no unconditional pass).
-  r.negative_prompt = name == "lcm" ? "" : "blurry, low quality";
-  r.sampler = name;
-
-  Pipeline pipeline(tiny_model());
-  const auto expected_steps = test::golden("pipe." + name + ".latents_steps");
-  std::vector<torch::Tensor> steps;
-  const auto result = pipeline.generate(r, [&](const StepInfo&, const torch::Tensor& latents) {
-    steps.push_back(latents.to(torch::kCPU, torch::kFloat32).clone());
-  });
-  ASSERT_EQ(static_cast<int64_t>(steps.size()), expected_steps.size(0)) << name;
-  double worst = 0;
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const double d = test::max_abs_diff(steps[i], expected_steps[static_cast<int64_t>(i)]);
-    worst = std::max(worst, d);
-    EXPECT_LT(d, 1e-4) << name << " step " << i;
-  }
-  const double image_err =
-      test::max_abs_diff(result.images, test::golden("pipe." + name + ".image"));
-  const double u8_err =
-      test::max_abs_diff(result.images_u8, test::golden("pipe." + name + ".image_u8"));
-  std::cout << "[parity] " << name << " pipeline: latents max err " << worst << ", image max err "
-            << image_err << ", u8 max diff " << u8_err << std::endl;
-  EXPECT_LT(image_err, 1e-4);
-  EXPECT_LE(u8_err, 1.0);
-}
-
 TEST(SamplerLMS, SchedulesMatchDiffusers) {
   SDGEN_REQUIRE_SHARED();
   check_schedules("lms", /*exact_timesteps=*/false, /*has_sigmas=*/true);
@@ -142,17 +96,17 @@ TEST(SamplerLCM, SchedulesMatchDiffusers) {
 
 TEST(SamplerLMS, PipelineMatchesDiffusersStepByStep) {
   SDGEN_REQUIRE_SHARED();
-  check_pipeline("lms");
+  test::check_golden_pipeline("lms");
 }
 
 TEST(SamplerPNDM, PipelineMatchesDiffusersStepByStep) {
   SDGEN_REQUIRE_SHARED();
-  check_pipeline("pndm");
+  test::check_golden_pipeline("pndm");
 }
 
 TEST(SamplerLCM, PipelineMatchesDiffusersStepByStep) {
   SDGEN_REQUIRE_SHARED();
-  check_pipeline("lcm");
+  test::check_golden_pipeline("lcm");
 }
 
 // Checks that need no reference data.

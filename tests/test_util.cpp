@@ -3,10 +3,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -104,6 +106,54 @@ int run(const std::string& command, std::string* output) {
   if (output) *output = out;
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+StableDiffusionModel& tiny_model() {
+  static StableDiffusionModel model = [] {
+    LoadOptions options;
+    options.model_path = tiny_model_dir();
+    return load_model(options);
+  }();
+  return model;
+}
+
+GenerationRequest golden_request(const std::string& sampler) {
+  const auto meta = golden("pipe." + sampler + ".meta").to(torch::kFloat64);
+  GenerationRequest r;
+  r.prompt = "a photograph of an astronaut riding a horse";
+  // LCM: guidance 1.0 and no negative prompt (no unconditional pass).
+  r.negative_prompt = sampler == "lcm" ? "" : "blurry, low quality";
+  r.steps = static_cast<int>(meta[0].item<double>());
+  r.cfg_scale = meta[1].item<double>();
+  r.seed = static_cast<uint64_t>(meta[2].item<double>());
+  r.height = static_cast<int>(meta[3].item<double>());
+  r.width = static_cast<int>(meta[4].item<double>());
+  r.sampler = sampler;
+  return r;
+}
+
+void check_golden_pipeline(const std::string& sampler) {
+  Pipeline pipeline(tiny_model());
+  const auto expected_steps = golden("pipe." + sampler + ".latents_steps");
+  std::vector<torch::Tensor> steps;
+  const auto result =
+      pipeline.generate(golden_request(sampler), [&](const StepInfo&, const torch::Tensor& l) {
+        steps.push_back(l.to(torch::kCPU, torch::kFloat32).clone());
+      });
+  ASSERT_EQ(static_cast<int64_t>(steps.size()), expected_steps.size(0)) << sampler;
+  double worst = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const double d = max_abs_diff(steps[i], expected_steps[static_cast<int64_t>(i)]);
+    worst = std::max(worst, d);
+    EXPECT_LT(d, 1e-4) << sampler << " step " << i;
+  }
+  const double image_err = max_abs_diff(result.images, golden("pipe." + sampler + ".image"));
+  const double u8_err = max_abs_diff(result.images_u8, golden("pipe." + sampler + ".image_u8"));
+  std::cout << "[parity] " << sampler << " pipeline: latents max err " << worst << " over "
+            << steps.size() << " steps, image max err " << image_err << ", u8 max diff " << u8_err
+            << std::endl;
+  EXPECT_LT(image_err, 1e-4) << sampler;
+  EXPECT_LE(u8_err, 1.0) << sampler;
 }
 
 }  // namespace sdgen::test

@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "sdgen/model.h"
+#include "sdgen/pipeline.h"
 #include "sdgen/safetensors.h"
 
 namespace sdgen::test {
@@ -33,6 +35,16 @@ std::string source_dir();
 
 // Runs a shell command, capturing stdout+stderr; returns the exit code.
 int run(const std::string& command, std::string* output = nullptr);
+
+// The tiny model (tiny_model_dir()), loaded once per process.
+StableDiffusionModel& tiny_model();
+// The golden txt2img request for `sampler` (golden pipe.<sampler>.meta: steps,
+// guidance, seed, height, width; LCM runs without a negative prompt).
+GenerationRequest golden_request(const std::string& sampler);
+// Runs golden_request(sampler) on tiny_model() and compares every step's
+// latents (1e-4), the image (1e-4) and image_u8 (1 level) with the golden
+// pipe.<sampler>.* tensors; prints a "[parity] ..." line.
+void check_golden_pipeline(const std::string& sampler);
 
 }  // namespace sdgen::test
 

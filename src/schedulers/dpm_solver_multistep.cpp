@@ -13,30 +13,9 @@ namespace sdgen {
 
 namespace {
 
-// A config.raw value with diffusers' default when absent or null.
-template <typename T>
-T raw_value(const SchedulerConfig& config, const char* key, T fallback) {
-  if (!config.raw.is_object()) return fallback;
-  auto it = config.raw.find(key);
-  if (it == config.raw.end() || it->is_null()) return fallback;
-  try {
-    return it->get<T>();
-  } catch (const std::exception& e) {
-    throw Error(std::string("scheduler config: key '") + key +
-                "' has an unexpected type: " + e.what());
-  }
-}
-
-// diffusers _sigma_to_alpha_sigma_t (VP schedules): alpha_t = 1 / sqrt(sigma^2
-// + 1), sigma_t = sigma * alpha_t, as float32 0-dim tensor ops.
-std::pair<torch::Tensor, torch::Tensor> alpha_sigma_t(const torch::Tensor& sigma) {
-  const torch::Tensor alpha_t = (sigma.pow(2) + 1).pow(0.5).reciprocal();
-  return {alpha_t, sigma * alpha_t};
-}
-
-torch::Tensor lambda_of(const torch::Tensor& alpha_t, const torch::Tensor& sigma_t) {
-  return torch::log(alpha_t) - torch::log(sigma_t);
-}
+using sigma_schedule::alpha_sigma_t;
+using sigma_schedule::lambda_of;
+using sigma_schedule::raw_value;
 
 std::vector<double> np_linspace(double start, double stop, int num) {
   // numpy.linspace: y = arange(num) * step + start (two roundings), the last

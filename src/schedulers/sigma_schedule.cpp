@@ -231,4 +231,13 @@ torch::Tensor add_noise_at(const torch::Tensor& original, const torch::Tensor& n
   return original + noise.to(original.device()) * sigma;
 }
 
+std::pair<torch::Tensor, torch::Tensor> alpha_sigma_t(const torch::Tensor& sigma) {
+  const torch::Tensor alpha_t = (sigma.pow(2) + 1).pow(0.5).reciprocal();
+  return {alpha_t, sigma * alpha_t};
+}
+
+torch::Tensor lambda_of(const torch::Tensor& alpha_t, const torch::Tensor& sigma_t) {
+  return torch::log(alpha_t) - torch::log(sigma_t);
+}
+
 }  // namespace sdgen::sigma_schedule

@@ -9,10 +9,14 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
+
+#include "sdgen/config.h"
+#include "sdgen/error.h"
 
 namespace sdgen::sigma_schedule {
 
@@ -73,5 +77,26 @@ torch::Tensor add_noise_at(const torch::Tensor& original, const torch::Tensor& n
 std::optional<double> raw_number(const nlohmann::json& raw, const char* key);
 std::string raw_string(const nlohmann::json& raw, const char* key, const std::string& fallback);
 bool raw_bool(const nlohmann::json& raw, const char* key, bool fallback);
+
+// A config.raw value with diffusers' default when absent or null (used by
+// DPM-Solver++ and UniPC).
+template <typename T>
+T raw_value(const SchedulerConfig& config, const char* key, T fallback) {
+  if (!config.raw.is_object()) return fallback;
+  auto it = config.raw.find(key);
+  if (it == config.raw.end() || it->is_null()) return fallback;
+  try {
+    return it->get<T>();
+  } catch (const std::exception& e) {
+    throw Error(std::string("scheduler config: key '") + key +
+                "' has an unexpected type: " + e.what());
+  }
+}
+
+// diffusers _sigma_to_alpha_sigma_t (VP schedules): alpha_t = 1 / sqrt(sigma^2
+// + 1), sigma_t = sigma * alpha_t, as float32 0-dim tensor ops.
+std::pair<torch::Tensor, torch::Tensor> alpha_sigma_t(const torch::Tensor& sigma);
+// DPM-Solver / UniPC lambda_t = log(alpha_t) - log(sigma_t).
+torch::Tensor lambda_of(const torch::Tensor& alpha_t, const torch::Tensor& sigma_t);
 
 }  // namespace sdgen::sigma_schedule
