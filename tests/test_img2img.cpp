@@ -32,18 +32,9 @@ GenerationRequest golden_request() {
   return r;
 }
 
-StableDiffusionModel& tiny_model() {
-  static StableDiffusionModel model = [] {
-    LoadOptions options;
-    options.model_path = test::tiny_model_dir();
-    return load_model(options);
-  }();
-  return model;
-}
-
 TEST(Img2Img, MatchesDiffusers) {
   SDGEN_REQUIRE_SHARED();
-  Pipeline pipeline(tiny_model());
+  Pipeline pipeline(test::tiny_model());
   int calls = 0;
   auto result =
       pipeline.generate(golden_request(), [&](const StepInfo& info, const torch::Tensor&) {
@@ -58,7 +49,7 @@ TEST(Img2Img, MatchesDiffusers) {
 
 TEST(Img2Img, RejectsBadStrength) {
   SDGEN_REQUIRE_SHARED();
-  Pipeline pipeline(tiny_model());
+  Pipeline pipeline(test::tiny_model());
   auto r = golden_request();
   for (double s : {0.0, -0.5, 1.5}) {
     r.strength = s;

@@ -51,10 +51,7 @@ TEST(Samplers, EveryNameIsKnownWithItsA1111Alias) {
 
 TEST(Samplers, KarrasScheduleType) {
   SDGEN_REQUIRE_SHARED();
-  LoadOptions options;
-  options.model_path = test::tiny_model_dir();
-  auto model = load_model(options);
-  Pipeline pipeline(model);
+  Pipeline pipeline(test::tiny_model());
   GenerationRequest r;
   r.steps = 10;
   // "DPM++ 2M" + schedule type Karras is A1111's "DPM++ 2M Karras".
@@ -106,10 +103,7 @@ TEST(Samplers, EveryGoldenImageThroughTheBinary) {
 
 TEST(Samplers, Img2ImgWorksWithEverySampler) {
   SDGEN_REQUIRE_SHARED();
-  LoadOptions options;
-  options.model_path = test::tiny_model_dir();
-  auto model = load_model(options);
-  Pipeline pipeline(model);
+  Pipeline pipeline(test::tiny_model());
   for (const auto& name : scheduler_names()) {
     GenerationRequest r;
     r.prompt = "a red fox in the snow";
