@@ -6,6 +6,7 @@
 
 #include "sdgen/checkpoint.h"
 #include "sdgen/error.h"
+#include "sdgen/layers.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/weights.h"
 
@@ -54,11 +55,17 @@ TensorMap text_encoder_tensors(const TensorMap& all) {
   return out;
 }
 
+// channels_last (NHWC) convolutions: the default per device comes from
+// measurements (README, "Performance").
+bool resolve_channels_last(const LoadOptions& options) {
+  return options.channels_last < 0 ? options.device.is_cuda() : options.channels_last > 0;
+}
+
 template <typename ModuleHolder>
 void place_and_load(ModuleHolder& module, const TensorMap& weights, const std::string& what,
-                    const LoadOptions& options) {
-  module->to(options.device, options.dtype);
-  load_weights(*module, weights, what);
+                    const LoadOptions& options, std::optional<torch::ScalarType> dtype = {}) {
+  load_weights(*module, weights, what,
+               {options.device, dtype.value_or(options.dtype), resolve_channels_last(options)});
   module->eval();
 }
 
@@ -164,7 +171,8 @@ void load_diffusers_folder(const fs::path& root, const LoadOptions& options,
     SafeTensorsFile f(
         find_component_weights(root / "vae", {"diffusion_pytorch_model.safetensors"}));
     model.vae = AutoencoderKL(vae_cfg);
-    place_and_load(model.vae, tensors_with_prefix(f, ""), "vae (" + f.path() + ")", options);
+    place_and_load(model.vae, tensors_with_prefix(f, ""), "vae (" + f.path() + ")", options,
+                   options.vae_dtype);
   }
 }
 
@@ -222,7 +230,7 @@ void load_single_file(const fs::path& path, const LoadOptions& options,
   place_and_load(model.unet, converted.unet, "unet" + where, options);
   converted.unet.clear();
   model.vae = AutoencoderKL(vae_cfg);
-  place_and_load(model.vae, converted.vae, "vae" + where, options);
+  place_and_load(model.vae, converted.vae, "vae" + where, options, options.vae_dtype);
 }
 
 }  // namespace
@@ -256,6 +264,17 @@ StableDiffusionModel load_model(const LoadOptions& options) {
   model.source = options.model_path;
   model.device = options.device;
   model.dtype = options.dtype;
+  model.vae_dtype = options.vae_dtype.value_or(options.dtype);
+  model.cuda_graphs = options.cuda_graphs;
+  model.channels_last = resolve_channels_last(options);
+  if (options.device.is_cuda()) {
+    // Let cuDNN time its convolution algorithms once per shape (fp16/bf16;
+    // in fp32 the search tried workspaces of most of the card, 137 GB on an
+    // H200), and keep fp32 exact (no TF32) so that it matches the CPU reference.
+    at::globalContext().setBenchmarkCuDNN(options.dtype != torch::kFloat32);
+    at::globalContext().setAllowTF32CuDNN(false);
+    at::globalContext().setAllowTF32CuBLAS(false);
+  }
   const fs::path path(options.model_path);
   std::error_code ec;
   if (options.model_path.empty()) throw Error("no model given (--model PATH)");
@@ -269,6 +288,7 @@ StableDiffusionModel load_model(const LoadOptions& options) {
     load_single_file(path, options, model);
   }
   apply_prediction_override(model.scheduler_config, options.prediction_type);
+
   if (options.verbose)
     std::cerr << "sdgen: loaded " << model.family << " model (" << model.layout << ") from "
               << options.model_path << ", prediction " << model.scheduler_config.prediction_type

@@ -1,5 +1,12 @@
 #include "sdgen/pipeline.h"
 
+#include <chrono>
+#include <iostream>
+
+#include <torch/cuda.h>
+
+#include "unet_graph.h"
+
 #include "sdgen/error.h"
 #include "sdgen/image_io.h"
 #include "sdgen/rng.h"
@@ -76,19 +83,8 @@ torch::Tensor Pipeline::preprocess_image(const torch::Tensor& image, int height,
   return (2.0 * x - 1.0).to(model_.device, model_.dtype);
 }
 
-torch::Tensor Pipeline::encode_prompts(const std::vector<std::string>& prompts, int clip_skip) {
-  torch::NoGradGuard no_grad;
-  std::vector<int64_t> ids;
-  const int64_t length = model_.tokenizer->max_length();
-  for (const auto& p : prompts) {
-    auto row = model_.tokenizer->encode_padded(p);
-    ids.insert(ids.end(), row.begin(), row.end());
-  }
-  auto input = torch::tensor(ids, torch::kInt64)
-                   .view({static_cast<int64_t>(prompts.size()), length})
-                   .to(model_.device);
-  return model_.text_encoder->forward(input, clip_skip).hidden.to(model_.dtype);
-}
+// Pipeline::encode_prompts and prompt_chunk_count (A1111 prompt syntax and
+// 75-token chunks) are in pipeline_prompts.cpp.
 
 // Follows diffusers' StableDiffusionPipeline.__call__: encode_prompt (negative
 // first, [uncond, cond] batched when guidance > 1), prepare_latents (CPU
@@ -97,18 +93,32 @@ torch::Tensor Pipeline::encode_prompts(const std::vector<std::string>& prompts, 
 GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallback& on_step) {
   validate(r);
   torch::NoGradGuard no_grad;
+  using Clock = std::chrono::steady_clock;
+  auto seconds_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  GenerationResult out;
   const int64_t batch = r.batch_size;
   const bool guided = r.cfg_scale > 1.0;
 
+  synchronize();
+  auto clock = Clock::now();
   // num_images_per_prompt copies of each embedding (prompt_embeds.repeat(1, n, 1)).
-  auto cond = encode_prompts({r.prompt}, r.clip_skip).repeat({batch, 1, 1});
+  // Long prompts (A1111 75-token chunks): prompt and negative prompt are
+  // padded to the same number of chunks so that they batch together.
+  const int chunks =
+      guided ? std::max(prompt_chunk_count(r.prompt), prompt_chunk_count(r.negative_prompt)) : 0;
+  auto cond = encode_prompts({r.prompt}, r.clip_skip, chunks).repeat({batch, 1, 1});
   torch::Tensor context = cond;
   if (guided) {
     // diffusers' encode_prompt applies clip_skip to the prompt only; the
     // negative prompt always uses the last layer. Kept for parity.
-    auto uncond = encode_prompts({r.negative_prompt}, 1).repeat({batch, 1, 1});
+    auto uncond = encode_prompts({r.negative_prompt}, 1, chunks).repeat({batch, 1, 1});
     context = torch::cat({uncond, cond}, 0);
   }
+  synchronize();
+  out.timings.text_s = seconds_since(clock);
+  clock = Clock::now();
 
   auto scheduler = make_request_scheduler(r);
   Generator generator(r.seed);
@@ -129,40 +139,110 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
     scheduler->set_begin_index(static_cast<int>(first_step));
     // prepare_latents: posterior sample (drawn first), scaled, repeated for
     // the batch, then noised to the first timestep with a second draw.
-    const auto posterior = model_.vae->encode(preprocess_image(r.init_image, r.height, r.width));
+    auto image = preprocess_image(r.init_image, r.height, r.width).to(model_.vae_dtype);
+    if (model_.channels_last) image = image.contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto posterior = model_.vae->encode(image);
     const auto eps = generator.randn(posterior.mean.sizes()).to(model_.device, model_.dtype);
-    auto init = (posterior.mean + posterior.std * eps) * model_.vae->config().scaling_factor;
+    auto init = (posterior.mean.to(model_.dtype) + posterior.std.to(model_.dtype) * eps) *
+                model_.vae->config().scaling_factor;
     init = init.repeat({batch, 1, 1, 1});
     const auto noise = generator.randn(init.sizes()).to(model_.device, model_.dtype);
     latents = scheduler->add_noise(init, noise, scheduler->timesteps()[first_step]);
   }
 
+  graph_context_set_ = false;
   const auto& timesteps = scheduler->timesteps();
   for (size_t i = first_step; i < timesteps.size(); ++i) {
     const double t = timesteps[i];
-    auto model_input = guided ? torch::cat({latents, latents}, 0) : latents;
-    model_input = scheduler->scale_model_input(model_input, t);
-    auto t_tensor =
-        torch::full({model_input.size(0)}, t,
-                    torch::TensorOptions().dtype(torch::kFloat32).device(model_.device));
-    auto noise_pred = model_.unet->forward(model_input, t_tensor, context);
-    if (guided) {
-      auto chunks = noise_pred.chunk(2, 0);
-      noise_pred = chunks[0] + r.cfg_scale * (chunks[1] - chunks[0]);
-    }
+    auto noise_pred = guided_noise(scheduler->scale_model_input(latents, t), t, context, r);
     latents = scheduler->step(noise_pred, t, latents, generator);
+    ++out.timings.steps;
     if (on_step)
       on_step(
           {static_cast<int>(i - first_step), static_cast<int>(timesteps.size() - first_step), t},
           latents);
   }
+  synchronize();
+  out.timings.sampling_s = seconds_since(clock);
+  clock = Clock::now();
 
-  auto decoded = model_.vae->decode(latents / model_.vae->config().scaling_factor);
-  GenerationResult out;
+  auto decoded = decode_latents(latents, r.vae_tiling);
   out.images = to_unit_images(decoded);
   out.images_u8 = (out.images * 255).round().to(torch::kUInt8);
   out.latents = latents.to(torch::kCPU, torch::kFloat32);
+  out.timings.decode_s = seconds_since(clock);
   return out;
+}
+
+Pipeline::Pipeline(StableDiffusionModel& model) : model_(model) {}
+Pipeline::~Pipeline() = default;
+
+void Pipeline::synchronize() const {
+  if (model_.device.is_cuda()) torch::cuda::synchronize(model_.device.index());
+}
+
+torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
+                                     const torch::Tensor& context, const GenerationRequest& r) {
+  const bool guided = r.cfg_scale > 1.0;
+#ifdef SDGEN_WITH_CUDA
+  if (model_.device.is_cuda() && model_.cuda_graphs && !graphs_failed_) {
+    UNetGraphKey key;
+    key.batch = latents.size(0);
+    key.height = latents.size(2);
+    key.width = latents.size(3);
+    key.context_length = context.size(1);
+    key.guided = guided;
+    key.cfg_scale = r.cfg_scale;
+    try {
+      if (!graph_ || !(graph_->key() == key)) {
+        graph_.reset();  // frees the old graph's memory pool first
+        graph_ = capture_unet_graph(model_.unet, key, context, model_.channels_last);
+        graph_context_set_ = true;
+      }
+      if (graph_) {
+        if (!graph_context_set_) {
+          graph_->set_context(context);
+          graph_context_set_ = true;
+        }
+        return graph_->run(latents, t);
+      }
+    } catch (const std::exception& e) {
+      graph_.reset();
+      graphs_failed_ = true;
+      std::cerr << "sdgen: warning: CUDA graph capture failed, running the UNet eagerly ("
+                << e.what() << ")\n";
+    }
+  }
+#endif
+  auto model_input = guided ? torch::cat({latents, latents}, 0) : latents;
+  if (model_.channels_last) model_input = model_input.contiguous(torch::MemoryFormat::ChannelsLast);
+  auto t_tensor = torch::full({model_input.size(0)}, t,
+                              torch::TensorOptions().dtype(torch::kFloat32).device(model_.device));
+  auto noise_pred = model_.unet->forward(model_input, t_tensor, context);
+  if (guided) {
+    auto chunks = noise_pred.chunk(2, 0);
+    noise_pred = chunks[0] + r.cfg_scale * (chunks[1] - chunks[0]);
+  }
+  return noise_pred.contiguous();
+}
+
+torch::Tensor Pipeline::decode_latents(const torch::Tensor& latents, bool tiled) {
+  auto z = (latents / model_.vae->config().scaling_factor).to(model_.vae_dtype);
+  if (model_.channels_last) z = z.contiguous(torch::MemoryFormat::ChannelsLast);
+  auto decode = [&](const torch::Tensor& x) {
+    return tiled ? model_.vae->tiled_decode(x) : model_.vae->decode(x);
+  };
+  auto decoded = decode(z);
+  if (model_.device.is_cuda() && model_.vae_dtype == torch::kFloat16 &&
+      !torch::isfinite(decoded).all().item<bool>()) {
+    // The "black image" problem: SD VAEs overflow fp16 on some latents.
+    std::cerr << "sdgen: warning: the fp16 VAE decode overflowed; decoding in fp32 from now on\n";
+    model_.vae->to(torch::kFloat32);
+    model_.vae_dtype = torch::kFloat32;
+    z = z.to(torch::kFloat32);
+    decoded = decode(z);
+  }
+  return decoded.to(torch::kFloat32).contiguous();
 }
 
 }  // namespace sdgen

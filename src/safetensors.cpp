@@ -1,5 +1,7 @@
 #include "sdgen/safetensors.h"
 
+#include <mutex>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -63,6 +65,22 @@ uint64_t TensorInfo::numel() const {
   return n;
 }
 
+namespace {
+
+// Address ranges of the live read-only file mappings, so that
+// release_mapped_pages() only ever drops pages of such a mapping. Never
+// destroyed: mappings held by static objects are unregistered during exit.
+std::mutex& mappings_mutex() {
+  static auto* mutex = new std::mutex;
+  return *mutex;
+}
+std::map<uintptr_t, uintptr_t>& mappings() {
+  static auto* ranges = new std::map<uintptr_t, uintptr_t>;  // begin -> end
+  return *ranges;
+}
+
+}  // namespace
+
 // A read-only memory mapping (or an owned buffer for from_bytes).
 class MappedFile {
  public:
@@ -83,6 +101,10 @@ class MappedFile {
       }
       data_ = static_cast<const uint8_t*>(p);
       mapped_ = true;
+      // Weights are read front to back, once.
+      ::madvise(p, size_, MADV_SEQUENTIAL);
+      std::lock_guard<std::mutex> lock(mappings_mutex());
+      mappings()[reinterpret_cast<uintptr_t>(p)] = reinterpret_cast<uintptr_t>(p) + size_;
     }
     ::close(fd);
   }
@@ -92,7 +114,12 @@ class MappedFile {
     size_ = buffer_.size();
   }
   ~MappedFile() {
-    if (mapped_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    if (!mapped_) return;
+    {
+      std::lock_guard<std::mutex> lock(mappings_mutex());
+      mappings().erase(reinterpret_cast<uintptr_t>(data_));
+    }
+    ::munmap(const_cast<uint8_t*>(data_), size_);
   }
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -243,6 +270,50 @@ torch::Tensor SafeTensorsFile::tensor(const std::string& name) const {
   }
   return torch::from_blob(
       ptr, ti.shape, [keep](void*) mutable { keep.reset(); }, options);
+}
+
+namespace {
+
+// [first, last) page-aligned range of `tensor` when it lies inside one live
+// file mapping (with the registry locked by the caller); {0, 0} otherwise.
+std::pair<uintptr_t, uintptr_t> mapped_range(const torch::Tensor& tensor, bool inner) {
+  if (!tensor.defined() || !tensor.device().is_cpu() || !tensor.is_contiguous()) return {0, 0};
+  const auto begin = reinterpret_cast<uintptr_t>(tensor.data_ptr());
+  const auto end = begin + tensor.nbytes();
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  auto it = mappings().upper_bound(begin);
+  if (it == mappings().begin()) return {0, 0};
+  --it;
+  if (begin < it->first || end > it->second) return {0, 0};  // not inside one file mapping
+  // Releasing must not touch pages shared with neighbours (inner); reading
+  // may cover them (outer).
+  const uintptr_t first = inner ? (begin + page - 1) / page * page : begin / page * page;
+  const uintptr_t last =
+      inner ? end / page * page : std::min(it->second, (end + page - 1) / page * page);
+  return last > first ? std::pair{first, last} : std::pair<uintptr_t, uintptr_t>{0, 0};
+}
+
+}  // namespace
+
+void prefault_mapped_pages(const torch::Tensor& tensor) {
+#ifdef MADV_POPULATE_READ
+  std::lock_guard<std::mutex> lock(mappings_mutex());
+  const auto [first, last] = mapped_range(tensor, /*inner=*/false);
+  // One system call instead of a page fault per 4 KiB page (faults are
+  // expensive in virtual machines). Older kernels reject it: then the pages
+  // simply fault in as they are read.
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_POPULATE_READ);
+#else
+  (void)tensor;
+#endif
+}
+
+void release_mapped_pages(const torch::Tensor& tensor) {
+  std::lock_guard<std::mutex> lock(mappings_mutex());
+  const auto [first, last] = mapped_range(tensor, /*inner=*/true);
+  // A private, read-only file mapping: dropped pages are read again from the
+  // file if anything touches them later, so this only lowers resident memory.
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 void write_safetensors(const std::string& path,

@@ -1,4 +1,5 @@
 #include "sdgen/text_encoder.h"
+#include "sdgen/layers.h"
 
 #include <string>
 #include <vector>
@@ -33,9 +34,8 @@ torch::Tensor activate(const torch::Tensor& x, Activation act) {
   return x;
 }
 
-torch::nn::LayerNorm layer_norm(const CLIPTextConfig& config) {
-  return torch::nn::LayerNorm(
-      torch::nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps));
+nn::LayerNorm layer_norm(const CLIPTextConfig& config) {
+  return nn::LayerNorm(config.hidden_size, config.layer_norm_eps);
 }
 
 }  // namespace
@@ -44,11 +44,10 @@ torch::nn::LayerNorm layer_norm(const CLIPTextConfig& config) {
 // embedding (the position_ids buffer is not a parameter and is not stored).
 struct CLIPTextEmbeddingsImpl : torch::nn::Module {
   explicit CLIPTextEmbeddingsImpl(const CLIPTextConfig& config) {
-    token_embedding = register_module("token_embedding",
-                                      torch::nn::Embedding(config.vocab_size, config.hidden_size));
-    position_embedding =
-        register_module("position_embedding",
-                        torch::nn::Embedding(config.max_position_embeddings, config.hidden_size));
+    token_embedding =
+        register_module("token_embedding", nn::Embedding(config.vocab_size, config.hidden_size));
+    position_embedding = register_module(
+        "position_embedding", nn::Embedding(config.max_position_embeddings, config.hidden_size));
   }
 
   torch::Tensor forward(const torch::Tensor& input_ids) {
@@ -56,7 +55,7 @@ struct CLIPTextEmbeddingsImpl : torch::nn::Module {
     return token_embedding(input_ids) + position_embedding->weight.narrow(0, 0, length);
   }
 
-  torch::nn::Embedding token_embedding{nullptr}, position_embedding{nullptr};
+  nn::Embedding token_embedding{nullptr}, position_embedding{nullptr};
 };
 
 // transformers CLIPAttention (multi-head self-attention; the causal mask makes
@@ -67,10 +66,10 @@ struct CLIPAttentionImpl : torch::nn::Module {
     if (heads <= 0 || c % heads != 0)
       throw Error("CLIP text config: hidden_size " + std::to_string(c) +
                   " is not divisible by num_attention_heads " + std::to_string(heads));
-    q_proj = register_module("q_proj", torch::nn::Linear(c, c));
-    k_proj = register_module("k_proj", torch::nn::Linear(c, c));
-    v_proj = register_module("v_proj", torch::nn::Linear(c, c));
-    out_proj = register_module("out_proj", torch::nn::Linear(c, c));
+    q_proj = register_module("q_proj", nn::Linear(c, c));
+    k_proj = register_module("k_proj", nn::Linear(c, c));
+    v_proj = register_module("v_proj", nn::Linear(c, c));
+    out_proj = register_module("out_proj", nn::Linear(c, c));
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
@@ -81,7 +80,7 @@ struct CLIPAttentionImpl : torch::nn::Module {
   }
 
   int64_t heads;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
+  nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
 };
 TORCH_MODULE(CLIPAttention);
 
@@ -89,14 +88,14 @@ TORCH_MODULE(CLIPAttention);
 struct CLIPMLPImpl : torch::nn::Module {
   explicit CLIPMLPImpl(const CLIPTextConfig& config)
       : act(activation_from_name(config.hidden_act)) {
-    fc1 = register_module("fc1", torch::nn::Linear(config.hidden_size, config.intermediate_size));
-    fc2 = register_module("fc2", torch::nn::Linear(config.intermediate_size, config.hidden_size));
+    fc1 = register_module("fc1", nn::Linear(config.hidden_size, config.intermediate_size));
+    fc2 = register_module("fc2", nn::Linear(config.intermediate_size, config.hidden_size));
   }
 
   torch::Tensor forward(const torch::Tensor& x) { return fc2(activate(fc1(x), act)); }
 
   Activation act;
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  nn::Linear fc1{nullptr}, fc2{nullptr};
 };
 TORCH_MODULE(CLIPMLP);
 
@@ -115,7 +114,7 @@ struct CLIPEncoderLayerImpl : torch::nn::Module {
   }
 
   CLIPAttention self_attn{nullptr};
-  torch::nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
+  nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
   CLIPMLP mlp{nullptr};
 };
 

@@ -1,4 +1,5 @@
 #include "sdgen/unet.h"
+#include "sdgen/layers.h"
 
 #include <string>
 
@@ -67,9 +68,7 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
     return s;
   };
 
-  conv_in_ = register_module(
-      "conv_in",
-      torch::nn::Conv2d(torch::nn::Conv2dOptions(config.in_channels, channels[0], 3).padding(1)));
+  conv_in_ = register_module("conv_in", nn::Conv2d(config.in_channels, channels[0], 3, 1, 1));
   // time_proj (get_timestep_embedding) has no parameters.
   time_embedding_ = register_module(
       "time_embedding", std::make_shared<nn::TimestepEmbeddingImpl>(channels[0], time_dim));
@@ -130,12 +129,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
   }
 
   conv_norm_out_ = register_module(
-      "conv_norm_out",
-      torch::nn::GroupNorm(
-          torch::nn::GroupNormOptions(config.norm_num_groups, channels[0]).eps(config.norm_eps)));
-  conv_out_ = register_module(
-      "conv_out",
-      torch::nn::Conv2d(torch::nn::Conv2dOptions(channels[0], config.out_channels, 3).padding(1)));
+      "conv_norm_out", nn::GroupNorm(config.norm_num_groups, channels[0], config.norm_eps));
+  conv_out_ = register_module("conv_out", nn::Conv2d(channels[0], config.out_channels, 3, 1, 1));
 }
 
 int UNet2DConditionModelImpl::downsample_factor() const {

@@ -1,5 +1,9 @@
 #include "sdgen/vae.h"
 
+#include <algorithm>
+#include <vector>
+#include "sdgen/layers.h"
+
 #include <string>
 
 #include "nn/vae_blocks.h"
@@ -34,12 +38,10 @@ AutoencoderKLImpl::AutoencoderKLImpl(const VAEConfig& config) : config_(config) 
   o.out_channels = config.out_channels;
   decoder_ = register_module("decoder", std::make_shared<nn::VAEDecoderImpl>(o));
   if (config.use_quant_conv) {
-    quant_conv_ = register_module(
-        "quant_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(2 * latent, 2 * latent, 1)));
+    quant_conv_ = register_module("quant_conv", nn::Conv2d(2 * latent, 2 * latent, 1));
   }
   if (config.use_post_quant_conv) {
-    post_quant_conv_ = register_module(
-        "post_quant_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(latent, latent, 1)));
+    post_quant_conv_ = register_module("post_quant_conv", nn::Conv2d(latent, latent, 1));
   }
 }
 
@@ -55,6 +57,54 @@ torch::Tensor AutoencoderKLImpl::decode(const torch::Tensor& z) {
   }
   auto h = post_quant_conv_ ? post_quant_conv_(z) : z;
   return decoder_->forward(h);
+}
+
+// diffusers AutoencoderKL.tiled_decode with blend_v / blend_h: tiles start
+// every tile*(1-overlap) latent pixels; each decoded tile is blended with the
+// one above and the one to its left over `blend` image rows/columns, then
+// cropped to tile_sample - blend and the crops concatenated.
+torch::Tensor AutoencoderKLImpl::tiled_decode(const torch::Tensor& z, int64_t tile_latent,
+                                              double overlap) {
+  if (z.dim() != 4 || (z.size(2) <= tile_latent && z.size(3) <= tile_latent)) return decode(z);
+  const int64_t factor = downsample_factor();
+  const int64_t tile_sample = tile_latent * factor;
+  const auto stride = static_cast<int64_t>(static_cast<double>(tile_latent) * (1.0 - overlap));
+  const auto blend_extent = static_cast<int64_t>(static_cast<double>(tile_sample) * overlap);
+  const int64_t row_limit = tile_sample - blend_extent;
+  if (stride <= 0) throw Error("VAE tiling: overlap must be below 1");
+  std::vector<std::vector<torch::Tensor>> rows;
+  for (int64_t i = 0; i < z.size(2); i += stride) {
+    std::vector<torch::Tensor> row;
+    for (int64_t j = 0; j < z.size(3); j += stride) {
+      auto tile = z.narrow(2, i, std::min(tile_latent, z.size(2) - i))
+                      .narrow(3, j, std::min(tile_latent, z.size(3) - j));
+      row.push_back(decode(tile).contiguous());
+    }
+    rows.push_back(std::move(row));
+  }
+  // blend_v / blend_h: b's first rows (columns) fade in over a's last ones.
+  auto blend = [](const torch::Tensor& a, torch::Tensor b, int64_t extent, int64_t dim) {
+    extent = std::min({a.size(dim), b.size(dim), extent});
+    for (int64_t y = 0; y < extent; ++y) {
+      const double w = static_cast<double>(y) / static_cast<double>(extent);
+      auto target = b.select(dim, y);
+      target.copy_(a.select(dim, a.size(dim) - extent + y) * (1.0 - w) + target * w);
+    }
+    return b;
+  };
+  std::vector<torch::Tensor> result_rows;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::vector<torch::Tensor> result_row;
+    for (size_t j = 0; j < rows[i].size(); ++j) {
+      auto tile = rows[i][j];
+      if (i > 0) tile = blend(rows[i - 1][j], tile, blend_extent, 2);
+      if (j > 0) tile = blend(rows[i][j - 1], tile, blend_extent, 3);
+      result_row.push_back(tile.narrow(2, 0, std::min(row_limit, tile.size(2)))
+                               .narrow(3, 0, std::min(row_limit, tile.size(3))));
+    }
+    result_rows.push_back(torch::cat(result_row, 3));
+  }
+  return torch::cat(result_rows, 2);
 }
 
 // diffusers AutoencoderKL._encode + DiagonalGaussianDistribution:

@@ -1,7 +1,13 @@
 #include "sdgen/weights.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstring>
 #include <set>
 #include <sstream>
+
+#include <torch/cuda.h>
 
 #include "sdgen/error.h"
 
@@ -23,10 +29,149 @@ TensorMap tensors_with_prefix(const SafeTensorsFile& file, const std::string& pr
   return out;
 }
 
-void load_weights(torch::nn::Module& module, const TensorMap& weights, const std::string& what) {
+namespace {
+
+struct Assignment {
+  torch::Tensor param;
+  torch::Tensor source;  // CPU, any dtype
+  torch::Device device = torch::kCPU;
+  torch::ScalarType dtype = torch::kFloat32;
+  bool channels_last = false;
+};
+
+// The parameter's final layout: channels_last for 4-D weights when asked.
+torch::Tensor in_layout(const torch::Tensor& t, const Assignment& a) {
+  return a.channels_last && t.dim() == 4 ? t.contiguous(torch::MemoryFormat::ChannelsLast) : t;
+}
+
+// Host -> GPU upload through two pinned staging buffers: tensors are packed
+// into one buffer (memcpy from the mapped file) while the other is copied to
+// the GPU asynchronously; each tensor is then viewed out of the GPU chunk in
+// its stored dtype and converted there (a view, no copy, when the dtype
+// already matches).
+void upload_staged(std::vector<Assignment>& items) {
+  constexpr int64_t kAlign = 256;
+  int64_t chunk = int64_t{64} << 20;
+  for (const auto& a : items)
+    chunk = std::max<int64_t>(
+        chunk, (static_cast<int64_t>(a.source.nbytes()) + kAlign - 1) / kAlign * kAlign);
+  const torch::Device device = items.front().device;
+  auto host_options = torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true);
+  torch::Tensor staging[2] = {torch::empty({chunk}, host_options),
+                              torch::empty({chunk}, host_options)};
+  int current = 0;
+  int64_t used = 0;
+  std::vector<std::pair<Assignment*, int64_t>> pending;  // item, offset in the chunk
+
+  auto flush = [&] {
+    if (pending.empty()) return;
+    // The other buffer's copy was queued before this one's: waiting for the
+    // device here guarantees it is done before that buffer is refilled.
+    torch::cuda::synchronize(device.index());
+    auto gpu = torch::empty({used}, torch::TensorOptions().dtype(torch::kUInt8).device(device));
+    gpu.copy_(staging[current].narrow(0, 0, used), /*non_blocking=*/true);
+    for (auto& [item, offset] : pending) {
+      const auto nbytes = static_cast<int64_t>(item->source.nbytes());
+      auto t =
+          gpu.narrow(0, offset, nbytes).view(item->source.scalar_type()).view(item->source.sizes());
+      if (t.scalar_type() != item->dtype) t = t.to(item->dtype);
+      item->param.set_data(in_layout(t, *item));
+    }
+    pending.clear();
+    used = 0;
+    current ^= 1;
+  };
+
+  for (auto& a : items) {
+    const auto nbytes = static_cast<int64_t>(a.source.nbytes());
+    if (used + nbytes > chunk) flush();
+    prefault_mapped_pages(a.source);
+    auto src = a.source.contiguous();
+    if (nbytes > 0)
+      std::memcpy(staging[current].data_ptr<uint8_t>() + used, src.data_ptr(),
+                  static_cast<size_t>(nbytes));
+    release_mapped_pages(a.source);
+    pending.emplace_back(&a, used);
+    used += (nbytes + kAlign - 1) / kAlign * kAlign;
+  }
+  flush();
+  torch::cuda::synchronize(device.index());
+}
+
+// CPU parameters of one load_weights() call live in one anonymous mapping,
+// populated up front (with transparent huge pages where the kernel has them):
+// writing 2 GB of converted weights into fresh memory otherwise takes half a
+// million page faults, which cost seconds in a virtual machine. Each
+// parameter is a view that keeps the mapping alive.
+class CpuArena {
+ public:
+  explicit CpuArena(size_t bytes) : bytes_(std::max<size_t>(bytes, 1)) {
+    void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+      throw Error("cannot allocate " + std::to_string(bytes_) + " bytes for weights");
+    data_ = static_cast<uint8_t*>(p);
+#ifdef MADV_HUGEPAGE
+    ::madvise(p, bytes_, MADV_HUGEPAGE);
+#endif
+#ifdef MADV_POPULATE_WRITE
+    ::madvise(p, bytes_, MADV_POPULATE_WRITE);  // best effort (Linux >= 5.14)
+#endif
+  }
+  ~CpuArena() { ::munmap(data_, bytes_); }
+  CpuArena(const CpuArena&) = delete;
+  CpuArena& operator=(const CpuArena&) = delete;
+  uint8_t* data() { return data_; }
+
+ private:
+  size_t bytes_;
+  uint8_t* data_ = nullptr;
+};
+
+constexpr size_t kCpuAlign = 64;
+
+size_t aligned_bytes(const Assignment& a) {
+  const size_t bytes = static_cast<size_t>(a.source.numel()) * c10::elementSize(a.dtype);
+  return (bytes + kCpuAlign - 1) / kCpuAlign * kCpuAlign;
+}
+
+// Converts every item into one arena (dtype and layout of its target).
+void load_cpu(std::vector<Assignment>& items) {
+  size_t total = 0;
+  for (const auto& a : items) total += aligned_bytes(a);
+  auto arena = std::make_shared<CpuArena>(total);
+  size_t offset = 0;
+  for (auto& a : items) {
+    const auto sizes = a.source.sizes().vec();
+    std::vector<int64_t> strides(sizes.size());
+    if (a.channels_last && sizes.size() == 4) {
+      // NHWC: channels innermost.
+      strides = {sizes[1] * sizes[2] * sizes[3], 1, sizes[3] * sizes[1], sizes[1]};
+    } else {
+      int64_t stride = 1;
+      for (size_t i = sizes.size(); i-- > 0;) {
+        strides[i] = stride;
+        stride *= sizes[i];
+      }
+    }
+    auto dst = torch::from_blob(
+        arena->data() + offset, sizes, strides, [arena](void*) {},
+        torch::TensorOptions().dtype(a.dtype));
+    prefault_mapped_pages(a.source);
+    dst.copy_(a.source);
+    release_mapped_pages(a.source);
+    a.param.set_data(dst);
+    offset += aligned_bytes(a);
+  }
+}
+
+}  // namespace
+
+void load_weights(torch::nn::Module& module, const TensorMap& weights, const std::string& what,
+                  const WeightTarget& target) {
   torch::NoGradGuard no_grad;
   std::vector<std::string> missing, mismatched;
   std::set<std::string> used;
+  std::vector<Assignment> items;
   for (auto& param : module.named_parameters(/*recurse=*/true)) {
     auto it = weights.find(param.key());
     if (it == weights.end()) {
@@ -40,12 +185,38 @@ void load_weights(torch::nn::Module& module, const TensorMap& weights, const std
                            ", found " + shape_string(src.sizes()) + ")");
       continue;
     }
-    if (mismatched.empty() && missing.empty()) param.value().copy_(src);
+    items.push_back({param.value(), src, target.device.value_or(param.value().device()),
+                     target.dtype.value_or(param.value().scalar_type()), target.channels_last});
   }
   std::vector<std::string> unexpected;
   for (const auto& kv : weights)
     if (!used.count(kv.first)) unexpected.push_back(kv.first);
-  if (missing.empty() && mismatched.empty() && unexpected.empty()) return;
+  if (missing.empty() && mismatched.empty() && unexpected.empty()) {
+    std::vector<Assignment> staged, cpu;
+    for (auto& a : items) {
+      if (a.device.is_cuda() && a.source.device().is_cpu()) {
+        staged.push_back(a);
+      } else if (a.device.is_cpu() && a.source.device().is_cpu()) {
+        cpu.push_back(a);
+      } else {
+        a.param.set_data(in_layout(a.source.to(a.device, a.dtype), a));
+      }
+    }
+    // One conversion straight into the target (a copy even when nothing
+    // changes, so that the file's pages can be let go).
+    if (!cpu.empty()) load_cpu(cpu);
+    // Tensors used as they are stay views into their GPU chunk (fully used by
+    // live parameters); tensors converted (dtype or channels_last) go through
+    // chunks of their own that are freed once converted.
+    std::vector<Assignment> as_is, converted;
+    for (auto& a : staged)
+      (a.source.scalar_type() == a.dtype && !(a.channels_last && a.source.dim() == 4) ? as_is
+                                                                                      : converted)
+          .push_back(a);
+    if (!as_is.empty()) upload_staged(as_is);
+    if (!converted.empty()) upload_staged(converted);
+    return;
+  }
 
   // One line, but complete enough to act on: the first few keys of each kind.
   std::ostringstream msg;

@@ -1,6 +1,7 @@
 // Library-level end-to-end parity with diffusers on the tiny model: every
 // step's latents and the final images (golden pipe.* tensors).
 
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "sdgen/error.h"
@@ -58,6 +59,53 @@ TEST(Pipeline, RejectsInvalidRequests) {
   r.clip_skip = 99;
   EXPECT_THROW(pipeline.validate(r), Error);
   EXPECT_NO_THROW(pipeline.validate(test::golden_request("ddim")));
+}
+
+// The CPU dtypes against the fp32 diffusers image: how far bf16 (with an fp32
+// or bf16 VAE) and channels_last land from pipe.ddim.image_u8.
+TEST(Pipeline, CpuDtypesAndLayoutsStayWithinAFewLevels) {
+  SDGEN_REQUIRE_SHARED();
+  struct Variant {
+    const char* name;
+    torch::ScalarType dtype;
+    std::optional<torch::ScalarType> vae_dtype;
+    int channels_last;
+    double max_levels;
+  };
+  const Variant variants[] = {{"fp32 channels_last", torch::kFloat32, {}, 1, 1.0},
+                              {"bf16, fp32 VAE", torch::kBFloat16, torch::kFloat32, 0, 12.0},
+                              {"bf16", torch::kBFloat16, {}, 0, 16.0}};
+  for (const auto& v : variants) {
+    LoadOptions options;
+    options.model_path = test::tiny_model_dir();
+    options.dtype = v.dtype;
+    options.vae_dtype = v.vae_dtype;
+    options.channels_last = v.channels_last;
+    auto model = load_model(options);
+    Pipeline pipeline(model);
+    const auto result = pipeline.generate(test::golden_request("ddim"));
+    const auto expected = test::golden("pipe.ddim.image_u8").to(torch::kFloat);
+    const auto diff = (result.images_u8.to(torch::kFloat) - expected).abs();
+    std::cout << "[parity] cpu " << v.name << " ddim pipeline: u8 max diff "
+              << diff.max().item<double>() << ", mean " << diff.mean().item<double>() << "\n";
+    EXPECT_LE(diff.max().item<double>(), v.max_levels) << v.name;
+    EXPECT_LT(diff.mean().item<double>(), 2.0) << v.name;
+  }
+}
+
+TEST(Pipeline, LongPromptsAndBreakWithGuidance) {
+  SDGEN_REQUIRE_SHARED();
+  Pipeline pipeline(test::tiny_model());
+  auto r = test::golden_request("ddim");
+  r.steps = 2;
+  std::string long_prompt;
+  for (int i = 0; i < 40; ++i) long_prompt += "a red fox and a blue bird, ";
+  ASSERT_GT(pipeline.prompt_chunk_count(long_prompt), 1);
+  for (const std::string prompt : {long_prompt, std::string("a cat BREAK a dog")}) {
+    r.prompt = prompt;  // the negative prompt stays one chunk: padded to match
+    const auto result = pipeline.generate(r);
+    EXPECT_TRUE(torch::isfinite(result.images).all().item<bool>()) << prompt;
+  }
 }
 
 }  // namespace

@@ -152,6 +152,28 @@ TEST(Weights, StrictLoadingNamesEveryProblem) {
   }
 }
 
+TEST(Weights, LoadsIntoTargetDtypeAndReleasesFilePages) {
+  const std::string path = test::temp_dir("st") + "/w.safetensors";
+  const auto w = torch::randn({256, 1024});  // 1 MiB: spans whole pages
+  const auto b = torch::randn({256});
+  write_safetensors(path, {{"weight", w.to(torch::kFloat16)}, {"bias", b}});
+  torch::nn::Linear layer(1024, 256);
+  {
+    SafeTensorsFile file(path);
+    auto weights = tensors_with_prefix(file, "");
+    load_weights(*layer, weights, "toy", {torch::Device(torch::kCPU), torch::kBFloat16});
+    // The file's pages were released; the mapping still reads back correctly.
+    EXPECT_TRUE(torch::equal(weights["weight"], w.to(torch::kFloat16)));
+  }
+  EXPECT_EQ(layer->weight.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(layer->weight, w.to(torch::kFloat16).to(torch::kBFloat16)));
+  EXPECT_TRUE(torch::equal(layer->bias, b.to(torch::kBFloat16)));
+  // Not inside a mapping: left alone.
+  auto heap = torch::ones({1 << 20});
+  release_mapped_pages(heap);
+  EXPECT_EQ(heap.sum().item<double>(), double(1 << 20));
+}
+
 TEST(SafeTensors, ReadsGoldenFile) {
   SDGEN_REQUIRE_SHARED();
   const auto& f = test::golden_file();

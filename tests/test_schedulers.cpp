@@ -149,12 +149,13 @@ TEST(Schedulers, BetaSchedules) {
   EXPECT_NEAR(betas.back(), 0.012, 1e-9);
   const double root = std::sqrt(0.00085) + 500 * (std::sqrt(0.012) - std::sqrt(0.00085)) / 999;
   EXPECT_NEAR(betas[500], root * root, 1e-9);
-  // alphas_cumprod are float32 values; their product follows the betas.
+  // alphas_cumprod are float32 values (float32 cumprod: libtorch versions
+  // differ in the last bits); their product follows the betas.
   const auto& alphas_cumprod = scaled.alphas_cumprod();
   double product = 1.0;
   for (size_t i = 0; i < betas.size(); ++i) {
     product *= 1.0 - betas[i];
-    EXPECT_NEAR(alphas_cumprod[i], product, 1e-6 * product + 1e-9) << "t = " << i;
+    EXPECT_NEAR(alphas_cumprod[i], product, 2e-6 * product + 1e-9) << "t = " << i;
     EXPECT_EQ(alphas_cumprod[i], static_cast<double>(static_cast<float>(alphas_cumprod[i])));
   }
   EXPECT_NEAR(alphas_cumprod.back(), 0.0047, 1e-4);  // SD1.5's well-known terminal value

@@ -3,6 +3,7 @@
 
 #include "sdgen/config.h"
 #include "sdgen/error.h"
+#include "sdgen/random_model.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/text_encoder.h"
 #include "sdgen/weights.h"
@@ -99,6 +100,7 @@ TEST(TextEncoder, CausalMaskIgnoresLaterTokens) {
   config.eos_token_id = 99;
   config.hidden_act = "gelu";
   CLIPTextModel model(config);
+  sdgen::randomize_parameters(*model);
   torch::NoGradGuard no_grad;
   auto a = torch::tensor({{1, 2, 3, 4, 5, 6, 99, 99}}, torch::kLong);
   auto b = a.clone();
@@ -119,6 +121,7 @@ TEST(TextEncoder, BadInputsThrow) {
   config.num_attention_heads = 2;
   config.max_position_embeddings = 6;
   CLIPTextModel model(config);
+  sdgen::randomize_parameters(*model);
   torch::NoGradGuard no_grad;
   EXPECT_THROW(model->forward(torch::zeros({1, 7}, torch::kLong)), sdgen::Error);
   EXPECT_THROW(model->forward(torch::zeros({6}, torch::kLong)), sdgen::Error);

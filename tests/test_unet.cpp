@@ -8,6 +8,7 @@
 
 #include "sdgen/config.h"
 #include "sdgen/error.h"
+#include "sdgen/random_model.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/unet.h"
 #include "sdgen/weights.h"
@@ -173,6 +174,7 @@ TEST(UNet, TransformerLayersPerBlock) {
   config.use_linear_projection = true;
   config.transformer_layers_per_block = {1, 3};
   sdgen::UNet2DConditionModel unet(config);
+  sdgen::randomize_parameters(*unet);
   auto shapes = parameter_shapes(*unet);
   const std::string tb = ".transformer_blocks.";
   EXPECT_TRUE(shapes.count("down_blocks.0.attentions.1" + tb + "0.norm1.weight"));

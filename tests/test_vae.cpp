@@ -8,6 +8,7 @@
 
 #include "sdgen/config.h"
 #include "sdgen/error.h"
+#include "sdgen/random_model.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/vae.h"
 #include "sdgen/weights.h"
@@ -115,6 +116,7 @@ TEST(VAE, OptionalPartsFollowConfig) {
   config.use_quant_conv = false;
   config.use_post_quant_conv = false;
   sdgen::AutoencoderKL vae(config);
+  sdgen::randomize_parameters(*vae);
   auto shapes = parameter_shapes(*vae);
   for (const auto& [name, shape] : shapes) {
     EXPECT_EQ(name.find("attentions"), std::string::npos) << name;
@@ -147,3 +149,24 @@ TEST(VAE, FullSizeParameterNamesAndShapes) {
 }
 
 }  // namespace
+
+TEST(VAE, TiledDecodeFollowsDiffusersTiling) {
+  SDGEN_REQUIRE_SHARED();
+  torch::NoGradGuard no_grad;
+  auto vae = load_tiny_vae();
+  torch::manual_seed(3);
+  const auto z = torch::randn({1, 4, 8, 8});
+  // One tile covers it: the plain decode.
+  EXPECT_TRUE(torch::equal(vae->tiled_decode(z, 8), vae->decode(z)));
+  // 4-latent tiles every 3 latents (overlap 1/4), 32-pixel tiles blended over
+  // 8 pixels and cropped to 24: the first tile's crop is untouched.
+  const auto tiled = vae->tiled_decode(z, 4, 0.25);
+  ASSERT_EQ(tiled.sizes(), (std::vector<int64_t>{1, 3, 64, 64}));
+  EXPECT_TRUE(torch::isfinite(tiled).all().item<bool>());
+  const auto first = vae->decode(z.narrow(2, 0, 4).narrow(3, 0, 4));
+  EXPECT_TRUE(torch::allclose(tiled.narrow(2, 0, 24).narrow(3, 0, 24),
+                              first.narrow(2, 0, 24).narrow(3, 0, 24)));
+  // Non-square and not a multiple of the tile stride.
+  const auto wide = vae->tiled_decode(torch::randn({1, 4, 5, 11}), 4, 0.25);
+  EXPECT_EQ(wide.sizes(), (std::vector<int64_t>{1, 3, 40, 88}));
+}

@@ -18,6 +18,7 @@
 
 #include "sdgen/config.h"
 #include "sdgen/error.h"
+#include "sdgen/random_model.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/text_encoder.h"
 #include "sdgen/tokenizer.h"
@@ -79,6 +80,9 @@ void make_tiny(const fs::path& dir, uint64_t seed) {
   sdgen::CLIPTextModel text_model(text);
   sdgen::UNet2DConditionModel unet_model(unet);
   sdgen::AutoencoderKL vae_model(vae);
+  sdgen::randomize_parameters(*text_model);
+  sdgen::randomize_parameters(*unet_model);
+  sdgen::randomize_parameters(*vae_model);
 
   const std::map<std::string, std::string> meta = {{"format", "pt"}};
   fs::create_directories(dir / "text_encoder");
@@ -105,49 +109,6 @@ void make_tiny(const fs::path& dir, uint64_t seed) {
       {"unet", {"diffusers", "UNet2DConditionModel"}},
       {"vae", {"diffusers", "AutoencoderKL"}}};
   write_text(dir / "model_index.json", index.dump(2));
-}
-
-// Random weights scaled like a trained network (norms 1/0, weights ~ 1/sqrt(fan_in))
-// so that activations stay finite in fp16 through the whole pipeline.
-torch::Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape,
-                            torch::ScalarType dtype) {
-  const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
-  const bool is_norm = name.find("norm") != std::string::npos ||
-                       name.find("ln_") != std::string::npos ||
-                       name.find("layer_norm") != std::string::npos;
-  if (is_bias) return torch::zeros(shape, dtype);
-  if (shape.size() <= 1) return is_norm ? torch::ones(shape, dtype) : torch::zeros(shape, dtype);
-  int64_t fan_in = 1;
-  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
-  const bool embedding = name.find("embedding") != std::string::npos;
-  const double std = embedding ? 0.02 : 1.0 / std::sqrt(static_cast<double>(fan_in));
-  return (torch::randn(shape) * std).to(dtype);
-}
-
-void make_from_manifest(const std::string& manifest_path, const std::string& key,
-                        const std::string& out, const std::string& dtype_name, uint64_t seed) {
-  torch::manual_seed(seed);
-  const auto manifest = sdgen::read_json_file(manifest_path);
-  if (!manifest.contains(key) || !manifest[key].is_object())
-    throw sdgen::Error(manifest_path + ": no entry '" + key + "'");
-  torch::ScalarType dtype = torch::kFloat16;
-  if (dtype_name == "fp32")
-    dtype = torch::kFloat32;
-  else if (dtype_name == "bf16")
-    dtype = torch::kBFloat16;
-  else if (dtype_name != "fp16")
-    throw sdgen::Error("--dtype must be fp16, bf16 or fp32");
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  int64_t params = 0;
-  for (auto it = manifest[key].begin(); it != manifest[key].end(); ++it) {
-    const auto shape = it.value().get<std::vector<int64_t>>();
-    tensors.emplace_back(it.key(), random_weight(it.key(), shape, dtype));
-    params += tensors.back().second.numel();
-  }
-  sdgen::write_safetensors(out, tensors,
-                           {{"format", "pt"}, {"sdgen", "random weights from " + key}});
-  std::cout << "wrote " << out << ": " << tensors.size() << " tensors, " << params
-            << " parameters (" << dtype_name << ")\n";
 }
 
 }  // namespace
@@ -177,7 +138,9 @@ int main(int argc, char** argv) {
       make_tiny(out, seed);
       std::cout << "wrote tiny random model to " << out << "\n";
     } else {
-      make_from_manifest(manifest, key, out, dtype, seed);
+      const auto written = sdgen::write_random_checkpoint(manifest, key, out, dtype, seed);
+      std::cout << "wrote " << out << ": " << written.tensors << " tensors, " << written.parameters
+                << " parameters (" << dtype << ")\n";
     }
   } catch (const std::exception& e) {
     std::cerr << "sdgen-mkmodel: error: " << e.what() << std::endl;

@@ -5,6 +5,7 @@
 // single-file (A1111/ComfyUI) .safetensors checkpoint.
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <torch/torch.h>
@@ -25,7 +26,16 @@ struct LoadOptions {
   std::string prediction_type;  // "" (from the model), "epsilon" or "v_prediction"
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
+  // The VAE's own dtype (unset: `dtype`). On CUDA an fp16 VAE whose decode
+  // overflows is switched to fp32 automatically, with a warning.
+  std::optional<torch::ScalarType> vae_dtype;
   bool verbose = false;  // print what was detected and loaded to stderr
+  // CUDA: capture the UNet step in a CUDA graph per (batch, height, width) and
+  // replay it (--no-cuda-graphs turns it off).
+  bool cuda_graphs = true;
+  // Convolutions in channels_last (NHWC) memory format: -1 the device's
+  // default (measured: see README), 0 off, 1 on.
+  int channels_last = -1;
 };
 
 struct StableDiffusionModel {
@@ -38,7 +48,10 @@ struct StableDiffusionModel {
   AutoencoderKL vae{nullptr};
   SchedulerConfig scheduler_config;
   torch::Device device = torch::kCPU;
-  torch::ScalarType dtype = torch::kFloat32;
+  torch::ScalarType dtype = torch::kFloat32;      // text encoder and UNet
+  torch::ScalarType vae_dtype = torch::kFloat32;  // VAE
+  bool cuda_graphs = true;                        // from LoadOptions
+  bool channels_last = false;                     // resolved from LoadOptions
 };
 
 // Throws Error naming the path/key at fault.

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,8 @@ struct GenerationRequest {
   // how much of the schedule to run over it, 0 < strength <= 1.
   torch::Tensor init_image;
   double strength = 0.75;
+  // Decode the latents in overlapping tiles (bounded memory for large images).
+  bool vae_tiling = false;
 };
 
 struct StepInfo {
@@ -43,20 +46,48 @@ struct StepInfo {
 };
 using StepCallback = std::function<void(const StepInfo&, const torch::Tensor& latents)>;
 
+// Wall-clock seconds of each stage of one generate() call (device work
+// finished before each clock is read).
+struct GenerationTimings {
+  double text_s = 0;      // tokenize + text encoder
+  double sampling_s = 0;  // the denoising loop
+  double decode_s = 0;    // VAE decode
+  int steps = 0;          // UNet steps run
+};
+
 struct GenerationResult {
   torch::Tensor images;     // [B, H, W, 3] float32 in [0, 1] (CPU)
   torch::Tensor images_u8;  // [B, H, W, 3] uint8 (CPU), round(images * 255)
   torch::Tensor latents;    // final latents [B, 4, H/8, W/8] (CPU, float32)
+  GenerationTimings timings;
 };
+
+class UNetGraph;
 
 class Pipeline {
  public:
-  explicit Pipeline(StableDiffusionModel& model) : model_(model) {}
+  explicit Pipeline(StableDiffusionModel& model);
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
 
   // Throws Error describing the first invalid field (sizes, steps, guidance, ...).
   void validate(const GenerationRequest& request) const;
-  // Tokenize + encode, [N, 77, hidden] in the model's dtype on its device.
-  torch::Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip);
+  // Tokenize + encode with A1111's prompt syntax (prompt_weights.h):
+  // [N, 77 * chunks, hidden] in the model's dtype on its device. Each prompt
+  // is split into 75-token chunks (one with LongPrompt::truncate), all
+  // prompts are padded with empty chunks to max(min_chunks, the longest), and
+  // emphasis weights are applied with the mean restored. A plain prompt of at
+  // most 75 tokens gives exactly diffusers' [N, 77, hidden] embedding.
+  torch::Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip,
+                               int min_chunks = 0);
+  // How many 77-token chunks encode_prompts gives `prompt` on its own; the
+  // caller pads the negative and positive prompts to the larger count.
+  int prompt_chunk_count(const std::string& prompt) const;
+  // Prompts over 75 tokens: A1111's chunks (default) or diffusers' truncation.
+  enum class LongPrompt { chunks, truncate };
+  void set_long_prompt(LongPrompt mode) { long_prompt_ = mode; }
+  LongPrompt long_prompt() const { return long_prompt_; }
   GenerationResult generate(const GenerationRequest& request, const StepCallback& on_step = {});
 
   // The scheduler a request runs with (sampler, schedule type, DDIM eta), timesteps set.
@@ -66,7 +97,20 @@ class Pipeline {
   torch::Tensor preprocess_image(const torch::Tensor& image, int height, int width) const;
 
  private:
+  // The guided UNet step for the current latents; replays a captured CUDA
+  // graph when the model runs on CUDA with graphs enabled.
+  torch::Tensor guided_noise(const torch::Tensor& latents, double t, const torch::Tensor& context,
+                             const GenerationRequest& request);
+  // VAE decode of final latents, in the VAE's dtype; on CUDA an fp16 decode
+  // that overflows is redone in fp32 (and the VAE kept in fp32), with a warning.
+  torch::Tensor decode_latents(const torch::Tensor& latents, bool tiled);
+  void synchronize() const;  // waits for the model's device (no-op on the CPU)
+
   StableDiffusionModel& model_;
+  LongPrompt long_prompt_ = LongPrompt::chunks;
+  std::unique_ptr<UNetGraph> graph_;
+  bool graph_context_set_ = false;
+  bool graphs_failed_ = false;
 };
 
 }  // namespace sdgen

@@ -71,6 +71,15 @@ class SafeTensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// When `tensor` lies inside the read-only mapping of a SafeTensorsFile, tells
+// the kernel its pages are no longer needed (they are read back from the file
+// if touched again). Used after weights were copied out of a file, so a
+// loaded model does not also keep the file's pages resident. No-op otherwise.
+void release_mapped_pages(const torch::Tensor& tensor);
+// Reads the pages of `tensor` (inside a SafeTensorsFile mapping) in at once,
+// before it is converted or copied. No-op otherwise.
+void prefault_mapped_pages(const torch::Tensor& tensor);
+
 // Writes tensors (any device, contiguous or not) as a safetensors file, keys
 // sorted, data laid out in key order. Written to a temporary file and renamed,
 // so a failure never leaves a partial file behind.

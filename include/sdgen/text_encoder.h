@@ -5,6 +5,7 @@
 // (e.g. "encoder.layers.0.self_attn.q_proj.weight").
 
 #include <memory>
+#include "sdgen/layers.h"
 
 #include <torch/torch.h>
 
@@ -38,7 +39,7 @@ class CLIPTextModelImpl : public torch::nn::Module {
   // final_layer_norm); their types are private to text_encoder.cpp.
   std::shared_ptr<CLIPTextEmbeddingsImpl> embeddings_;
   std::shared_ptr<CLIPEncoderImpl> encoder_;
-  torch::nn::LayerNorm final_layer_norm_{nullptr};
+  nn::LayerNorm final_layer_norm_{nullptr};
 };
 TORCH_MODULE(CLIPTextModel);
 

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <vector>
+#include "sdgen/layers.h"
 
 #include <torch/torch.h>
 
@@ -37,13 +38,13 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
  private:
   UNetConfig config_;
   // Blocks are defined in src/nn/ (private headers), hence the pointers.
-  torch::nn::Conv2d conv_in_{nullptr};
+  nn::Conv2d conv_in_{nullptr};
   std::shared_ptr<nn::TimestepEmbeddingImpl> time_embedding_;
   std::vector<std::shared_ptr<nn::UNetDownBlockImpl>> down_blocks_;
   std::shared_ptr<nn::UNetMidBlockCrossAttnImpl> mid_block_;
   std::vector<std::shared_ptr<nn::UNetUpBlockImpl>> up_blocks_;
-  torch::nn::GroupNorm conv_norm_out_{nullptr};
-  torch::nn::Conv2d conv_out_{nullptr};
+  nn::GroupNorm conv_norm_out_{nullptr};
+  nn::Conv2d conv_out_{nullptr};
 };
 TORCH_MODULE(UNet2DConditionModel);
 

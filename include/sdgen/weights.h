@@ -3,6 +3,7 @@
 // Strict, name-based loading of tensors into libtorch modules.
 
 #include <map>
+#include <optional>
 #include <string>
 
 #include <torch/torch.h>
@@ -18,12 +19,26 @@ using TensorMap = std::map<std::string, torch::Tensor>;
 // Every tensor of `file` whose key starts with `prefix`, the prefix removed.
 TensorMap tensors_with_prefix(const SafeTensorsFile& file, const std::string& prefix);
 
-// Copies `weights` into the parameters of `module` by exact name, converting
-// to each parameter's dtype and device. Strict: every parameter must be found,
+// Where loaded weights go. Unset fields keep each parameter's own device/dtype.
+struct WeightTarget {
+  std::optional<torch::Device> device;
+  std::optional<torch::ScalarType> dtype;
+  bool channels_last = false;  // store 4-D (convolution) weights in channels_last format
+};
+
+// Replaces the parameters of `module` by the tensors of `weights` with the
+// same name, converted once to the target device and dtype (the parameter
+// tensors are swapped, not copied into, so a module built without
+// initialisation costs nothing extra). Strict: every parameter must be found,
 // every tensor must be used, and shapes must match; otherwise throws Error that
 // names `what` (e.g. "unet (model.safetensors)") and each key at fault with the
-// expected and found shapes.
-void load_weights(torch::nn::Module& module, const TensorMap& weights, const std::string& what);
+// expected and found shapes, before any parameter is changed.
+//
+// CPU sources that alias a SafeTensorsFile mapping have their pages released
+// once converted. CUDA targets are filled through pinned staging buffers with
+// asynchronous copies, converting the dtype on the GPU.
+void load_weights(torch::nn::Module& module, const TensorMap& weights, const std::string& what,
+                  const WeightTarget& target = {});
 
 // "[320, 4, 3, 3]"
 std::string shape_string(at::IntArrayRef shape);

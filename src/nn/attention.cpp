@@ -55,8 +55,8 @@ torch::Tensor blocked_attention(const torch::Tensor& q, const torch::Tensor& k,
                                    q3.narrow(0, h0, hn).narrow(1, q0, qn), kt_h, 0.0, scale);
       if (causal) {
         // Query i (absolute q0 + i) sees keys 0..q0+i.
-        auto mask = torch::ones({qn, lk}, torch::dtype(torch::kBool).device(q.device()))
-                        .triu(q0 + 1);
+        auto mask =
+            torch::ones({qn, lk}, torch::dtype(torch::kBool).device(q.device())).triu(q0 + 1);
         scores.masked_fill_(mask, -std::numeric_limits<float>::infinity());
       }
       out.narrow(0, h0, hn).narrow(1, q0, qn).copy_(torch::bmm(scores.softmax(-1), v_h));

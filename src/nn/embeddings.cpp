@@ -1,4 +1,5 @@
 #include "nn/embeddings.h"
+#include "sdgen/layers.h"
 
 #include <cmath>
 
@@ -24,8 +25,8 @@ torch::Tensor timestep_embedding(const torch::Tensor& timesteps, int64_t dim, bo
 }
 
 TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_embed_dim) {
-  linear_1_ = register_module("linear_1", torch::nn::Linear(in_channels, time_embed_dim));
-  linear_2_ = register_module("linear_2", torch::nn::Linear(time_embed_dim, time_embed_dim));
+  linear_1_ = register_module("linear_1", nn::Linear(in_channels, time_embed_dim));
+  linear_2_ = register_module("linear_2", nn::Linear(time_embed_dim, time_embed_dim));
 }
 
 torch::Tensor TimestepEmbeddingImpl::forward(const torch::Tensor& x) {

@@ -3,6 +3,7 @@
 // Timestep embeddings (diffusers models/embeddings.py).
 
 #include <torch/torch.h>
+#include "sdgen/layers.h"
 
 namespace sdgen::nn {
 
@@ -19,8 +20,8 @@ class TimestepEmbeddingImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
-  torch::nn::Linear linear_1_{nullptr};
-  torch::nn::Linear linear_2_{nullptr};
+  nn::Linear linear_1_{nullptr};
+  nn::Linear linear_2_{nullptr};
 };
 TORCH_MODULE(TimestepEmbedding);
 

@@ -1,4 +1,5 @@
 #include "nn/resnet.h"
+#include "sdgen/layers.h"
 
 namespace sdgen::nn {
 
@@ -6,24 +7,15 @@ namespace F = torch::nn::functional;
 
 ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : options_(options) {
   const auto in = options.in_channels, out = options.out_channels;
-  norm1_ = register_module(
-      "norm1",
-      torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.groups, in).eps(options.eps)));
-  conv1_ = register_module(
-      "conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(1).padding(1)));
+  norm1_ = register_module("norm1", nn::GroupNorm(options.groups, in, options.eps));
+  conv1_ = register_module("conv1", nn::Conv2d(in, out, 3, 1, 1));
   if (options.temb_channels > 0) {
-    time_emb_proj_ =
-        register_module("time_emb_proj", torch::nn::Linear(options.temb_channels, out));
+    time_emb_proj_ = register_module("time_emb_proj", nn::Linear(options.temb_channels, out));
   }
-  norm2_ = register_module(
-      "norm2",
-      torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.groups, out).eps(options.eps)));
-  conv2_ = register_module(
-      "conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(out, out, 3).stride(1).padding(1)));
+  norm2_ = register_module("norm2", nn::GroupNorm(options.groups, out, options.eps));
+  conv2_ = register_module("conv2", nn::Conv2d(out, out, 3, 1, 1));
   if (in != out) {
-    conv_shortcut_ = register_module(
-        "conv_shortcut",
-        torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1).stride(1).padding(0)));
+    conv_shortcut_ = register_module("conv_shortcut", nn::Conv2d(in, out, 1, 1, 0));
   }
 }
 

@@ -4,6 +4,7 @@
 // variant used by SD1.x / SD2.x UNets and by the AutoencoderKL encoder/decoder.
 
 #include <torch/torch.h>
+#include "sdgen/layers.h"
 
 namespace sdgen::nn {
 
@@ -27,12 +28,12 @@ class ResnetBlock2DImpl : public torch::nn::Module {
 
  private:
   ResnetBlock2DOptions options_;
-  torch::nn::GroupNorm norm1_{nullptr};
-  torch::nn::Conv2d conv1_{nullptr};
-  torch::nn::Linear time_emb_proj_{nullptr};
-  torch::nn::GroupNorm norm2_{nullptr};
-  torch::nn::Conv2d conv2_{nullptr};
-  torch::nn::Conv2d conv_shortcut_{nullptr};
+  nn::GroupNorm norm1_{nullptr};
+  nn::Conv2d conv1_{nullptr};
+  nn::Linear time_emb_proj_{nullptr};
+  nn::GroupNorm norm2_{nullptr};
+  nn::Conv2d conv2_{nullptr};
+  nn::Conv2d conv_shortcut_{nullptr};
 };
 TORCH_MODULE(ResnetBlock2D);
 

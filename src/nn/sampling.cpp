@@ -1,4 +1,5 @@
 #include "nn/sampling.h"
+#include "sdgen/layers.h"
 
 namespace sdgen::nn {
 
@@ -6,9 +7,7 @@ namespace F = torch::nn::functional;
 
 Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t out_channels, int64_t padding)
     : padding_(padding) {
-  conv_ = register_module(
-      "conv", torch::nn::Conv2d(
-                  torch::nn::Conv2dOptions(channels, out_channels, 3).stride(2).padding(padding)));
+  conv_ = register_module("conv", nn::Conv2d(channels, out_channels, 3, 2, padding));
 }
 
 // diffusers Downsample2D.forward: with padding 0, pad (0, 1, 0, 1) with zeros first.
@@ -20,8 +19,7 @@ torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
 }
 
 Upsample2DImpl::Upsample2DImpl(int64_t channels, int64_t out_channels) {
-  conv_ = register_module(
-      "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
+  conv_ = register_module("conv", nn::Conv2d(channels, out_channels, 3, 1, 1));
 }
 
 // diffusers Upsample2D.forward: F.interpolate(mode="nearest", scale_factor=2 or

@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <vector>
+#include "sdgen/layers.h"
 
 #include <torch/torch.h>
 
@@ -20,7 +21,7 @@ class Downsample2DImpl : public torch::nn::Module {
 
  private:
   int64_t padding_;
-  torch::nn::Conv2d conv_{nullptr};
+  nn::Conv2d conv_{nullptr};
 };
 TORCH_MODULE(Downsample2D);
 
@@ -33,7 +34,7 @@ class Upsample2DImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, std::vector<int64_t> output_size = {});
 
  private:
-  torch::nn::Conv2d conv_{nullptr};
+  nn::Conv2d conv_{nullptr};
 };
 TORCH_MODULE(Upsample2D);
 

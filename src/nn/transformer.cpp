@@ -1,4 +1,5 @@
 #include "nn/transformer.h"
+#include "sdgen/layers.h"
 
 #include "nn/attention.h"
 #include "sdgen/error.h"
@@ -11,14 +12,11 @@ CrossAttentionImpl::CrossAttentionImpl(int64_t query_dim, int64_t context_dim, i
                                        int64_t head_dim, bool upcast_attention)
     : heads_(heads), upcast_attention_(upcast_attention) {
   const int64_t inner = heads * head_dim;
-  to_q_ = register_module(
-      "to_q", torch::nn::Linear(torch::nn::LinearOptions(query_dim, inner).bias(false)));
-  to_k_ = register_module(
-      "to_k", torch::nn::Linear(torch::nn::LinearOptions(context_dim, inner).bias(false)));
-  to_v_ = register_module(
-      "to_v", torch::nn::Linear(torch::nn::LinearOptions(context_dim, inner).bias(false)));
+  to_q_ = register_module("to_q", nn::Linear(query_dim, inner, false));
+  to_k_ = register_module("to_k", nn::Linear(context_dim, inner, false));
+  to_v_ = register_module("to_v", nn::Linear(context_dim, inner, false));
   to_out_ = register_module("to_out", torch::nn::ModuleList());
-  out_proj_ = torch::nn::Linear(inner, query_dim);
+  out_proj_ = nn::Linear(inner, query_dim);
   to_out_->push_back(out_proj_);
 }
 
@@ -46,8 +44,8 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t mult) {
   // dropout at index 1 has no parameters and is left out.
   auto net = register_module("net", std::make_shared<torch::nn::Module>());
   auto geglu = net->register_module("0", std::make_shared<torch::nn::Module>());
-  proj_ = geglu->register_module("proj", torch::nn::Linear(dim, inner * 2));
-  out_ = net->register_module("2", torch::nn::Linear(inner, dim));
+  proj_ = geglu->register_module("proj", nn::Linear(dim, inner * 2));
+  out_ = net->register_module("2", nn::Linear(inner, dim));
 }
 
 // diffusers GEGLU: hidden, gate = proj(x).chunk(2, -1); hidden * gelu(gate) (exact erf GELU).
@@ -58,7 +56,7 @@ torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
 
 BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim,
                                                      int64_t context_dim, bool upcast_attention) {
-  auto ln = [dim] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(1e-5)); };
+  auto ln = [dim] { return nn::LayerNorm(dim, 1e-5); };
   norm1_ = register_module("norm1", ln());
   attn1_ = register_module("attn1", CrossAttention(dim, dim, heads, head_dim, upcast_attention));
   norm2_ = register_module("norm2", ln());
@@ -83,13 +81,11 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& optio
     throw Error("Transformer2DModel: channels " + std::to_string(c) + " not divisible by heads " +
                 std::to_string(options.heads));
   }
-  norm_ = register_module(
-      "norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.groups, c).eps(1e-6)));
+  norm_ = register_module("norm", nn::GroupNorm(options.groups, c, 1e-6));
   if (options.use_linear_projection) {
-    proj_in_linear_ = register_module("proj_in", torch::nn::Linear(c, c));
+    proj_in_linear_ = register_module("proj_in", nn::Linear(c, c));
   } else {
-    proj_in_conv_ =
-        register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c, c, 1)));
+    proj_in_conv_ = register_module("proj_in", nn::Conv2d(c, c, 1));
   }
   auto list = register_module("transformer_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.num_layers; ++i) {
@@ -98,10 +94,9 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& optio
     list->push_back(blocks_.back());
   }
   if (options.use_linear_projection) {
-    proj_out_linear_ = register_module("proj_out", torch::nn::Linear(c, c));
+    proj_out_linear_ = register_module("proj_out", nn::Linear(c, c));
   } else {
-    proj_out_conv_ =
-        register_module("proj_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(c, c, 1)));
+    proj_out_conv_ = register_module("proj_out", nn::Conv2d(c, c, 1));
   }
 }
 

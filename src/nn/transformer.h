@@ -5,6 +5,7 @@
 // BasicTransformerBlock (models/attention.py), as used by SD1.x / SD2.x UNets.
 
 #include <torch/torch.h>
+#include "sdgen/layers.h"
 
 namespace sdgen::nn {
 
@@ -21,9 +22,9 @@ class CrossAttentionImpl : public torch::nn::Module {
  private:
   int64_t heads_;
   bool upcast_attention_;
-  torch::nn::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
+  nn::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
   torch::nn::ModuleList to_out_{nullptr};
-  torch::nn::Linear out_proj_{nullptr};  // to_out.0
+  nn::Linear out_proj_{nullptr};  // to_out.0
 };
 TORCH_MODULE(CrossAttention);
 
@@ -35,8 +36,8 @@ class FeedForwardImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
-  torch::nn::Linear proj_{nullptr};  // net.0.proj
-  torch::nn::Linear out_{nullptr};   // net.2
+  nn::Linear proj_{nullptr};  // net.0.proj
+  nn::Linear out_{nullptr};   // net.2
 };
 TORCH_MODULE(FeedForward);
 
@@ -50,7 +51,7 @@ class BasicTransformerBlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
 
  private:
-  torch::nn::LayerNorm norm1_{nullptr}, norm2_{nullptr}, norm3_{nullptr};
+  nn::LayerNorm norm1_{nullptr}, norm2_{nullptr}, norm3_{nullptr};
   CrossAttention attn1_{nullptr}, attn2_{nullptr};
   FeedForward ff_{nullptr};
 };
@@ -76,9 +77,9 @@ class Transformer2DModelImpl : public torch::nn::Module {
 
  private:
   Transformer2DOptions options_;
-  torch::nn::GroupNorm norm_{nullptr};
-  torch::nn::Conv2d proj_in_conv_{nullptr}, proj_out_conv_{nullptr};
-  torch::nn::Linear proj_in_linear_{nullptr}, proj_out_linear_{nullptr};
+  nn::GroupNorm norm_{nullptr};
+  nn::Conv2d proj_in_conv_{nullptr}, proj_out_conv_{nullptr};
+  nn::Linear proj_in_linear_{nullptr}, proj_out_linear_{nullptr};
   std::vector<BasicTransformerBlock> blocks_;
 };
 TORCH_MODULE(Transformer2DModel);

@@ -1,4 +1,5 @@
 #include "nn/vae_blocks.h"
+#include "sdgen/layers.h"
 
 #include "nn/attention.h"
 #include "sdgen/error.h"
@@ -22,9 +23,7 @@ ResnetBlock2D make_resnet(int64_t in, int64_t out, int64_t groups) {
   return ResnetBlock2D(o);
 }
 
-torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
-  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(1).padding(1));
-}
+nn::Conv2d conv3x3(int64_t in, int64_t out) { return nn::Conv2d(in, out, 3, 1, 1); }
 
 }  // namespace
 
@@ -35,13 +34,12 @@ SpatialSelfAttentionImpl::SpatialSelfAttentionImpl(int64_t channels, int64_t gro
     throw Error("VAE attention: " + std::to_string(channels) + " channels not divisible by " +
                 std::to_string(heads) + " heads");
   }
-  group_norm_ = register_module(
-      "group_norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps)));
-  to_q_ = register_module("to_q", torch::nn::Linear(channels, channels));
-  to_k_ = register_module("to_k", torch::nn::Linear(channels, channels));
-  to_v_ = register_module("to_v", torch::nn::Linear(channels, channels));
+  group_norm_ = register_module("group_norm", nn::GroupNorm(groups, channels, eps));
+  to_q_ = register_module("to_q", nn::Linear(channels, channels));
+  to_k_ = register_module("to_k", nn::Linear(channels, channels));
+  to_v_ = register_module("to_v", nn::Linear(channels, channels));
   auto to_out = register_module("to_out", torch::nn::ModuleList());
-  out_proj_ = torch::nn::Linear(channels, channels);
+  out_proj_ = nn::Linear(channels, channels);
   to_out->push_back(out_proj_);
 }
 
@@ -108,10 +106,8 @@ VAEEncoderImpl::VAEEncoderImpl(const VAECoderOptions& options) {
   }
   mid_block_ = register_module("mid_block", VAEMidBlock(channels.back(), options.groups, kVAEEps,
                                                         options.mid_block_add_attention));
-  conv_norm_out_ = register_module(
-      "conv_norm_out",
-      torch::nn::GroupNorm(
-          torch::nn::GroupNormOptions(options.groups, channels.back()).eps(kVAEEps)));
+  conv_norm_out_ =
+      register_module("conv_norm_out", nn::GroupNorm(options.groups, channels.back(), kVAEEps));
   conv_out_ = register_module("conv_out", conv3x3(channels.back(), options.out_channels));
 }
 
@@ -153,9 +149,8 @@ VAEDecoderImpl::VAEDecoderImpl(const VAECoderOptions& options) {
     }
     up_blocks->push_back(block);
   }
-  conv_norm_out_ = register_module(
-      "conv_norm_out",
-      torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.groups, channels[0]).eps(kVAEEps)));
+  conv_norm_out_ =
+      register_module("conv_norm_out", nn::GroupNorm(options.groups, channels[0], kVAEEps));
   conv_out_ = register_module("conv_out", conv3x3(channels[0], options.out_channels));
 }
 

@@ -4,6 +4,7 @@
 // (models/autoencoders/vae.py: Encoder, Decoder) and their blocks.
 
 #include <vector>
+#include "sdgen/layers.h"
 
 #include <torch/torch.h>
 
@@ -23,9 +24,9 @@ class SpatialSelfAttentionImpl : public torch::nn::Module {
 
  private:
   int64_t heads_;
-  torch::nn::GroupNorm group_norm_{nullptr};
-  torch::nn::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
-  torch::nn::Linear out_proj_{nullptr};  // to_out.0
+  nn::GroupNorm group_norm_{nullptr};
+  nn::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr};
+  nn::Linear out_proj_{nullptr};  // to_out.0
 };
 TORCH_MODULE(SpatialSelfAttention);
 
@@ -59,12 +60,12 @@ class VAEEncoderImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
-  torch::nn::Conv2d conv_in_{nullptr};
+  nn::Conv2d conv_in_{nullptr};
   std::vector<std::vector<ResnetBlock2D>> resnets_;
   std::vector<Downsample2D> downsamplers_;  // null holder for the last block
   VAEMidBlock mid_block_{nullptr};
-  torch::nn::GroupNorm conv_norm_out_{nullptr};
-  torch::nn::Conv2d conv_out_{nullptr};
+  nn::GroupNorm conv_norm_out_{nullptr};
+  nn::Conv2d conv_out_{nullptr};
 };
 TORCH_MODULE(VAEEncoder);
 
@@ -76,12 +77,12 @@ class VAEDecoderImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& z);
 
  private:
-  torch::nn::Conv2d conv_in_{nullptr};
+  nn::Conv2d conv_in_{nullptr};
   VAEMidBlock mid_block_{nullptr};
   std::vector<std::vector<ResnetBlock2D>> resnets_;
   std::vector<Upsample2D> upsamplers_;  // null holder for the last block
-  torch::nn::GroupNorm conv_norm_out_{nullptr};
-  torch::nn::Conv2d conv_out_{nullptr};
+  nn::GroupNorm conv_norm_out_{nullptr};
+  nn::Conv2d conv_out_{nullptr};
 };
 TORCH_MODULE(VAEDecoder);
 

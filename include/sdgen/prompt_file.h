@@ -1,0 +1,41 @@
+#pragma once
+
+// Prompt files (--prompt-file): one entry per line. A plain line is a prompt;
+// blank lines and lines starting with '#' are skipped; a line starting with
+// '{' is a JSON object that may override any generation setting. Pure
+// functions over strings (fuzzable); the CLI reads the lines.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sdgen {
+
+struct PromptEntry {
+  int line = 0;  // 1-based line number in the file
+  std::optional<std::string> prompt, negative_prompt, sampler, scheduler, init_image, output;
+  std::optional<uint64_t> seed;
+  std::optional<int> steps, width, height, batch_size, clip_skip;
+  std::optional<double> cfg_scale, strength;
+};
+
+struct PromptLine {
+  enum class Kind { skip, entry, error };
+  Kind kind = Kind::skip;
+  PromptEntry entry;  // when kind == entry
+  std::string error;  // when kind == error: "line N: ..." naming the key at fault
+};
+
+// The JSON keys a line may set.
+const std::vector<std::string>& prompt_file_keys();
+
+// Parses one line (without its '\n'; a trailing '\r' is ignored). Checks
+// types and ranges that need no model (sizes positive multiples of 8 up to
+// 8192, steps 1..1000, batch_size 1..64, ...); never throws.
+PromptLine parse_prompt_line(const std::string& line, int line_number);
+
+// All lines of a text (e.g. a whole file), in order, numbered from 1.
+std::vector<PromptLine> parse_prompt_text(const std::string& text);
+
+}  // namespace sdgen

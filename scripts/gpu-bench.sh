@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Builds sdgen on a CUDA machine against the pip torch there, runs the CUDA
+# golden tests and the benchmark variants that show what each optimisation
+# is worth, and writes everything under OUTDIR. Made for a GPU box without
+# Debian's -dev packages: it expects third-party headers in .deps/include
+# (stb_image.h, stb_image_write.h), GoogleTest sources in .deps/googletest and
+# the reference data in .deps/shared (a copy of ../shared), all git-ignored.
+#
+#   scripts/gpu-bench.sh OUTDIR [steps]
+set -uo pipefail
+out=${1:?usage: scripts/gpu-bench.sh OUTDIR [steps]}
+steps=${2:-50}
+root=$(cd "$(dirname "$0")/.." && pwd)
+build="$root/build-gpu"
+mkdir -p "$out"
+shared="$root/.deps/shared"
+[ -d "$shared" ] || shared="$root/../shared"
+log() { echo "== $(date +%T) $*" | tee -a "$out/summary.txt"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$out/gpu.txt"
+prefix=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
+python3 -c 'import torch;print("torch", torch.__version__, torch.version.cuda)' | tee -a "$out/gpu.txt"
+
+extra=()
+# No zlib development files there: use a static copy from .deps (headers in .deps/include).
+if [ ! -e /usr/include/zlib.h ] && [ -e "$root/.deps/lib/libz.a" ]; then
+  extra+=(-DZLIB_INCLUDE_DIR="$root/.deps/include" -DZLIB_LIBRARY="$root/.deps/lib/libz.a")
+fi
+configure() {
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
+    -DSDGEN_SHARED_DIR="$shared" "${extra[@]}" "$@" >"$out/configure.log" 2>&1
+}
+log "build"
+if ! configure; then tail -30 "$out/configure.log"; exit 1; fi
+# The library, the benchmark and the CUDA tests first; then everything else
+# that builds (-k 0), so one broken target does not hide the GPU results.
+if ! { configure && ninja -C "$build" -j"$(nproc)" sdgen-bench test_cuda >"$out/build.log" 2>&1; }; then
+  grep -E "error|Error" "$out/build.log" | head -40
+  log "build with CUDA extras failed; retrying with -DSDGEN_CUDA=OFF (no graphs)"
+  configure -DSDGEN_CUDA=OFF && ninja -C "$build" -j"$(nproc)" sdgen-bench test_cuda >"$out/build-nocuda.log" 2>&1 ||
+    { tail -50 "$out/build-nocuda.log"; exit 1; }
+fi
+log "built"
+
+log "test_cuda"
+"$build/test_cuda" ${TEST_CUDA_FILTER:+--gtest_filter=$TEST_CUDA_FILTER} 2>&1 | tee "$out/test_cuda.log" | grep -E "parity|device:|OK|FAILED|PASSED|Failure|error" | head -40
+
+ckpt=/tmp/sdgen-sd15-fp16.safetensors
+bench() {
+  local label=$1
+  shift
+  timeout 100 "$build/sdgen-bench" --device cuda --steps "$steps" --cache "$ckpt" \
+    --manifest "$shared/data/manifests.json" --tokenizer "$shared/data/clip" --label "$label" "$@" \
+    2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
+}
+log "bench"
+# Main configuration (the defaults), then one optimisation off at a time.
+bench fp16-graphs-cl --dtype fp16 --channels-last on
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+  bench fp16-graphs --dtype fp16 --channels-last off --batch-sizes 1
+  log "bench done"; exit 0
+fi
+bench fp16-eager-cl --dtype fp16 --channels-last on --no-cuda-graphs --batch-sizes 1
+bench fp16-graphs --dtype fp16 --channels-last off --batch-sizes 1
+bench fp16-eager --dtype fp16 --channels-last off --no-cuda-graphs --batch-sizes 1
+bench bf16-graphs-cl --dtype bf16 --channels-last on --batch-sizes 1
+bench fp32-graphs --dtype fp32 --channels-last off --batch-sizes 1 --repeats 1
+log "bench done"
+
+if [ "${SKIP_CTEST:-0}" = 1 ]; then
+  # Quick look at the CPU test binaries' exit instead of the whole suite.
+  ninja -C "$build" -j"$(nproc)" test_image_io test_rng >/dev/null 2>&1
+  for t in test_image_io test_rng; do
+    "$build/$t" --gtest_filter='-*' >/dev/null 2>&1; echo "$t, no tests: rc=$?"
+    "$build/$t" >/dev/null 2>&1; echo "$t: rc=$?"
+    MALLOC_CHECK_=3 "$build/$t" 2>&1 | tail -2; echo "$t MALLOC_CHECK_=3: rc=$?"
+  done
+  ldd "$build/test_rng" | grep -vE "linux-vdso|ld-linux" | awk '{print $1, $3}' | head -30
+else
+  ninja -C "$build" -j"$(nproc)" -k 0 >"$out/build-rest.log" 2>&1 || grep -E "error" "$out/build-rest.log" | head -20
+  log "built the rest"
+  log "ctest"
+  (cd "$build" && timeout ${CTEST_TIMEOUT:-120} ctest -j4 --output-on-failure -E test_cuda >"$out/ctest.log" 2>&1)
+  tail -15 "$out/ctest.log"
+fi
+log "done"

@@ -1,0 +1,337 @@
+#include "sdgen/a1111.h"
+
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+namespace fs = std::filesystem;
+
+namespace sdgen {
+namespace {
+
+bool is_space(char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }
+// Python's \w on UTF-8 bytes: ASCII letters, digits, '_' and any non-ASCII byte.
+bool is_word(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return std::isalnum(u) || u == '_' || u >= 0x80;
+}
+
+std::string strip(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && is_space(s[b])) ++b;
+  while (e > b && is_space(s[e - 1])) --e;
+  return s.substr(b, e - b);
+}
+
+std::vector<std::string> split_lines(const std::string& s) {
+  std::vector<std::string> lines;
+  size_t start = 0;
+  while (true) {
+    const size_t nl = s.find('\n', start);
+    if (nl == std::string::npos) {
+      lines.push_back(s.substr(start));
+      return lines;
+    }
+    lines.push_back(s.substr(start, nl - start));
+    start = nl + 1;
+  }
+}
+
+// re.findall(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', line),
+// written out by hand (no backtracking regex engine on untrusted text).
+std::vector<std::pair<std::string, std::string>> find_params(const std::string& line) {
+  std::vector<std::pair<std::string, std::string>> out;
+  const size_t n = line.size();
+  size_t pos = 0;
+  while (pos < n) {
+    size_t i = pos;
+    while (i < n && is_space(line[i])) ++i;
+    // Key: \w then [\w \-/]+ up to a ':'.
+    if (i >= n || !is_word(line[i])) {
+      ++pos;
+      continue;
+    }
+    size_t k = i + 1;
+    while (k < n && (is_word(line[k]) || line[k] == ' ' || line[k] == '-' || line[k] == '/')) ++k;
+    if (k == i + 1 || k >= n || line[k] != ':') {
+      ++pos;
+      continue;
+    }
+    const std::string key = line.substr(i, k - i);
+    size_t v = k + 1;
+    while (v < n && is_space(line[v])) ++v;
+    // Value: a quoted string followed by ',' or the end, else [^,]*.
+    size_t end = std::string::npos;
+    if (v < n && line[v] == '"') {
+      size_t q = v + 1;
+      bool any = false;
+      while (q < n) {
+        if (line[q] == '\\' && q + 1 < n) {
+          q += 2;
+          any = true;
+        } else if (line[q] != '"' && line[q] != '\\') {
+          ++q;
+          any = true;
+        } else {
+          break;
+        }
+      }
+      if (any && q < n && line[q] == '"' && (q + 1 == n || line[q + 1] == ',')) end = q + 1;
+    }
+    if (end == std::string::npos) {
+      end = line.find(',', v);
+      if (end == std::string::npos) end = n;
+    }
+    out.emplace_back(key, line.substr(v, end - v));
+    pos = end < n ? end + 1 : n;  // the ',' is part of the match
+  }
+  return out;
+}
+
+std::optional<int64_t> parse_int(const std::string& s) {
+  const std::string t = strip(s);
+  if (t.empty()) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(t.c_str(), &end, 10);
+  if (errno != 0 || end != t.c_str() + t.size()) return std::nullopt;
+  return v;
+}
+
+std::optional<double> parse_double(const std::string& s) {
+  const std::string t = strip(s);
+  if (t.empty()) return std::nullopt;
+  char* end = nullptr;
+  const double v = std::strtod(t.c_str(), &end);
+  if (end != t.c_str() + t.size() || !(v == v)) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+const std::string* A1111Parameters::find(const std::string& key) const {
+  for (const auto& [k, v] : fields)
+    if (k == key) return &v;
+  return nullptr;
+}
+
+void A1111Parameters::set(const std::string& key, const std::string& value) {
+  for (auto& [k, v] : fields)
+    if (k == key) {
+      v = value;
+      return;
+    }
+  fields.emplace_back(key, value);
+}
+
+std::string a1111_quote(const std::string& value) {
+  if (value.find_first_of(",:\n") == std::string::npos) return value;
+  // json.dumps(text, ensure_ascii=False); invalid UTF-8 is replaced, not fatal.
+  return nlohmann::json(value).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string a1111_unquote(const std::string& value) {
+  if (value.size() < 2 || value.front() != '"' || value.back() != '"') return value;
+  try {
+    const auto j = nlohmann::json::parse(value);
+    if (j.is_string()) return j.get<std::string>();
+  } catch (const std::exception&) {
+  }
+  return value;
+}
+
+std::string format_a1111_parameters(const A1111Parameters& p) {
+  std::string fields;
+  for (const auto& [k, v] : p.fields) {
+    if (!fields.empty()) fields += ", ";
+    fields += k == v ? k : k + ": " + a1111_quote(v);
+  }
+  std::string text = p.prompt;
+  if (!p.negative_prompt.empty()) text += "\nNegative prompt: " + p.negative_prompt;
+  text += "\n" + fields;
+  return strip(text);
+}
+
+A1111Parameters parse_a1111_parameters(const std::string& text) {
+  A1111Parameters out;
+  std::vector<std::string> lines = split_lines(strip(text));
+  std::string last = lines.back();
+  lines.pop_back();
+  auto params = find_params(last);
+  if (params.size() < 3) {
+    lines.push_back(last);
+    params.clear();
+  }
+  bool done_with_prompt = false;
+  for (auto line : lines) {
+    line = strip(line);
+    if (line.rfind("Negative prompt:", 0) == 0) {
+      done_with_prompt = true;
+      line = strip(line.substr(16));
+    }
+    std::string& target = done_with_prompt ? out.negative_prompt : out.prompt;
+    target += (target.empty() ? "" : "\n") + line;
+  }
+  for (auto& [k, v] : params) {
+    if (v.empty()) continue;  // A1111 skips these (v[0] raises)
+    if (v.front() == '"' && v.back() == '"') v = a1111_unquote(v);
+    out.fields.emplace_back(k, v);
+  }
+  return out;
+}
+
+std::string a1111_number(double value) {
+  char buf[64];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, value);
+    if (std::strtod(buf, nullptr) == value) break;
+  }
+  return buf;
+}
+
+std::string a1111_sampler_label(const std::string& sampler) {
+  static const std::map<std::string, std::string> labels = {{"ddim", "DDIM"},
+                                                            {"ddpm", "DDPM"},
+                                                            {"pndm", "PLMS"},
+                                                            {"euler", "Euler"},
+                                                            {"euler_a", "Euler a"},
+                                                            {"heun", "Heun"},
+                                                            {"lms", "LMS"},
+                                                            {"dpmpp_2m", "DPM++ 2M"},
+                                                            {"dpmpp_2m_karras", "DPM++ 2M"},
+                                                            {"unipc", "UniPC"},
+                                                            {"lcm", "LCM"}};
+  auto it = labels.find(sampler);
+  return it == labels.end() ? sampler : it->second;
+}
+
+std::string a1111_model_name(const std::string& model_path) {
+  fs::path p = fs::path(model_path).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();  // "folder/" -> "folder"
+  std::error_code ec;
+  if (fs::is_directory(p, ec)) return p.filename().string();
+  return p.stem().string();
+}
+
+A1111Parameters a1111_parameters_for(const GenerationRequest& r, const ImageMetadata& image) {
+  A1111Parameters p;
+  p.prompt = r.prompt;
+  p.negative_prompt = r.negative_prompt;
+  p.set("Steps", std::to_string(r.steps));
+  p.set("Sampler", a1111_sampler_label(image.sampler));
+  if (r.schedule == "karras" || image.sampler == "dpmpp_2m_karras")
+    p.set("Schedule type", "Karras");
+  else if (r.schedule == "normal")
+    p.set("Schedule type", "Normal");
+  p.set("CFG scale", a1111_number(r.cfg_scale));
+  p.set("Seed", std::to_string(r.seed));
+  p.set("Size", std::to_string(r.width) + "x" + std::to_string(r.height));
+  if (!image.model_hash.empty()) p.set("Model hash", image.model_hash);
+  if (!image.model_name.empty()) p.set("Model", image.model_name);
+  if (r.init_image.defined()) p.set("Denoising strength", a1111_number(r.strength));
+  if (r.clip_skip > 1) p.set("Clip skip", std::to_string(r.clip_skip));
+  // Extra parameters (A1111's extra_generation_params), before Version.
+  if (r.eta > 0) p.set("Eta DDIM", a1111_number(r.eta));
+  if (r.batch_size > 1) {
+    // Images of one batch share one noise tensor (diffusers' convention), so
+    // reproducing image i needs the batch: A1111's old "Batch size/pos" fields.
+    p.set("Batch size", std::to_string(r.batch_size));
+    p.set("Batch pos", std::to_string(image.batch_pos));
+  }
+  if (image.long_prompt_truncate) p.set("Long prompt", "truncate");
+  p.set("Version", "sdgen " + image.version);
+  return p;
+}
+
+A1111Settings a1111_settings(const A1111Parameters& p) {
+  A1111Settings s;
+  s.prompt = p.prompt;
+  s.negative_prompt = p.negative_prompt;
+  auto get_int = [&](const char* key, std::optional<int>& target, int64_t lo, int64_t hi) {
+    if (const auto* v = p.find(key)) {
+      const auto n = parse_int(*v);
+      if (n && *n >= lo && *n <= hi)
+        target = static_cast<int>(*n);
+      else
+        s.warnings.push_back(std::string(key) + " '" + *v + "' is not a whole number in [" +
+                             std::to_string(lo) + ", " + std::to_string(hi) + "]; ignored");
+    }
+  };
+  auto get_double = [&](const char* key, std::optional<double>& target) {
+    if (const auto* v = p.find(key)) {
+      if (const auto d = parse_double(*v))
+        target = *d;
+      else
+        s.warnings.push_back(std::string(key) + " '" + *v + "' is not a number; ignored");
+    }
+  };
+  get_int("Steps", s.steps, 1, 100000);
+  get_int("Clip skip", s.clip_skip, 1, 1000);
+  get_int("Batch size", s.batch_size, 1, 1000);
+  get_int("Batch pos", s.batch_pos, 0, 999);
+  get_double("CFG scale", s.cfg_scale);
+  get_double("Denoising strength", s.strength);
+  get_double("Eta DDIM", s.eta);
+  if (!s.eta) get_double("Eta", s.eta);
+  if (const auto* v = p.find("Seed")) {
+    const std::string t = strip(*v);
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long seed = std::strtoull(t.c_str(), &end, 10);
+    if (!t.empty() && t[0] != '-' && errno == 0 && end == t.c_str() + t.size())
+      s.seed = seed;
+    else
+      s.warnings.push_back("Seed '" + *v + "' is not a seed; ignored");
+  }
+  if (const auto* v = p.find("Size")) {
+    const auto x = v->find('x');
+    const auto w = x == std::string::npos ? std::nullopt : parse_int(v->substr(0, x));
+    const auto h = x == std::string::npos ? std::nullopt : parse_int(v->substr(x + 1));
+    if (w && h && *w > 0 && *h > 0 && *w <= 65536 && *h <= 65536) {
+      s.width = static_cast<int>(*w);
+      s.height = static_cast<int>(*h);
+    } else {
+      s.warnings.push_back("Size '" + *v + "' is not WIDTHxHEIGHT; ignored");
+    }
+  }
+  if (const auto* v = p.find("Sampler")) {
+    // A1111 labels, including the pre-1.9 ones with the schedule in the name.
+    static const std::map<std::string, std::pair<std::string, std::string>> names = {
+        {"DDIM", {"ddim", ""}},         {"DDPM", {"ddpm", ""}},
+        {"PLMS", {"pndm", ""}},         {"Euler", {"euler", ""}},
+        {"Euler a", {"euler_a", ""}},   {"Heun", {"heun", ""}},
+        {"LMS", {"lms", ""}},           {"LMS Karras", {"lms", "karras"}},
+        {"DPM++ 2M", {"dpmpp_2m", ""}}, {"DPM++ 2M Karras", {"dpmpp_2m", "karras"}},
+        {"UniPC", {"unipc", ""}},       {"LCM", {"lcm", ""}}};
+    const auto it = names.find(strip(*v));
+    if (it != names.end()) {
+      s.sampler = it->second.first;
+      if (!it->second.second.empty()) s.schedule = it->second.second;
+    } else {
+      s.sampler = strip(*v);
+    }
+  }
+  if (const auto* v = p.find("Schedule type")) {
+    const std::string t = strip(*v);
+    if (t == "Karras")
+      s.schedule = "karras";
+    else if (t == "Normal" || t == "Uniform")
+      s.schedule = "normal";
+    else if (t == "Automatic")
+      s.schedule = "";
+    else
+      s.warnings.push_back("Schedule type '" + t + "' is not supported (Karras, Normal, " +
+                           "Automatic); the sampler's own schedule is used");
+  }
+  if (const auto* v = p.find("Model")) s.model_name = *v;
+  if (const auto* v = p.find("Model hash")) s.model_hash = *v;
+  if (const auto* v = p.find("Long prompt")) s.long_prompt_truncate = strip(*v) == "truncate";
+  return s;
+}
+
+}  // namespace sdgen

@@ -1,0 +1,204 @@
+// --info (what a model is) and --show-params (the A1111 parameters of a PNG).
+
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "options.h"
+#include "sdgen/a1111.h"
+#include "sdgen/error.h"
+#include "sdgen/image_io.h"
+#include "sdgen/model.h"
+#include "sdgen/runtime.h"
+#include "sdgen/safetensors.h"
+#include "sdgen/sha256.h"
+
+namespace fs = std::filesystem;
+
+namespace sdgen::cli {
+namespace {
+
+int64_t parameter_count(const torch::nn::Module& module) {
+  int64_t n = 0;
+  for (const auto& p : module.parameters()) n += p.numel();
+  return n;
+}
+
+std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+bool has_tokenizer_files(const fs::path& dir) {
+  std::error_code ec;
+  return (fs::exists(dir / "vocab.json", ec) && fs::exists(dir / "merges.txt", ec)) ||
+         fs::exists(dir / "bpe_simple_vocab_16e6.txt.gz", ec);
+}
+
+// The folder load_model takes the tokenizer from, in its search order.
+std::string tokenizer_source(const Options& o, const std::string& model_path, bool folder) {
+  if (!o.tokenizer.empty()) return o.tokenizer + " (--tokenizer)";
+  std::vector<fs::path> dirs;
+  if (!o.config_dir.empty()) dirs.push_back(fs::path(o.config_dir) / "tokenizer");
+  dirs.push_back(folder ? fs::path(model_path) / "tokenizer"
+                        : fs::path(model_path).parent_path() / "tokenizer");
+  for (const auto& d : tokenizer_search_paths()) dirs.emplace_back(d);
+  for (const auto& d : dirs)
+    if (has_tokenizer_files(d)) return d.string();
+  return "(not found)";
+}
+
+// Stored dtypes of the safetensors files, per component: "F16 (1131)".
+std::map<std::string, std::map<std::string, int>> stored_dtypes(const std::string& model_path,
+                                                                bool folder) {
+  std::map<std::string, std::map<std::string, int>> out;
+  auto add_file = [&out](const fs::path& file, const std::string& fixed) {
+    const SafeTensorsFile f(file.string());
+    for (const auto& [name, info] : f.tensors()) {
+      std::string component = fixed;
+      if (component.empty()) {
+        if (name.rfind("model.diffusion_model.", 0) == 0)
+          component = "unet";
+        else if (name.rfind("first_stage_model.", 0) == 0)
+          component = "vae";
+        else if (name.rfind("cond_stage_model.", 0) == 0 || name.rfind("conditioner.", 0) == 0)
+          component = "text_encoder";
+        else
+          component = "other";
+      }
+      ++out[component][dtype_name(info.dtype)];
+    }
+  };
+  if (!folder) {
+    add_file(model_path, "");
+    return out;
+  }
+  for (const char* component : {"text_encoder", "unet", "vae"}) {
+    std::error_code ec;
+    const fs::path dir = fs::path(model_path) / component;
+    if (!fs::is_directory(dir, ec)) continue;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (e.path().extension() == ".safetensors") add_file(e.path(), component);
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_info(const Options& o) {
+  init_cpu_runtime(o.threads);
+  LoadOptions load;
+  load.model_path = o.model.empty() ? std::string(SDGEN_DEFAULT_MODEL_DIR) : o.model;
+  load.config_dir = o.config_dir;
+  load.tokenizer_path = o.tokenizer;
+  load.prediction_type = o.prediction;
+  // The architecture and counts do not depend on the device: load on the CPU
+  // in the stored precision's float32 (cheap for inspection).
+  load.device = torch::kCPU;
+  load.dtype = torch::kFloat32;
+  load.cuda_graphs = false;
+  StableDiffusionModel model;
+  std::map<std::string, std::map<std::string, int>> dtypes;
+  try {
+    model = load_model(load);
+    dtypes = stored_dtypes(load.model_path, model.layout == "diffusers");
+  } catch (const Error& e) {
+    throw CliError(kExitModel, e.what());
+  } catch (const c10::Error& e) {
+    throw CliError(kExitModel, e.what_without_backtrace());
+  }
+  const bool folder = model.layout == "diffusers";
+  std::string hash;
+  try {
+    hash = model_sha256(load.model_path);
+  } catch (const Error& e) {
+    hash = std::string("(") + e.what() + ")";
+  }
+  const int64_t n_text = parameter_count(*model.text_encoder);
+  const int64_t n_unet = parameter_count(*model.unet);
+  const int64_t n_vae = parameter_count(*model.vae);
+  const auto& text_cfg = model.text_encoder->config();
+  const std::string tokenizer = tokenizer_source(o, load.model_path, folder);
+
+  nlohmann::json j = {{"model", load.model_path},
+                      {"layout", model.layout},
+                      {"family", model.family},
+                      {"prediction_type", model.scheduler_config.prediction_type},
+                      {"scheduler", model.scheduler_config.class_name},
+                      {"parameters",
+                       {{"text_encoder", n_text},
+                        {"unet", n_unet},
+                        {"vae", n_vae},
+                        {"total", n_text + n_unet + n_vae}}},
+                      {"stored_dtypes", dtypes},
+                      {"text_layers", text_cfg.num_hidden_layers},
+                      {"tokenizer", tokenizer},
+                      {"sha256", hash},
+                      {"model_hash", hash.size() == 64 ? hash.substr(0, 10) : ""},
+                      {"name", a1111_model_name(load.model_path)}};
+  if (o.json) {
+    std::cout << j.dump(2) << std::endl;
+    return kExitOk;
+  }
+  auto dtype_text = [&dtypes](const std::string& component) {
+    std::string s;
+    auto it = dtypes.find(component);
+    if (it == dtypes.end()) return std::string("-");
+    for (const auto& [name, count] : it->second)
+      s += (s.empty() ? "" : ", ") + name + " (" + std::to_string(count) + " tensors)";
+    return s;
+  };
+  std::cout << "model:       " << load.model_path << " (" << model.layout << ")\n"
+            << "family:      " << model.family << "\n"
+            << "prediction:  " << model.scheduler_config.prediction_type << " ("
+            << model.scheduler_config.class_name << " config)\n"
+            << "parameters:  text encoder " << with_commas(n_text) << " ("
+            << dtype_text("text_encoder") << ")\n"
+            << "             unet " << with_commas(n_unet) << " (" << dtype_text("unet") << ")\n"
+            << "             vae " << with_commas(n_vae) << " (" << dtype_text("vae") << ")\n"
+            << "             total " << with_commas(n_text + n_unet + n_vae) << "\n";
+  if (dtypes.count("other")) std::cout << "other:       " << dtype_text("other") << "\n";
+  std::cout << "text layers: " << text_cfg.num_hidden_layers << " (--clip-skip 1.."
+            << text_cfg.num_hidden_layers << ")\n"
+            << "tokenizer:   " << tokenizer << "\n"
+            << "model hash:  " << j["model_hash"].get<std::string>() << " (sha256 " << hash
+            << ")\n";
+  return kExitOk;
+}
+
+int run_show_params(const Options& o) {
+  PngImage png;
+  try {
+    png = read_png(o.show_params);
+  } catch (const Error& e) {
+    throw CliError(kExitUsage, e.what());
+  }
+  const std::string* text = nullptr;
+  for (const auto& [key, value] : png.text)
+    if (key == "parameters") text = &value;
+  if (!text) throw CliError(kExitUsage, o.show_params + ": no A1111 'parameters' text chunk");
+  if (!o.json) {
+    std::cout << *text << std::endl;
+    return kExitOk;
+  }
+  const A1111Parameters p = parse_a1111_parameters(*text);
+  nlohmann::json fields = nlohmann::json::object();
+  for (const auto& [k, v] : p.fields) fields[k] = v;
+  nlohmann::json j = {{"path", o.show_params},
+                      {"parameters", *text},
+                      {"prompt", p.prompt},
+                      {"negative_prompt", p.negative_prompt},
+                      {"fields", fields}};
+  std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  return kExitOk;
+}
+
+}  // namespace sdgen::cli

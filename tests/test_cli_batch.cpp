@@ -1,0 +1,265 @@
+// End to end through the `sdgen` binary on the tiny model: prompt files with
+// --shard, bad lines, --skip-existing after a killed run, --from-png
+// reproducing an image byte for byte, --json parsed back, --info, exit codes.
+// Images are 64x64 with 2-4 steps, so each run takes about a second.
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "sdgen/image_io.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace sdgen {
+namespace {
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+// sdgen with the tiny model and a private hash cache.
+std::string sdgen_cmd(const std::string& dir) {
+  return "XDG_CACHE_HOME=" + q(dir + "/cache") + " " + test::binary_dir() + "/sdgen --model " +
+         q(test::tiny_model_dir()) + " --threads 1 -W 64 -H 64 ";
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::set<std::string> pngs(const std::string& dir) {
+  std::set<std::string> out;
+  if (!fs::exists(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".png") out.insert(e.path().filename().string());
+  return out;
+}
+
+const char* kFivePrompts =
+    "# five entries, one comment and a blank line\n"
+    "a red fox\n"
+    "\n"
+    "{\"prompt\": \"a blue cat\", \"seed\": 7, \"steps\": 3}\n"
+    "a (green:1.2) tree\n"
+    "{\"prompt\": \"two birds\", \"batch_size\": 2}\n"
+    "a house, [small]\n";
+
+TEST(CLIBatch, ShardsPartitionThePromptFileIntoOneFolder) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("shard");
+  write_file(dir + "/prompts.txt", kFivePrompts);
+  const std::string common =
+      sdgen_cmd(dir) + "--steps 2 --seed 100 -q --prompt-file " + q(dir + "/prompts.txt") + " -o ";
+  std::string log;
+  // The whole file in one run, then as 3 shards into another folder.
+  ASSERT_EQ(test::run(common + q(dir + "/all/{index}-{seed}-{prompt}.png"), &log), 0) << log;
+  for (int k = 0; k < 3; ++k)
+    ASSERT_EQ(test::run(common + q(dir + "/sharded/{index}-{seed}-{prompt}.png") + " --shard " +
+                            std::to_string(k) + "/3",
+                        &log),
+              0)
+        << log;
+  const std::set<std::string> expected = {"0-100-a-red-fox.png",        "1-7-a-blue-cat.png",
+                                          "2-100-a-green-1-2-tree.png", "3-100-two-birds.png",
+                                          "4-100-two-birds.png",        "5-100-a-house-small.png"};
+  EXPECT_EQ(pngs(dir + "/all"), expected);
+  EXPECT_EQ(pngs(dir + "/sharded"), expected);
+  for (const auto& name : expected)
+    EXPECT_EQ(read_file(dir + "/all/" + name), read_file(dir + "/sharded/" + name)) << name;
+  // Shard 1/3 holds entries 1 and 4 only.
+  const auto one = test::temp_dir("shard1");
+  ASSERT_EQ(test::run(common + q(one + "/%02d.png") + " --shard 1/3", &log), 0) << log;
+  EXPECT_EQ(pngs(one), std::set<std::string>({"01.png", "05.png"}));
+}
+
+TEST(CLIBatch, BadLinesAreReportedSkippedAndFailTheRun) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("badlines");
+  write_file(dir + "/p.txt",
+             "first\n"
+             "{\"prompt\": \"unterminated\n"
+             "second\n"
+             "{\"prompt\": \"x\", \"colour\": \"red\"}\n"
+             "{\"prompt\": \"y\", \"width\": 60}\n"
+             "{\"prompt\": \"z\", \"sampler\": \"nope\"}\n"
+             "third\n");
+  std::string log;
+  const std::string cmd = sdgen_cmd(dir) + "--steps 2 --seed 1 --prompt-file " + q(dir + "/p.txt");
+  EXPECT_EQ(test::run(cmd + " -o " + q(dir + "/out/%d.png"), &log), 2);
+  for (const char* words : {"p.txt line 2: invalid JSON", "p.txt line 4: unknown key \"colour\"",
+                            "p.txt line 5: \"width\" 60 must be a multiple of 8",
+                            "p.txt line 6: unknown scheduler 'nope'",
+                            "0 skipped (already there), 0 failed, 4 bad lines"})
+    EXPECT_NE(log.find(words), std::string::npos) << words << "\n" << log;
+  // Bad lines keep their index: the good ones are 0, 2 and 6.
+  EXPECT_EQ(pngs(dir + "/out"), std::set<std::string>({"0.png", "2.png", "6.png"}));
+  // --fail-fast stops at line 2.
+  EXPECT_EQ(test::run(cmd + " --fail-fast -o " + q(dir + "/ff/%d.png"), &log), 2);
+  EXPECT_EQ(pngs(dir + "/ff"), std::set<std::string>({"0.png"})) << log;
+  EXPECT_NE(log.find("--fail-fast"), std::string::npos) << log;
+}
+
+TEST(CLIBatch, SkipExistingResumesAKilledRun) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("resume");
+  std::string prompts;
+  for (int i = 0; i < 6; ++i) prompts += "prompt number " + std::to_string(i) + "\n";
+  write_file(dir + "/p.txt", prompts);
+  const std::string cmd = sdgen_cmd(dir) + "--steps 4 --seed 5 -q --prompt-file " +
+                          q(dir + "/p.txt") + " -o " + q(dir + "/run/img-{index}.png");
+  // Kill -9 once the first image is there.
+  std::string log;
+  test::run("(" + cmd + " >/dev/null 2>&1 & pid=$!; i=0; while [ ! -e " +
+                q(dir + "/run/img-0.png") +
+                " ] && [ $i -lt 600 ]; do sleep 0.02; i=$((i+1)); done; kill -9 $pid; wait $pid)",
+            &log);
+  const auto before = pngs(dir + "/run");
+  ASSERT_GE(before.size(), 1u);
+  std::cout << "[resume] " << before.size() << " of 6 images before the kill" << std::endl;
+  std::map<std::string, std::string> kept;
+  for (const auto& n : before) kept[n] = read_file(dir + "/run/" + n);
+  ASSERT_EQ(test::run(cmd + " --skip-existing", &log), 0) << log;
+  EXPECT_EQ(pngs(dir + "/run").size(), 6u);
+  // Files from before the kill were not rewritten; a fresh run gives the same bytes.
+  for (const auto& [n, bytes] : kept) EXPECT_EQ(read_file(dir + "/run/" + n), bytes) << n;
+  ASSERT_EQ(test::run(sdgen_cmd(dir) + "--steps 4 --seed 5 -q --prompt-file " + q(dir + "/p.txt") +
+                          " -o " + q(dir + "/fresh/img-{index}.png"),
+                      &log),
+            0)
+      << log;
+  for (int i = 0; i < 6; ++i) {
+    const std::string n = "img-" + std::to_string(i) + ".png";
+    EXPECT_EQ(read_file(dir + "/run/" + n), read_file(dir + "/fresh/" + n)) << n;
+  }
+  // Nothing left to do: all skipped, summary says so.
+  ASSERT_EQ(test::run(sdgen_cmd(dir) + "--steps 4 --seed 5 --prompt-file " + q(dir + "/p.txt") +
+                          " -o " + q(dir + "/run/img-{index}.png") + " --skip-existing",
+                      &log),
+            0);
+  EXPECT_NE(log.find("0 written, 6 skipped"), std::string::npos) << log;
+}
+
+TEST(CLIBatch, FromPngReproducesTheImageByteForByte) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("frompng");
+  std::string log;
+  ASSERT_EQ(test::run(sdgen_cmd(dir) +
+                          "-p 'a (red:1.3) fox, [snow]' -n 'blurry, text: \"watermark\"' "
+                          "--sampler 'DPM++ 2M' --scheduler karras --steps 3 --cfg-scale 6.5 "
+                          "--clip-skip 2 --seed 1234 -b 2 -q -o " +
+                          q(dir + "/a.png"),
+                      &log),
+            0)
+      << log;
+  ASSERT_TRUE(fs::exists(dir + "/a-1.png")) << log;
+  ASSERT_EQ(test::run(test::binary_dir() + "/sdgen --show-params " + q(dir + "/a-1.png"), &log), 0);
+  EXPECT_NE(log.find("a (red:1.3) fox, [snow]\nNegative prompt: blurry, text: \"watermark\"\n"
+                     "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, "
+                     "Seed: 1234, Size: 64x64, Model hash: "),
+            std::string::npos)
+      << log;
+  EXPECT_NE(
+      log.find(", Model: sd1-tiny, Clip skip: 2, Batch size: 2, Batch pos: 1, Version: sdgen "),
+      std::string::npos)
+      << log;
+  // Image 1 of the batch, from its PNG alone.
+  ASSERT_EQ(test::run(sdgen_cmd(dir) + "--from-png " + q(dir + "/a-1.png") + " -q -o " +
+                          q(dir + "/b.png"),
+                      &log),
+            0)
+      << log;
+  EXPECT_EQ(pngs(dir), std::set<std::string>({"a-0.png", "a-1.png", "b.png"}));
+  EXPECT_EQ(read_file(dir + "/b.png"), read_file(dir + "/a-1.png"));
+  // Other flags override the PNG's settings.
+  ASSERT_EQ(test::run(sdgen_cmd(dir) + "--from-png " + q(dir + "/a-1.png") + " --seed 99 -q -o " +
+                          q(dir + "/c.png") + " && " + test::binary_dir() +
+                          "/sdgen --show-params " + q(dir + "/c.png") + " --json",
+                      &log),
+            0)
+      << log;
+  const auto j = nlohmann::json::parse(log.substr(log.find('{')));
+  EXPECT_EQ(j["fields"]["Seed"], "99");
+  EXPECT_EQ(j["fields"]["Steps"], "3");
+  EXPECT_EQ(j["negative_prompt"], "blurry, text: \"watermark\"");
+}
+
+TEST(CLIBatch, JsonLinesBatchCountSeedsAndStdin) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("json");
+  std::string log;
+  // Two lines from standard input, each twice (--batch-count): seeds 10, 11.
+  ASSERT_EQ(
+      test::run("printf 'a cat\\n{\"prompt\": \"a dog\", \"steps\": 3}\\n' | " + sdgen_cmd(dir) +
+                    "--steps 2 --seed 10 --batch-count 2 --json -q "
+                    "--prompt-file - -o " +
+                    q(dir + "/{line}-{seed}.png") + " 2>/dev/null",
+                &log),
+      0)
+      << log;
+  std::vector<nlohmann::json> images;
+  std::istringstream lines(log);
+  for (std::string line; std::getline(lines, line);) images.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(images.size(), 4u) << log;
+  const std::vector<std::pair<int, uint64_t>> expected = {{1, 10}, {1, 11}, {2, 10}, {2, 11}};
+  for (size_t i = 0; i < 4; ++i) {
+    const auto& j = images[i];
+    EXPECT_EQ(j["index"], i);
+    EXPECT_EQ(j["line"], expected[i].first);
+    EXPECT_EQ(j["seed"], expected[i].second);
+    EXPECT_EQ(j["steps"], i < 2 ? 2 : 3);
+    EXPECT_EQ(j["width"], 64);
+    EXPECT_EQ(j["sampler"], "ddim");
+    EXPECT_EQ(j["model_hash"].get<std::string>().size(), 10u);
+    EXPECT_TRUE(fs::exists(j["path"].get<std::string>())) << j.dump();
+    for (const char* t : {"load_s", "text_s", "sampling_s", "decode_s", "total_s", "it_per_s"})
+      EXPECT_TRUE(j["timings"][t].is_number()) << t;
+    EXPECT_GT(j["timings"]["total_s"].get<double>(), 0);
+  }
+  EXPECT_EQ(images[1]["path"], dir + "/1-11.png");
+  // --batch-count image 2 is the image of seed 11 on its own.
+  ASSERT_EQ(
+      test::run(sdgen_cmd(dir) + "-p 'a cat' --steps 2 --seed 11 -q -o " + q(dir + "/x.png"), &log),
+      0);
+  EXPECT_TRUE(torch::equal(read_png(dir + "/x.png").pixels, read_png(dir + "/1-11.png").pixels));
+}
+
+TEST(CLIBatch, InfoAndExitCodes) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("info");
+  std::string log;
+  ASSERT_EQ(test::run(sdgen_cmd(dir) + "--info --json 2>/dev/null", &log), 0) << log;
+  const auto j = nlohmann::json::parse(log);
+  EXPECT_EQ(j["family"], "SD1.x");
+  EXPECT_EQ(j["layout"], "diffusers");
+  EXPECT_EQ(j["prediction_type"], "epsilon");
+  EXPECT_GT(j["parameters"]["unet"].get<int64_t>(), 0);
+  EXPECT_EQ(j["parameters"]["total"].get<int64_t>(),
+            j["parameters"]["unet"].get<int64_t>() + j["parameters"]["vae"].get<int64_t>() +
+                j["parameters"]["text_encoder"].get<int64_t>());
+  EXPECT_EQ(j["stored_dtypes"]["unet"]["F32"].is_number(), true);
+  EXPECT_NE(j["tokenizer"].get<std::string>().find("tokenizer"), std::string::npos);
+  ASSERT_EQ(test::run(sdgen_cmd(dir) + "--info 2>/dev/null", &log), 0);
+  EXPECT_NE(log.find("family:      SD1.x"), std::string::npos) << log;
+
+  // Exit codes: 2 usage, 3 model, 1 generation/output.
+  EXPECT_EQ(test::run(sdgen_cmd(dir) + "-p x --no-such-flag", &log), 2) << log;
+  EXPECT_EQ(test::run(sdgen_cmd(dir) + "-p x --shard 3/3", &log), 2) << log;
+  EXPECT_EQ(test::run(sdgen_cmd(dir) + "--prompt-file " + q(dir + "/missing.txt"), &log), 2);
+  EXPECT_EQ(test::run(sdgen_cmd(dir) + "-p x --from-png " + q(dir + "/missing.png"), &log), 2);
+  EXPECT_EQ(test::run(test::binary_dir() + "/sdgen --model " + q(dir + "/nope") + " -p x -q", &log),
+            3)
+      << log;
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+  EXPECT_EQ(log.rfind("sdgen: error: ", 0), 0u) << log;
+}
+
+}  // namespace
+}  // namespace sdgen

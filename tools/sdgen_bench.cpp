@@ -1,0 +1,295 @@
+// sdgen-bench: speed and memory of the whole pipeline on a full-size model.
+//
+//   sdgen-bench [--model FILE] [--device cuda] [--dtype fp16] [--steps 50] ...
+//
+// Without --model it writes (once) a full-size SD1.5-shaped checkpoint of
+// random fp16 weights from ../shared/data/manifests.json and uses that. It
+// loads the model (timed), warms up (CUDA graph capture, cuDNN algorithm
+// search), generates timed images and prints ONE JSON line on stdout:
+// device, dtype, batch, size, steps, load s, text-encode s, UNet it/s, VAE
+// decode s, total s per image, images/s per batch size, peak GPU memory and
+// peak resident memory. Progress goes to stderr.
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+#include <vector>
+
+#include <torch/torch.h>
+#include <torch/version.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "sdgen/device_info.h"
+#include "sdgen/error.h"
+#include "sdgen/model.h"
+#include "sdgen/pipeline.h"
+#include "sdgen/random_model.h"
+#include "sdgen/runtime.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Options {
+  std::string model;
+  std::string tokenizer;
+  std::string manifest = std::string(SDGEN_SHARED_DIR_DEFAULT) + "/data/manifests.json";
+  std::string manifest_key = "sd15.single";
+  std::string cache = "";  // where the generated checkpoint goes
+  std::string device = "auto";
+  std::string dtype = "auto";
+  std::string vae_dtype = "auto";
+  int width = 512, height = 512, steps = 50, batch_size = 1;
+  std::string sampler = "ddim";
+  double cfg_scale = 7.5;
+  std::string batch_sizes = "";  // images/s for these batch sizes (default: 1,4 on CUDA)
+  int repeats = 0;               // timed images per batch size (default 3 on CUDA, 1 on CPU)
+  int warmup_steps = 2;
+  bool no_cuda_graphs = false;
+  std::string channels_last = "auto";
+  int threads = 0;
+  std::string label;
+  bool load_only = false;
+};
+
+torch::Device parse_device(const std::string& name) {
+  if (name == "auto")
+    return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::kCPU;
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available()) throw sdgen::Error("--device " + name + ": no CUDA here");
+    return torch::Device(name);
+  }
+  throw sdgen::Error("--device " + name + ": expected auto, cpu, cuda or cuda:N");
+}
+
+torch::ScalarType parse_dtype(const std::string& name, torch::ScalarType fallback) {
+  if (name == "auto") return fallback;
+  if (name == "fp32" || name == "float32") return torch::kFloat32;
+  if (name == "fp16" || name == "float16") return torch::kFloat16;
+  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
+  throw sdgen::Error("dtype " + name + ": expected auto, fp32, fp16 or bf16");
+}
+
+const char* dtype_label(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat16:
+      return "fp16";
+    case torch::kBFloat16:
+      return "bf16";
+    default:
+      return "fp32";
+  }
+}
+
+std::vector<int> parse_list(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream s(text);
+  std::string item;
+  while (std::getline(s, item, ','))
+    if (!item.empty()) out.push_back(std::stoi(item));
+  return out;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+double mb(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
+
+int run(const Options& o) {
+  sdgen::init_cpu_runtime(o.threads);
+  const torch::Device device = parse_device(o.device);
+  const torch::ScalarType dtype =
+      parse_dtype(o.dtype, device.is_cuda() ? torch::kFloat16 : torch::kFloat32);
+  const auto say = [](const std::string& s) { std::cerr << "sdgen-bench: " << s << std::endl; };
+
+  std::string model_path = o.model;
+  if (model_path.empty()) {
+    model_path =
+        o.cache.empty()
+            ? (fs::temp_directory_path() / ("sdgen-bench-" + o.manifest_key + "-fp16.safetensors"))
+                  .string()
+            : o.cache;
+    if (!fs::exists(model_path)) {
+      say("writing a random " + o.manifest_key + " checkpoint to " + model_path);
+      sdgen::write_random_checkpoint(o.manifest, o.manifest_key, model_path, "fp16", 0);
+    }
+  }
+  std::string tokenizer = o.tokenizer;
+  const std::string shared_clip = std::string(SDGEN_SHARED_DIR_DEFAULT) + "/data/clip";
+  if (tokenizer.empty() && fs::exists(shared_clip)) tokenizer = shared_clip;
+
+  // Load (timed): file to device, dtype conversion, layout.
+  sdgen::LoadOptions load;
+  load.model_path = model_path;
+  load.tokenizer_path = tokenizer;
+  load.device = device;
+  load.dtype = dtype;
+  if (o.vae_dtype != "auto") load.vae_dtype = parse_dtype(o.vae_dtype, dtype);
+  load.cuda_graphs = !o.no_cuda_graphs;
+  load.channels_last = o.channels_last == "auto" ? -1 : o.channels_last == "on" ? 1 : 0;
+  sdgen::reset_peak_gpu_memory(device);
+  if (device.is_cuda()) torch::cuda::synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = sdgen::load_model(load);
+  if (device.is_cuda()) torch::cuda::synchronize();
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  say("loaded in " + std::to_string(load_s) + " s");
+  if (o.load_only) {
+    nlohmann::json r = {{"label", o.label},
+                        {"device", sdgen::device_name(device)},
+                        {"dtype", dtype_label(model.dtype)},
+                        {"load_s", load_s},
+                        {"peak_rss_mb", mb(sdgen::peak_rss_bytes())},
+                        {"rss_after_load_mb", mb(sdgen::current_rss_bytes())}};
+    std::cout << r.dump() << std::endl;
+    return 0;
+  }
+
+  sdgen::Pipeline pipeline(model);
+  auto request_for = [&](int batch, int steps) {
+    sdgen::GenerationRequest r;
+    r.prompt = "a photograph of an astronaut riding a horse on the moon, detailed, 4k";
+    r.negative_prompt = "blurry, low quality";
+    r.steps = steps;
+    r.cfg_scale = o.cfg_scale;
+    r.seed = 42;
+    r.width = o.width;
+    r.height = o.height;
+    r.batch_size = batch;
+    r.sampler = o.sampler;
+    return r;
+  };
+
+  std::vector<int> batches = parse_list(o.batch_sizes);
+  if (batches.empty())
+    batches = device.is_cuda() ? std::vector<int>{o.batch_size, 4} : std::vector<int>{o.batch_size};
+  if (std::find(batches.begin(), batches.end(), o.batch_size) == batches.end())
+    batches.insert(batches.begin(), o.batch_size);
+  std::sort(batches.begin(), batches.end());
+  batches.erase(std::unique(batches.begin(), batches.end()), batches.end());
+  const int repeats = o.repeats > 0 ? o.repeats : (device.is_cuda() ? 3 : 1);
+
+  nlohmann::json result;
+  nlohmann::json images_per_s = nlohmann::json::object();
+  double peak_alloc_main = 0, peak_reserved_main = 0;
+  for (int batch : batches) {
+    if (o.warmup_steps > 0) {
+      say("warm-up, batch " + std::to_string(batch));
+      pipeline.generate(request_for(batch, o.warmup_steps));
+    }
+    std::vector<double> text, sampling, decode, total;
+    for (int i = 0; i < repeats; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      auto res = pipeline.generate(request_for(batch, o.steps));
+      const double wall =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (!torch::isfinite(res.images).all().item<bool>())
+        throw sdgen::Error("the benchmark image has non-finite values");
+      text.push_back(res.timings.text_s);
+      sampling.push_back(res.timings.sampling_s);
+      decode.push_back(res.timings.decode_s);
+      total.push_back(wall);
+      say("batch " + std::to_string(batch) + ": " + std::to_string(wall) + " s (UNet " +
+          std::to_string(res.timings.steps / res.timings.sampling_s) + " it/s)");
+    }
+    images_per_s[std::to_string(batch)] = batch / median(total);
+    if (batch == o.batch_size) {
+      result["text_encode_s"] = median(text);
+      result["unet_it_s"] = o.steps / median(sampling);
+      result["unet_step_s"] = median(sampling) / o.steps;
+      result["vae_decode_s"] = median(decode);
+      result["total_s_per_image"] = median(total) / batch;
+      result["total_s"] = median(total);
+      result["fixed_s"] = load_s + median(text) + median(decode);
+      const auto gpu = sdgen::peak_gpu_memory(device);
+      peak_alloc_main = mb(gpu.peak_allocated_bytes);
+      peak_reserved_main = mb(gpu.peak_reserved_bytes);
+    }
+  }
+  const auto gpu = sdgen::peak_gpu_memory(device);
+  result["label"] = o.label;
+  result["device"] = sdgen::device_name(device);
+  result["torch"] = TORCH_VERSION;
+  result["threads"] = at::get_num_threads();
+  result["dtype"] = dtype_label(model.dtype);
+  result["vae_dtype"] = dtype_label(model.vae_dtype);
+  result["batch"] = o.batch_size;
+  result["width"] = o.width;
+  result["height"] = o.height;
+  result["steps"] = o.steps;
+  result["sampler"] = o.sampler;
+  result["cfg_scale"] = o.cfg_scale;
+  result["cuda_graphs"] = device.is_cuda() && model.cuda_graphs;
+  result["channels_last"] = model.channels_last;
+  result["load_s"] = load_s;
+  result["images_per_s"] = images_per_s;
+  result["repeats"] = repeats;
+  if (device.is_cuda()) {
+    result["peak_gpu_allocated_mb"] = peak_alloc_main;
+    result["peak_gpu_reserved_mb"] = peak_reserved_main;
+    result["peak_gpu_reserved_mb_all_batches"] = mb(gpu.peak_reserved_bytes);
+  }
+  result["peak_rss_mb"] = mb(sdgen::peak_rss_bytes());
+  result["model"] = model_path;
+  std::cout << result.dump() << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"sdgen-bench: time the whole pipeline on a full-size model; prints one JSON line"};
+  app.add_option("-m,--model", o.model,
+                 "Checkpoint or diffusers folder (default: a random SD1.5-shaped fp16 checkpoint "
+                 "made from --manifest)");
+  app.add_option("--tokenizer", o.tokenizer, "Tokenizer folder (default: ../shared/data/clip)");
+  app.add_option("--manifest", o.manifest, "manifests.json for the random checkpoint")
+      ->capture_default_str();
+  app.add_option("--manifest-key", o.manifest_key, "Manifest entry")->capture_default_str();
+  app.add_option("--cache", o.cache,
+                 "Where the random checkpoint is written once and reused (default: in $TMPDIR)");
+  app.add_option("--device", o.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16")
+      ->capture_default_str();
+  app.add_option("--vae-dtype", o.vae_dtype, "auto (= --dtype), fp32, fp16 or bf16")
+      ->capture_default_str();
+  app.add_option("-W,--width", o.width, "Image width")->capture_default_str();
+  app.add_option("-H,--height", o.height, "Image height")->capture_default_str();
+  app.add_option("--steps", o.steps, "Sampling steps")->capture_default_str();
+  app.add_option("-b,--batch-size", o.batch_size, "Images per batch for the main figures")
+      ->capture_default_str();
+  app.add_option("--batch-sizes", o.batch_sizes,
+                 "Comma-separated batch sizes for images/s (default: 1,4 on CUDA, the batch size "
+                 "on CPU)");
+  app.add_option("--sampler", o.sampler, "Sampler")->capture_default_str();
+  app.add_option("--cfg-scale", o.cfg_scale, "Guidance scale")->capture_default_str();
+  app.add_option("--repeats", o.repeats, "Timed images per batch size (median reported)");
+  app.add_option("--warmup-steps", o.warmup_steps, "Steps of the warm-up image per batch size")
+      ->capture_default_str();
+  app.add_flag("--no-cuda-graphs", o.no_cuda_graphs, "Run the UNet eagerly on CUDA");
+  app.add_option("--channels-last", o.channels_last, "on, off or auto")->capture_default_str();
+  app.add_option("-t,--threads", o.threads, "CPU threads (default: all cores)");
+  app.add_option("--label", o.label, "A label copied into the JSON");
+  app.add_flag("--load-only", o.load_only, "Only load the model: load time and memory");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return run(o);
+  } catch (const c10::Error& e) {
+    std::cerr << "sdgen-bench: error: " << e.what_without_backtrace() << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "sdgen-bench: error: " << e.what() << std::endl;
+  }
+  return 1;
+}
