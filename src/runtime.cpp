@@ -22,4 +22,8 @@ int init_cpu_runtime(int threads) {
   return n;
 }
 
+torch::ScalarType default_dtype(const torch::Device& device) {
+  return device.is_cuda() ? torch::kFloat16 : torch::kFloat32;
+}
+
 }  // namespace sdgen

@@ -18,7 +18,7 @@ std::string quote(const std::string& s) { return "'" + s + "'"; }
 
 std::string golden_args() {
   return " -p 'a photograph of an astronaut riding a horse' -n 'blurry, low quality'"
-         " --steps 10 --cfg-scale 7.5 --seed 42 -W 64 -H 64 --threads 1 -q";
+         " --steps 10 --cfg-scale 7.5 --seed 42 -W 64 -H 64 --threads 1 --dtype fp32 -q";
 }
 
 void expect_png_matches(const std::string& path, const torch::Tensor& expected_u8,

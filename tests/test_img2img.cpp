@@ -64,7 +64,8 @@ TEST(Img2Img, ThroughTheBinary) {
   const auto dir = test::temp_dir("img2img");
   write_png(dir + "/init.png", test::golden("img2img.init_u8"));
   std::string log;
-  const std::string sdgen = test::binary_dir() + "/sdgen --model '" + test::tiny_model_dir() + "'";
+  const std::string sdgen =
+      test::binary_dir() + "/sdgen --dtype fp32 --model '" + test::tiny_model_dir() + "'";
   ASSERT_EQ(test::run(sdgen + " -p 'a red fox in the snow' --init-image " + dir +
                           "/init.png --strength 0.6 --steps 10 --seed 3 -q -o " + dir + "/out.png",
                       &log),

@@ -1,8 +1,8 @@
 // Library-level end-to-end parity with diffusers on the tiny model: every
 // step's latents and the final images (golden pipe.* tensors).
 
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "sdgen/error.h"
 #include "sdgen/model.h"

@@ -86,7 +86,8 @@ TEST(Samplers, EveryGoldenImageThroughTheBinary) {
     const std::string out = dir + "/" + name + ".png";
     std::string log;
     ASSERT_EQ(
-        test::run(test::binary_dir() + "/sdgen -q --threads 1 --model '" + test::tiny_model_dir() +
+        test::run(test::binary_dir() + "/sdgen -q --threads 1 --dtype fp32 --model '" +
+                      test::tiny_model_dir() +
                       "' -p 'a photograph of an astronaut riding a horse' --seed 42 -W 64 -H 64"
                       " --sampler " +
                       name + args + " -o " + out,

@@ -104,8 +104,7 @@ double mb(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0)
 int run(const Options& o) {
   sdgen::init_cpu_runtime(o.threads);
   const torch::Device device = parse_device(o.device);
-  const torch::ScalarType dtype =
-      parse_dtype(o.dtype, device.is_cuda() ? torch::kFloat16 : torch::kFloat32);
+  const torch::ScalarType dtype = parse_dtype(o.dtype, sdgen::default_dtype(device));
   const auto say = [](const std::string& s) { std::cerr << "sdgen-bench: " << s << std::endl; };
 
   std::string model_path = o.model;

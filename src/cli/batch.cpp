@@ -78,7 +78,7 @@ torch::Device parse_device(const std::string& name) {
 }
 
 torch::ScalarType parse_dtype(const std::string& name, const torch::Device& device) {
-  if (name == "auto") return device.is_cuda() ? torch::kFloat16 : torch::kFloat32;
+  if (name == "auto") return sdgen::default_dtype(device);
   if (name == "fp32" || name == "float32") return torch::kFloat32;
   if (name == "fp16" || name == "float16") return torch::kFloat16;
   if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
