@@ -74,7 +74,8 @@ TEST(Pipeline, CpuDtypesAndLayoutsStayWithinAFewLevels) {
   };
   const Variant variants[] = {{"fp32 channels_last", torch::kFloat32, {}, 1, 1.0},
                               {"bf16, fp32 VAE", torch::kBFloat16, torch::kFloat32, 0, 12.0},
-                              {"bf16", torch::kBFloat16, {}, 0, 16.0}};
+                              {"bf16", torch::kBFloat16, {}, 0, 16.0},
+                              {"bf16 channels_last", torch::kBFloat16, {}, 1, 16.0}};
   for (const auto& v : variants) {
     LoadOptions options;
     options.model_path = test::tiny_model_dir();
