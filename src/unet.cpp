@@ -186,7 +186,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample,
     }
     x = block->forward(x, emb, context, skips, upsample_size);
   }
-  x = torch::nn::functional::silu(conv_norm_out_(x));
+  x = conv_norm_out_->forward_silu(x);
   return conv_out_(x);
 }
 

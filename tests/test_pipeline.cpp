@@ -62,7 +62,8 @@ TEST(Pipeline, RejectsInvalidRequests) {
 }
 
 // The CPU dtypes against the fp32 diffusers image: how far bf16 (with an fp32
-// or bf16 VAE) and channels_last land from pipe.ddim.image_u8.
+// or bf16 VAE) and channels_last land from pipe.ddim.image_u8. Measured with
+// the fp32-statistics bf16 GroupNorm: max 5 levels, mean 0.70-0.82.
 TEST(Pipeline, CpuDtypesAndLayoutsStayWithinAFewLevels) {
   SDGEN_REQUIRE_SHARED();
   struct Variant {
@@ -73,9 +74,10 @@ TEST(Pipeline, CpuDtypesAndLayoutsStayWithinAFewLevels) {
     double max_levels;
   };
   const Variant variants[] = {{"fp32 channels_last", torch::kFloat32, {}, 1, 1.0},
-                              {"bf16, fp32 VAE", torch::kBFloat16, torch::kFloat32, 0, 12.0},
-                              {"bf16", torch::kBFloat16, {}, 0, 16.0},
-                              {"bf16 channels_last", torch::kBFloat16, {}, 1, 16.0}};
+                              {"bf16, fp32 VAE", torch::kBFloat16, torch::kFloat32, 0, 8.0},
+                              {"bf16", torch::kBFloat16, {}, 0, 8.0},
+                              // The CPU default where the CPU has native bf16.
+                              {"bf16 channels_last", torch::kBFloat16, {}, 1, 8.0}};
   for (const auto& v : variants) {
     LoadOptions options;
     options.model_path = test::tiny_model_dir();

@@ -256,7 +256,7 @@ int main(int argc, char** argv) {
   app.add_option("--cache", o.cache,
                  "Where the random checkpoint is written once and reused (default: in $TMPDIR)");
   app.add_option("--device", o.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
-  app.add_option("--dtype", o.dtype, "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16")
+  app.add_option("--dtype", o.dtype, "auto (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16")
       ->capture_default_str();
   app.add_option("--vae-dtype", o.vae_dtype, "auto (= --dtype), fp32, fp16 or bf16")
       ->capture_default_str();

@@ -43,6 +43,8 @@ class GroupNormImpl : public torch::nn::Module {
  public:
   GroupNormImpl(int64_t groups, int64_t channels, double eps);
   torch::Tensor forward(const torch::Tensor& x);
+  // silu(forward(x)), fused where a kernel allows it (bf16 on the CPU).
+  torch::Tensor forward_silu(const torch::Tensor& x);
 
   torch::Tensor weight;  // [channels], initialised to 1
   torch::Tensor bias;    // [channels], initialised to 0

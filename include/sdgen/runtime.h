@@ -13,9 +13,13 @@ namespace sdgen {
 // Returns the thread count in use.
 int init_cpu_runtime(int threads = 0);
 
-// The compute dtype used when none is asked for: fp16 on CUDA, fp32 on the
-// CPU. (bf16 on a CPU with native bf16 ran a UNet step 3.5x faster here but
-// is not the default yet: see docs/performance.md for its measured error.)
+// Whether the CPU computes bf16 natively (AVX-512 BF16 or AMX), read from
+// /proc/cpuinfo once. Without it libtorch emulates bf16 and fp32 is faster.
+bool cpu_has_native_bf16();
+
+// The compute dtype used when none is asked for: fp16 on CUDA; on the CPU
+// bf16 where the CPU has native bf16 (a UNet step ~4x faster than fp32 here,
+// golden images within a few 8-bit levels: docs/performance.md), else fp32.
 torch::ScalarType default_dtype(const torch::Device& device);
 
 }  // namespace sdgen

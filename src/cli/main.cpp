@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "auto, cpu, cuda or cuda:N")
       ->capture_default_str()
       ->group(model_group);
-  app.add_option("--dtype", o.dtype, "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16")
+  app.add_option("--dtype", o.dtype, "auto (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16")
       ->capture_default_str()
       ->group(model_group);
   app.add_option("-t,--threads", o.threads, "CPU threads (default: all cores)")->group(model_group);

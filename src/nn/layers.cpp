@@ -1,5 +1,7 @@
 #include "sdgen/layers.h"
 
+#include "nn/group_norm_cpu.h"
+
 namespace sdgen::nn {
 
 Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride,
@@ -27,15 +29,30 @@ GroupNormImpl::GroupNormImpl(int64_t groups, int64_t channels, double eps)
   bias = register_parameter("bias", torch::zeros({channels}));
 }
 
-// bf16 on the CPU is normalised in fp32: libtorch 1.13's bf16 GroupNorm
-// (channels_last above all) drifted up to 66 8-bit levels from the fp32
-// reference over a 10-step pipeline; in fp32 it stays within 7.
+// bf16 on the CPU is normalised in fp32 (group_norm_bf16_cpu): libtorch
+// 1.13's bf16 GroupNorm (channels_last above all) drifted up to 66 8-bit
+// levels from the fp32 reference over a 10-step pipeline; in fp32 it stays
+// within 7.
+namespace {
+// The bf16 kernel has no backward: autograd (training) takes libtorch's path.
+bool use_bf16_kernel(const torch::Tensor& x, const torch::Tensor& weight) {
+  return x.is_cpu() && x.scalar_type() == torch::kBFloat16 &&
+         !(torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad()));
+}
+}  // namespace
+
 torch::Tensor GroupNormImpl::forward(const torch::Tensor& x) {
-  if (x.is_cpu() && x.scalar_type() == torch::kBFloat16)
-    return torch::group_norm(x.to(torch::kFloat), groups, weight.to(torch::kFloat),
-                             bias.to(torch::kFloat), eps)
-        .to(torch::kBFloat16);
+  if (use_bf16_kernel(x, weight))
+    return group_norm_bf16_cpu(x, groups, weight, bias, eps, /*silu=*/false);
   return torch::group_norm(x, groups, weight, bias, eps);
+}
+
+torch::Tensor GroupNormImpl::forward_silu(const torch::Tensor& x) {
+  if (use_bf16_kernel(x, weight))
+    return group_norm_bf16_cpu(x, groups, weight, bias, eps, /*silu=*/true);
+  auto y = torch::group_norm(x, groups, weight, bias, eps);
+  // In place saves a tensor, but autograd needs silu's input.
+  return torch::GradMode::is_enabled() ? torch::silu(y) : torch::silu_(y);
 }
 
 LayerNormImpl::LayerNormImpl(int64_t dim, double eps) : dim(dim), eps(eps) {

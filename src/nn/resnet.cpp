@@ -23,12 +23,12 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& options) : opti
 // h = conv1(silu(norm1(x))) + proj(silu(temb)); h = conv2(silu(norm2(h)));
 // out = (shortcut(x) + h) / output_scale_factor.
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
-  auto h = conv1_(F::silu(norm1_(x)));
+  auto h = conv1_(norm1_->forward_silu(x));
   if (time_emb_proj_ && temb.defined()) {
     auto t = time_emb_proj_(F::silu(temb));
     h = h + t.unsqueeze(-1).unsqueeze(-1);
   }
-  h = conv2_(F::silu(norm2_(h)));
+  h = conv2_(norm2_->forward_silu(h));
   auto shortcut = conv_shortcut_ ? conv_shortcut_(x) : x;
   auto out = shortcut + h;
   if (options_.output_scale_factor != 1.0) out = out / options_.output_scale_factor;

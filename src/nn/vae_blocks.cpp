@@ -119,7 +119,7 @@ torch::Tensor VAEEncoderImpl::forward(const torch::Tensor& x) {
     if (downsamplers_[i]) h = downsamplers_[i](h);
   }
   h = mid_block_(h);
-  return conv_out_(F::silu(conv_norm_out_(h)));
+  return conv_out_(conv_norm_out_->forward_silu(h));
 }
 
 VAEDecoderImpl::VAEDecoderImpl(const VAECoderOptions& options) {
@@ -161,7 +161,7 @@ torch::Tensor VAEDecoderImpl::forward(const torch::Tensor& z) {
     for (auto& resnet : resnets_[i]) h = resnet(h);
     if (upsamplers_[i]) h = upsamplers_[i](h);
   }
-  return conv_out_(F::silu(conv_norm_out_(h)));
+  return conv_out_(conv_norm_out_->forward_silu(h));
 }
 
 }  // namespace sdgen::nn

@@ -1,0 +1,27 @@
+#pragma once
+
+// GroupNorm (optionally followed by SiLU) for bf16 tensors on the CPU, with
+// the statistics and the normalisation computed in fp32.
+//
+// libtorch 1.13's own bf16 GroupNorm on the CPU drifts (up to 66 8-bit
+// levels over a 10-step pipeline with channels_last), and converting the
+// whole tensor to fp32 around torch::group_norm costs two extra passes and a
+// 2x larger temporary. This kernel reads bf16, accumulates per-channel sums
+// (shifted by the channel's first value, combined per group with Chan's
+// parallel variance formula) and writes bf16 in the input's memory format
+// (NCHW or channels_last), fusing the SiLU that usually follows.
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+namespace sdgen::nn {
+
+// x: [N, C, *] bf16 on the CPU; weight, bias: [C] (any float dtype).
+// Follows torch.nn.functional.group_norm (biased variance, eps inside the
+// square root); silu applies x * sigmoid(x) to the result.
+torch::Tensor group_norm_bf16_cpu(const torch::Tensor& x, int64_t groups,
+                                  const torch::Tensor& weight, const torch::Tensor& bias,
+                                  double eps, bool silu);
+
+}  // namespace sdgen::nn

@@ -1,0 +1,48 @@
+// CPU runtime settings: the default dtype rule and the large-block cache that
+// keeps libtorch's big CPU tensors from being page-faulted again every layer.
+
+#include <c10/core/CPUAllocator.h>
+#include <torch/version.h>
+
+#include "cpu_allocator.h"
+#include "sdgen/runtime.h"
+#include "test_util.h"
+
+namespace sdgen {
+namespace {
+
+TEST(Runtime, DefaultDtypeFollowsTheDevice) {
+  EXPECT_EQ(default_dtype(torch::Device("cuda")), torch::kFloat16);
+  EXPECT_EQ(default_dtype(torch::kCPU), cpu_has_native_bf16() ? torch::kBFloat16 : torch::kFloat32);
+}
+
+TEST(Runtime, LargeCpuBlocksAreReusedAndSmallOnesStayWithMalloc) {
+  install_cpu_block_cache();
+  install_cpu_block_cache();     // idempotent
+  const int64_t big = 40 << 20;  // 40 MB of bytes
+  void* first = nullptr;
+  {
+    auto a = torch::empty({big}, torch::kUInt8);
+    a.fill_(7);
+    first = a.data_ptr();
+  }
+  auto b = torch::empty({big}, torch::kUInt8);
+#if TORCH_VERSION_MAJOR < 2
+  EXPECT_EQ(b.data_ptr(), first) << "a freed block of the same size is handed out again";
+#endif
+  // A new size unmaps the idle blocks; values are whatever was written.
+  auto c = torch::ones({big / 2 + 4096}, torch::kFloat);
+  EXPECT_EQ(c.sum().item<double>(), static_cast<double>(big / 2 + 4096));
+  auto small = torch::ones({1000});
+  EXPECT_EQ(small.sum().item<float>(), 1000.0f);
+  // raw_allocate / raw_deallocate (oneDNN's scratch buffers) for both kinds.
+  c10::Allocator* allocator = c10::GetCPUAllocator();
+  for (size_t bytes : {size_t{4096}, size_t{48} << 20}) {
+    void* p = allocator->raw_allocate(bytes);
+    static_cast<char*>(p)[bytes - 1] = 1;
+    allocator->raw_deallocate(p);
+  }
+}
+
+}  // namespace
+}  // namespace sdgen
