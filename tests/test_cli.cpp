@@ -73,7 +73,7 @@ TEST(CLI, Batch2NonSquareClipSkip) {
   ASSERT_EQ(
       test::run(sdgen_bin() + " --model " + quote(test::tiny_model_dir()) +
                     " -p 'a red fox in the snow' --steps 10 --cfg-scale 5 --seed 7 -W 96 -H 64"
-                    " --batch-size 2 --clip-skip 2 -q -o " +
+                    " --batch-size 2 --clip-skip 2 --dtype fp32 -q -o " +
                     quote(dir + "/fox.png"),
                 &log),
       0)
