@@ -1,5 +1,6 @@
 #include "sdgen/image_io.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -10,22 +11,19 @@
 
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_STATIC
-#define STB_IMAGE_IMPLEMENTATION
-#define STB_IMAGE_STATIC
-#define STBI_ONLY_PNG
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 #pragma GCC diagnostic ignored "-Wunused-but-set-variable"
 #endif
-#include "stb_image.h"
 #include "stb_image_write.h"
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
 
 #include "sdgen/error.h"
+#include "sdgen/interrupt.h"
 
 namespace fs = std::filesystem;
 
@@ -63,8 +61,6 @@ void append_bytes(void* context, void* data, int size) {
   static_cast<std::string*>(context)->append(static_cast<const char*>(data), size);
 }
 
-const char kPngSignature[] = "\x89PNG\r\n\x1a\n";
-
 }  // namespace
 
 std::string encode_png(const torch::Tensor& image, const PngText& text) {
@@ -95,6 +91,7 @@ void write_png(const std::string& path, const torch::Tensor& image, const PngTex
   const fs::path target(path);
   const fs::path tmp = target.parent_path() /
                        ("." + target.filename().string() + ".tmp" + std::to_string(::getpid()));
+  const PendingTempFile pending(tmp.string());  // a second Ctrl-C removes it (interrupt.h)
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) throw Error(path + ": cannot write: " + std::strerror(errno));
@@ -119,30 +116,12 @@ PngImage read_png(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open image: " + std::strerror(errno));
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.size() < 8 || bytes.compare(0, 8, kPngSignature, 8) != 0)
-    throw Error(path + ": not a PNG file");
-  int w = 0, h = 0, c = 0;
-  stbi_uc* data = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
-                                        static_cast<int>(bytes.size()), &w, &h, &c, 0);
-  if (!data) throw Error(path + ": cannot decode PNG (" + stbi_failure_reason() + ")");
+  DecodedPng png = decode_png(bytes, path);
   PngImage out;
-  out.pixels = torch::from_blob(data, {h, w, c}, torch::kUInt8).clone();
-  stbi_image_free(data);
-  // Walk the chunks for tEXt (stb ignores them).
-  size_t pos = 8;
-  while (pos + 12 <= bytes.size()) {
-    const uint32_t len = get_u32(bytes, pos);
-    if (len > bytes.size() - pos - 12) break;
-    const std::string type = bytes.substr(pos + 4, 4);
-    if (type == "tEXt") {
-      const std::string data_str = bytes.substr(pos + 8, len);
-      const size_t nul = data_str.find('\0');
-      if (nul != std::string::npos && nul > 0)
-        out.text.emplace_back(data_str.substr(0, nul), data_str.substr(nul + 1));
-    }
-    if (type == "IEND") break;
-    pos += 12 + len;
-  }
+  out.pixels =
+      torch::from_blob(png.pixels.data(), {png.height, png.width, png.channels}, torch::kUInt8)
+          .clone();
+  out.text = std::move(png.text);
   return out;
 }
 
@@ -177,6 +156,18 @@ void check_output_path(const std::string& path, bool create_dirs) {
     throw Error(path + ": " + parent.string() + " is not a folder");
   if (::access(parent.c_str(), W_OK) != 0)
     throw Error(path + ": output folder " + parent.string() + " is not writable");
+  // access() says yes to root everywhere, and read-only or special file
+  // systems (/proc) only refuse the actual creation: try it, as write_png will.
+  const fs::path probe = parent / (".sdgen-probe" + std::to_string(::getpid()));
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    if (errno != EEXIST)
+      throw Error(path + ": output folder " + parent.string() + " is not writable (" +
+                  std::strerror(errno) + ")");
+  } else {
+    ::close(fd);
+    ::unlink(probe.c_str());
+  }
   if (fs::exists(target, ec) && ::access(target.c_str(), W_OK) != 0)
     throw Error(path + ": existing file is not writable");
 }

@@ -67,9 +67,11 @@ bool resolve_channels_last(const LoadOptions& options) {
 
 template <typename ModuleHolder>
 void place_and_load(ModuleHolder& module, const TensorMap& weights, const std::string& what,
-                    const LoadOptions& options, std::optional<torch::ScalarType> dtype = {}) {
+                    const LoadOptions& options, std::optional<torch::ScalarType> dtype = {},
+                    std::function<std::string(const torch::Tensor&)> file_key = {}) {
   load_weights(*module, weights, what,
-               {options.device, dtype.value_or(options.dtype), resolve_channels_last(options)});
+               {options.device, dtype.value_or(options.dtype), resolve_channels_last(options),
+                std::move(file_key)});
   module->eval();
 }
 
@@ -138,8 +140,9 @@ void load_diffusers_folder(const fs::path& root, const LoadOptions& options,
                            StableDiffusionModel& model) {
   if (!fs::exists(root / "model_index.json"))
     throw Error(root.string() +
-                ": not a diffusers model folder (no model_index.json); give the folder that "
-                "holds model_index.json, unet/, vae/, text_encoder/, or a .safetensors file");
+                " is a folder without model_index.json, so not a diffusers model; give the "
+                "folder that holds model_index.json, unet/, vae/, text_encoder/, or a "
+                ".safetensors file");
   model.layout = "diffusers";
   const fs::path cfg_root = options.config_dir.empty() ? root : fs::path(options.config_dir);
 
@@ -227,14 +230,23 @@ void load_single_file(const fs::path& path, const LoadOptions& options,
 
   ConvertedWeights converted = convert_single_file(all, family, unet_cfg, vae_cfg, clip_cfg);
   const std::string where = " (" + path.string() + ")";
+  // Errors name the file's own key of a converted tensor (the same memory).
+  const auto file_key = [&all](const torch::Tensor& t) -> std::string {
+    if (!t.defined() || t.numel() == 0) return "";
+    for (const auto& [key, source] : all)
+      if (source.numel() > 0 && source.data_ptr() == t.data_ptr() && source.nbytes() == t.nbytes())
+        return key;
+    return "";
+  };
   model.text_encoder = CLIPTextModel(clip_cfg);
-  place_and_load(model.text_encoder, converted.text_encoder, "text encoder" + where, options);
+  place_and_load(model.text_encoder, converted.text_encoder, "text encoder" + where, options, {},
+                 file_key);
   converted.text_encoder.clear();
   model.unet = UNet2DConditionModel(unet_cfg);
-  place_and_load(model.unet, converted.unet, "unet" + where, options);
+  place_and_load(model.unet, converted.unet, "unet" + where, options, {}, file_key);
   converted.unet.clear();
   model.vae = AutoencoderKL(vae_cfg);
-  place_and_load(model.vae, converted.vae, "vae" + where, options, options.vae_dtype);
+  place_and_load(model.vae, converted.vae, "vae" + where, options, options.vae_dtype, file_key);
 }
 
 }  // namespace

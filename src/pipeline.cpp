@@ -1,5 +1,7 @@
 #include "sdgen/pipeline.h"
 
+#include "sdgen/runtime.h"
+
 #include <chrono>
 #include <iostream>
 
@@ -157,6 +159,8 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
     auto noise_pred = guided_noise(scheduler->scale_model_input(latents, t), t, context, r);
     latents = scheduler->step(noise_pred, t, latents, generator);
     ++out.timings.steps;
+    check_finite_latents(latents, static_cast<int>(i - first_step) + 1,
+                         static_cast<int>(timesteps.size() - first_step), scheduler->name());
     if (on_step)
       on_step(
           {static_cast<int>(i - first_step), static_cast<int>(timesteps.size() - first_step), t},
@@ -176,6 +180,26 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
 
 Pipeline::Pipeline(StableDiffusionModel& model) : model_(model) {}
 Pipeline::~Pipeline() = default;
+
+// Non-finite latents (an fp16/bf16 overflow, a broken checkpoint) would decode
+// to a black image: stop at the step they appear. One check per step on the
+// CPU (a few microseconds); on CUDA each check waits for the GPU, so every
+// kFiniteCheckInterval steps and after the last one.
+void Pipeline::check_finite_latents(const torch::Tensor& latents, int step, int total,
+                                    const std::string& sampler) const {
+  constexpr int kFiniteCheckInterval = 10;
+  const bool cuda = model_.device.is_cuda();
+  if (cuda && step % kFiniteCheckInterval != 0 && step != total) return;
+  if (torch::isfinite(latents).all().item<bool>()) return;
+  const bool nan = torch::isnan(latents).any().item<bool>();
+  throw Error(std::string("the latents became ") + (nan ? "NaN" : "Inf") +
+              (cuda ? " by step " : " at step ") + std::to_string(step) + "/" +
+              std::to_string(total) + " (sampler " + sampler + ", " + dtype_name(model_.dtype) +
+              " on " + model_.device.str() + "); no image written" +
+              (model_.dtype == torch::kFloat32
+                   ? "; the model's weights may be broken (NaN/Inf)"
+                   : "; try --dtype fp32"));
+}
 
 void Pipeline::synchronize() const {
   if (model_.device.is_cuda()) torch::cuda::synchronize(model_.device.index());
@@ -233,15 +257,22 @@ torch::Tensor Pipeline::decode_latents(const torch::Tensor& latents, bool tiled)
     return tiled ? model_.vae->tiled_decode(x) : model_.vae->decode(x);
   };
   auto decoded = decode(z);
-  if (model_.device.is_cuda() && model_.vae_dtype == torch::kFloat16 &&
-      !torch::isfinite(decoded).all().item<bool>()) {
+  if (model_.vae_dtype != torch::kFloat32 && !torch::isfinite(decoded).all().item<bool>()) {
     // The "black image" problem: SD VAEs overflow fp16 on some latents.
-    std::cerr << "sdgen: warning: the fp16 VAE decode overflowed; decoding in fp32 from now on\n";
+    std::cerr << "sdgen: warning: the " << dtype_name(model_.vae_dtype)
+              << " VAE decode overflowed; decoding in fp32 from now on\n";
     model_.vae->to(torch::kFloat32);
     model_.vae_dtype = torch::kFloat32;
     z = z.to(torch::kFloat32);
     decoded = decode(z);
   }
+  // Never a black PNG: NaN/Inf left after the fp32 decode is an error.
+  if (!torch::isfinite(decoded).all().item<bool>())
+    throw Error(std::string("the VAE decode gave ") +
+                (torch::isnan(decoded).any().item<bool>() ? "NaN" : "Inf") +
+                " pixels (VAE in fp32, model in " + dtype_name(model_.dtype) +
+                "); the latents were finite, so the VAE weights are likely broken; no image "
+                "written");
   return decoded.to(torch::kFloat32).contiguous();
 }
 

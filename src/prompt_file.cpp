@@ -135,6 +135,13 @@ PromptLine parse_prompt_line(const std::string& raw, int line_number) {
   const std::string text = trim(line);
   if (text.empty() || text[0] == '#') return out;
   out.entry.line = line_number;
+  if (text.size() > kMaxPromptLineBytes) {
+    out.kind = PromptLine::Kind::error;
+    out.error = "line " + std::to_string(line_number) + ": the line is " +
+                std::to_string(text.size()) + " bytes, longer than the " +
+                std::to_string(kMaxPromptLineBytes) + "-byte limit";
+    return out;
+  }
   if (text[0] != '{') {
     out.kind = PromptLine::Kind::entry;
     out.entry.prompt = text;

@@ -51,4 +51,17 @@ torch::ScalarType default_dtype(const torch::Device& device) {
   return cpu_has_native_bf16() ? torch::kBFloat16 : torch::kFloat32;
 }
 
+const char* dtype_name(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat16:
+      return "fp16";
+    case torch::kBFloat16:
+      return "bf16";
+    case torch::kFloat32:
+      return "fp32";
+    default:
+      return c10::toString(dtype);
+  }
+}
+
 }  // namespace sdgen

@@ -22,47 +22,24 @@ namespace sdgen {
 
 namespace {
 
-struct DTypeEntry {
-  const char* name;
-  DType dtype;
-  size_t size;
-  torch::ScalarType scalar;
+constexpr std::pair<DType, torch::ScalarType> kScalarTypes[] = {
+    {DType::F32, torch::kFloat32}, {DType::F16, torch::kFloat16}, {DType::BF16, torch::kBFloat16},
+    {DType::F64, torch::kFloat64}, {DType::I64, torch::kInt64},   {DType::I32, torch::kInt32},
+    {DType::U8, torch::kUInt8},
 };
-
-constexpr DTypeEntry kDTypes[] = {
-    {"F32", DType::F32, 4, torch::kFloat32},    {"F16", DType::F16, 2, torch::kFloat16},
-    {"BF16", DType::BF16, 2, torch::kBFloat16}, {"F64", DType::F64, 8, torch::kFloat64},
-    {"I64", DType::I64, 8, torch::kInt64},      {"I32", DType::I32, 4, torch::kInt32},
-    {"U8", DType::U8, 1, torch::kUInt8},
-};
-
-const DTypeEntry& entry(DType dtype) {
-  for (const auto& e : kDTypes)
-    if (e.dtype == dtype) return e;
-  throw Error("internal: unknown dtype");
-}
 
 }  // namespace
 
-DType dtype_from_string(const std::string& name) {
-  for (const auto& e : kDTypes)
-    if (name == e.name) return e.dtype;
-  throw Error("unsupported dtype '" + name + "' (known: F32, F16, BF16, F64, I64, I32, U8)");
+torch::ScalarType to_scalar_type(DType dtype) {
+  for (const auto& [d, scalar] : kScalarTypes)
+    if (d == dtype) return scalar;
+  throw Error("internal: unknown dtype");
 }
-const char* dtype_name(DType dtype) { return entry(dtype).name; }
-size_t dtype_size(DType dtype) { return entry(dtype).size; }
-torch::ScalarType to_scalar_type(DType dtype) { return entry(dtype).scalar; }
 DType from_scalar_type(torch::ScalarType type) {
-  for (const auto& e : kDTypes)
-    if (e.scalar == type) return e.dtype;
+  for (const auto& [d, scalar] : kScalarTypes)
+    if (scalar == type) return d;
   throw Error(std::string("cannot store tensors of type ") + c10::toString(type) +
               " in safetensors");
-}
-
-uint64_t TensorInfo::numel() const {
-  uint64_t n = 1;
-  for (auto d : shape) n *= static_cast<uint64_t>(d);
-  return n;
 }
 
 namespace {
@@ -85,7 +62,9 @@ std::map<uintptr_t, uintptr_t>& mappings() {
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO given as a model must not wait for a writer
+    // (it is then refused as not a regular file); no effect on regular files.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -151,94 +130,10 @@ SafeTensorsFile SafeTensorsFile::from_bytes(const std::string& bytes, const std:
 uint64_t SafeTensorsFile::file_size() const { return file_->size(); }
 
 void SafeTensorsFile::parse() {
-  const auto fail = [&](const std::string& why) -> Error {
-    return Error(path_ + ": not a valid safetensors file: " + why);
-  };
-  const uint64_t size = file_->size();
-  if (size < 8)
-    throw fail("file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
-  uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | file_->data()[i];
-  if (header_len > kMaxHeaderBytes)
-    throw fail("header length " + std::to_string(header_len) + " exceeds the " +
-               std::to_string(kMaxHeaderBytes) + "-byte limit");
-  if (header_len > size - 8)
-    throw fail("header length " + std::to_string(header_len) + " is larger than the file (" +
-               std::to_string(size) + " bytes; truncated?)");
-  data_start_ = 8 + header_len;
-  const uint64_t data_size = size - data_start_;
-
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(file_->data() + 8, file_->data() + 8 + header_len);
-  } catch (const nlohmann::json::exception& e) {
-    throw fail(std::string("header is not valid JSON (") + e.what() + ")");
-  }
-  if (!header.is_object()) throw fail("header is not a JSON object");
-
-  std::vector<const TensorInfo*> by_offset;
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
-    const auto& value = it.value();
-    if (name == "__metadata__") {
-      if (!value.is_object()) throw fail("__metadata__ is not an object");
-      for (auto m = value.begin(); m != value.end(); ++m) {
-        if (!m.value().is_string())
-          throw fail("__metadata__ value '" + m.key() + "' is not a string");
-        metadata_[m.key()] = m.value().get<std::string>();
-      }
-      continue;
-    }
-    const std::string where = "tensor '" + name + "': ";
-    if (!value.is_object()) throw fail(where + "entry is not an object");
-    if (!value.contains("dtype") || !value["dtype"].is_string())
-      throw fail(where + "missing string 'dtype'");
-    if (!value.contains("shape") || !value["shape"].is_array())
-      throw fail(where + "missing array 'shape'");
-    if (!value.contains("data_offsets") || !value["data_offsets"].is_array() ||
-        value["data_offsets"].size() != 2)
-      throw fail(where + "'data_offsets' must be an array of two integers");
-    TensorInfo info;
-    info.name = name;
-    try {
-      info.dtype = dtype_from_string(value["dtype"].get<std::string>());
-    } catch (const Error& e) {
-      throw fail(where + e.what());
-    }
-    uint64_t numel = 1;
-    for (const auto& d : value["shape"]) {
-      if (!d.is_number_unsigned())
-        throw fail(where + "shape entries must be non-negative integers");
-      const uint64_t dim = d.get<uint64_t>();
-      if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-          (dim != 0 && numel > std::numeric_limits<uint64_t>::max() / dim / 8))
-        throw fail(where + "shape is too large");
-      numel *= dim;
-      info.shape.push_back(static_cast<int64_t>(dim));
-    }
-    for (const auto& o : value["data_offsets"])
-      if (!o.is_number_unsigned()) throw fail(where + "data_offsets must be non-negative integers");
-    info.begin = value["data_offsets"][0].get<uint64_t>();
-    info.end = value["data_offsets"][1].get<uint64_t>();
-    if (info.begin > info.end) throw fail(where + "data_offsets begin > end");
-    if (info.end > data_size)
-      throw fail(where + "data_offsets [" + std::to_string(info.begin) + ", " +
-                 std::to_string(info.end) + "] lie outside the data section (" +
-                 std::to_string(data_size) + " bytes; truncated?)");
-    const uint64_t expected = numel * dtype_size(info.dtype);
-    if (info.end - info.begin != expected)
-      throw fail(where + "holds " + std::to_string(info.end - info.begin) + " bytes but dtype " +
-                 dtype_name(info.dtype) + " and shape need " + std::to_string(expected));
-    tensors_.emplace(name, std::move(info));
-  }
-  for (const auto& kv : tensors_)
-    if (kv.second.end > kv.second.begin) by_offset.push_back(&kv.second);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
-  for (size_t i = 1; i < by_offset.size(); ++i)
-    if (by_offset[i]->begin < by_offset[i - 1]->end)
-      throw fail("tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name +
-                 "' overlap");
+  SafeTensorsHeader header = parse_safetensors_header(file_->data(), file_->size(), path_);
+  data_start_ = header.data_start;
+  tensors_ = std::move(header.tensors);
+  metadata_ = std::move(header.metadata);
 }
 
 bool SafeTensorsFile::contains(const std::string& name) const { return tensors_.count(name) > 0; }

@@ -181,8 +181,13 @@ void load_weights(torch::nn::Module& module, const TensorMap& weights, const std
     used.insert(param.key());
     const auto& src = it->second;
     if (src.sizes() != param.value().sizes()) {
-      mismatched.push_back(param.key() + " (expected " + shape_string(param.value().sizes()) +
-                           ", found " + shape_string(src.sizes()) + ")");
+      std::string name = param.key();
+      if (target.file_key) {
+        const std::string in_file = target.file_key(src);
+        if (!in_file.empty() && in_file != name) name = in_file + " -> " + name;
+      }
+      mismatched.push_back(name + " (expected " + shape_string(param.value().sizes()) + ", found " +
+                           shape_string(src.sizes()) + ")");
       continue;
     }
     items.push_back({param.value(), src, target.device.value_or(param.value().device()),

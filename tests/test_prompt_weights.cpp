@@ -2,6 +2,7 @@
 // 75-token chunking, and Pipeline::encode_prompts on the tiny model (plain
 // prompts equal diffusers' golden embeddings exactly).
 
+#include <chrono>
 #include <cmath>
 
 #include "sdgen/prompt_weights.h"
@@ -228,6 +229,33 @@ TEST(PromptEncoding, PromptsPaddedToTheSameChunkCount) {
   const auto broken = pipeline.encode_prompts({"a BREAK b"}, 1);
   EXPECT_LT(test::max_abs_diff(broken.slice(1, 0, 77), pipeline.encode_prompts({"a"}, 1)), 1e-6);
   EXPECT_LT(test::max_abs_diff(broken.slice(1, 77, 154), pipeline.encode_prompts({"b"}, 1)), 1e-6);
+}
+
+// Found while fuzzing (fuzz_prompt_weights slowed to ~160 inputs/s on 2 KB
+// inputs): merging runs of equal weight erased from the middle of a vector,
+// quadratic in the number of runs, and every ':' or escape makes a run. A
+// 160 KB "a:a:a:..." prompt took a minute, 10 MB would take days. The bound
+// below only guards against that coming back (it was minutes); it is not a
+// benchmark.
+TEST(PromptWeights, ManyRunsMergeInLinearTime) {
+  std::string prompt;
+  for (int i = 0; i < 200000; ++i) prompt += i % 1000 == 999 ? "\\(" : "a:";
+  const auto start = std::chrono::steady_clock::now();
+  const auto parsed = parse_prompt_attention(prompt);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(parsed.size(), 1u);
+  EXPECT_EQ(parsed[0].weight, 1.0);
+  EXPECT_EQ(parsed[0].text.size(), prompt.size() - 200);  // each "\\(" gives "("
+  EXPECT_LT(seconds, 20.0);
+  // Merging still joins only neighbours of equal weight, as A1111 does.
+  const auto mixed = parse_prompt_attention("a:b (c:d) e BREAK BREAK f [g]");
+  const std::vector<std::string> texts = {"a:b ", "c:d", " e", "BREAK", "", "BREAK", "f ", "g"};
+  ASSERT_EQ(mixed.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(mixed[i].text, texts[i]) << i;
+  EXPECT_NEAR(mixed[1].weight, 1.1, 1e-12);
+  EXPECT_TRUE(mixed[3].is_break && mixed[5].is_break);
+  EXPECT_NEAR(mixed[7].weight, 1 / 1.1, 1e-12);
 }
 
 }  // namespace

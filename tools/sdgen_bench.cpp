@@ -74,16 +74,6 @@ torch::ScalarType parse_dtype(const std::string& name, torch::ScalarType fallbac
   throw sdgen::Error("dtype " + name + ": expected auto, fp32, fp16 or bf16");
 }
 
-const char* dtype_label(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat16:
-      return "fp16";
-    case torch::kBFloat16:
-      return "bf16";
-    default:
-      return "fp32";
-  }
-}
 
 std::vector<int> parse_list(const std::string& text) {
   std::vector<int> out;
@@ -143,7 +133,7 @@ int run(const Options& o) {
   if (o.load_only) {
     nlohmann::json r = {{"label", o.label},
                         {"device", sdgen::device_name(device)},
-                        {"dtype", dtype_label(model.dtype)},
+                        {"dtype", sdgen::dtype_name(model.dtype)},
                         {"load_s", load_s},
                         {"peak_rss_mb", mb(sdgen::peak_rss_bytes())},
                         {"rss_after_load_mb", mb(sdgen::current_rss_bytes())}};
@@ -217,8 +207,8 @@ int run(const Options& o) {
   result["device"] = sdgen::device_name(device);
   result["torch"] = TORCH_VERSION;
   result["threads"] = at::get_num_threads();
-  result["dtype"] = dtype_label(model.dtype);
-  result["vae_dtype"] = dtype_label(model.vae_dtype);
+  result["dtype"] = sdgen::dtype_name(model.dtype);
+  result["vae_dtype"] = sdgen::dtype_name(model.vae_dtype);
   result["batch"] = o.batch_size;
   result["width"] = o.width;
   result["height"] = o.height;

@@ -12,9 +12,9 @@
 #include <utility>
 #include <vector>
 
-#include "sdgen/pipeline.h"
-
 namespace sdgen {
+
+struct GenerationRequest;  // sdgen/pipeline.h; the parsers here need no libtorch
 
 struct A1111Parameters {
   std::string prompt;
@@ -58,6 +58,7 @@ struct ImageMetadata {
   bool long_prompt_truncate = false;
   std::string version = SDGEN_VERSION;
 };
+// (Defined in a1111_request.cpp, the only part of this module that needs libtorch.)
 A1111Parameters a1111_parameters_for(const GenerationRequest& request, const ImageMetadata& image);
 
 // Settings read back from parameters; absent or unreadable fields stay empty

@@ -10,10 +10,9 @@
 
 #include <torch/torch.h>
 
-namespace sdgen {
+#include "sdgen/png_reader.h"  // PngText, decode_png
 
-// Text chunks (keyword, text) stored as PNG tEXt, e.g. {"parameters", "..."} for A1111.
-using PngText = std::vector<std::pair<std::string, std::string>>;
+namespace sdgen {
 
 // image: uint8 [H, W, 3] (or [H, W, 1|4]) on any device.
 void write_png(const std::string& path, const torch::Tensor& image, const PngText& text = {});

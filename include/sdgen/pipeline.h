@@ -105,6 +105,10 @@ class Pipeline {
   // that overflows is redone in fp32 (and the VAE kept in fp32), with a warning.
   torch::Tensor decode_latents(const torch::Tensor& latents, bool tiled);
   void synchronize() const;  // waits for the model's device (no-op on the CPU)
+  // Throws Error naming the step, sampler and dtype when `latents` hold NaN/Inf
+  // (on CUDA checked every few steps only, to avoid a device sync per step).
+  void check_finite_latents(const torch::Tensor& latents, int step, int total,
+                            const std::string& sampler) const;
 
   StableDiffusionModel& model_;
   LongPrompt long_prompt_ = LongPrompt::chunks;

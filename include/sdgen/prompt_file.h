@@ -5,6 +5,7 @@
 // '{' is a JSON object that may override any generation setting. Pure
 // functions over strings (fuzzable); the CLI reads the lines.
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -26,6 +27,11 @@ struct PromptLine {
   PromptEntry entry;  // when kind == entry
   std::string error;  // when kind == error: "line N: ..." naming the key at fault
 };
+
+// Longer lines are errors: 64 KiB is ~200 of A1111's 75-token chunks, far
+// beyond any real prompt, and keeps a runaway line from costing minutes of
+// text encoding.
+constexpr size_t kMaxPromptLineBytes = 64 * 1024;
 
 // The JSON keys a line may set.
 const std::vector<std::string>& prompt_file_keys();

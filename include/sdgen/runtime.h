@@ -22,4 +22,7 @@ bool cpu_has_native_bf16();
 // golden images within a few 8-bit levels: docs/performance.md), else fp32.
 torch::ScalarType default_dtype(const torch::Device& device);
 
+// "fp16", "bf16", "fp32" (libtorch's name for other types), as the flags spell them.
+const char* dtype_name(torch::ScalarType dtype);
+
 }  // namespace sdgen

@@ -14,25 +14,12 @@
 
 #include <torch/torch.h>
 
+#include "sdgen/safetensors_header.h"  // DType, TensorInfo, the header parser
+
 namespace sdgen {
 
-enum class DType { F32, F16, BF16, F64, I64, I32, U8 };
-
-// Parses "F32", "F16", ...; throws Error for anything else.
-DType dtype_from_string(const std::string& name);
-const char* dtype_name(DType dtype);
-size_t dtype_size(DType dtype);
 torch::ScalarType to_scalar_type(DType dtype);
 DType from_scalar_type(torch::ScalarType type);
-
-struct TensorInfo {
-  std::string name;
-  DType dtype = DType::F32;
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // byte offsets relative to the start of the data section
-  uint64_t end = 0;
-  uint64_t numel() const;
-};
 
 class MappedFile;
 
@@ -42,7 +29,7 @@ class SafeTensorsFile {
  public:
   // Header larger than this is rejected before it is read (the format's own
   // reference implementation uses 100 MB).
-  static constexpr uint64_t kMaxHeaderBytes = 100ull * 1024 * 1024;
+  static constexpr uint64_t kMaxHeaderBytes = kMaxSafeTensorsHeaderBytes;
 
   // Maps and validates `path`; throws Error naming the file and the problem.
   explicit SafeTensorsFile(const std::string& path);

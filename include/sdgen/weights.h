@@ -2,6 +2,7 @@
 
 // Strict, name-based loading of tensors into libtorch modules.
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -24,6 +25,10 @@ struct WeightTarget {
   std::optional<torch::Device> device;
   std::optional<torch::ScalarType> dtype;
   bool channels_last = false;  // store 4-D (convolution) weights in channels_last format
+  // Optional: the key a source tensor has in its file, when `weights` were
+  // renamed (single-file checkpoints), so that errors name both
+  // ("<file key> -> <module key> (expected ..., found ...)"); "" if unknown.
+  std::function<std::string(const torch::Tensor&)> file_key;
 };
 
 // Replaces the parameters of `module` by the tensors of `weights` with the

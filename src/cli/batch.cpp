@@ -2,7 +2,9 @@
 // model load for the whole run, output naming, --skip-existing, --shard,
 // A1111 metadata, --from-png, progress and --json.
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -16,9 +18,11 @@
 
 #include "options.h"
 #include "progress.h"
+#include "resources.h"
 #include "sdgen/a1111.h"
 #include "sdgen/error.h"
 #include "sdgen/image_io.h"
+#include "sdgen/interrupt.h"
 #include "sdgen/model.h"
 #include "sdgen/output_pattern.h"
 #include "sdgen/pipeline.h"
@@ -94,6 +98,9 @@ torch::Tensor read_init_image(const std::string& path) {
   auto pixels = read_png(path).pixels;
   if (pixels.size(2) == 4 || pixels.size(2) == 2)
     throw Error(path + ": the init image has an alpha channel; save it as RGB");
+  if (pixels.size(0) < 8 || pixels.size(1) < 8)
+    throw Error(path + ": the init image is " + std::to_string(pixels.size(1)) + "x" +
+                std::to_string(pixels.size(0)) + " pixels, smaller than 8x8");
   if (pixels.size(2) == 1) pixels = pixels.repeat({1, 1, 3});
   return pixels;
 }
@@ -201,6 +208,7 @@ class Runner {
 
  private:
   void check_options();
+  void load_model_and_pipeline();
   Job make_job(const PromptEntry& e);
   std::vector<std::string> output_paths(const Job& job, int64_t index_base, int count, int line,
                                         uint64_t seed, int image_count) const;
@@ -247,20 +255,32 @@ void Runner::report(int code, const std::string& where, const std::string& messa
 // Settings that need no model; every failure is a usage error.
 void Runner::check_options() {
   auto usage = [](const std::string& m) { return CliError(kExitUsage, m); };
+  // "--name value", naming the PNG when --from-png filled the value in (the
+  // defaults are valid, so a bad value not given on the command line is its).
+  auto flag = [this](const std::string& name, const auto& value) {
+    std::ostringstream s;
+    s << "--" << name << " " << value;
+    if (!o_.from_png.empty() && !o_.was_given(name)) s << " (from " << o_.from_png << ")";
+    return s.str();
+  };
   for (auto [name, v] : {std::pair<const char*, int>{"width", o_.width}, {"height", o_.height}})
     if (v <= 0 || v % 8 != 0 || v > 8192)
-      throw usage(std::string("--") + name + " " + std::to_string(v) +
-                  ": must be a positive multiple of 8, at most 8192");
+      throw usage(flag(name, v) + ": must be a positive multiple of 8, at most 8192");
   if (o_.steps < 1 || o_.steps > 1000)
-    throw usage("--steps " + std::to_string(o_.steps) + ": must be between 1 and 1000");
-  if (!(o_.cfg_scale >= 0)) throw usage("--cfg-scale must be >= 0");
+    throw usage(flag("steps", o_.steps) + ": must be between 1 and 1000");
+  if (!(o_.cfg_scale >= 0) || o_.cfg_scale > 1000)
+    throw usage(flag("cfg-scale", o_.cfg_scale) + ": must be >= 0 (and at most 1000)");
   if (o_.batch_size < 1 || o_.batch_size > 64)
-    throw usage("--batch-size " + std::to_string(o_.batch_size) + ": must be 1 to 64");
+    throw usage(flag("batch-size", o_.batch_size) + ": must be 1 to 64");
   if (o_.batch_count < 1 || o_.batch_count > 100000)
-    throw usage("--batch-count " + std::to_string(o_.batch_count) + ": must be 1 to 100000");
-  if (o_.clip_skip < 1) throw usage("--clip-skip must be >= 1");
+    throw usage(flag("batch-count", o_.batch_count) + ": must be 1 to 100000");
+  if (o_.clip_skip < 1) throw usage(flag("clip-skip", o_.clip_skip) + ": must be >= 1");
   if (!(o_.strength > 0) || o_.strength > 1)
-    throw usage("--strength " + std::to_string(o_.strength) + ": must be in (0, 1]");
+    throw usage(flag("strength", o_.strength) + ": must be in (0, 1]");
+  if (!(o_.eta >= 0) || o_.eta > 1) throw usage(flag("eta", o_.eta) + ": must be between 0 and 1");
+  if (!o_.prediction.empty() && o_.prediction != "epsilon" && o_.prediction != "eps" &&
+      o_.prediction != "v" && o_.prediction != "v_prediction" && o_.prediction != "v-prediction")
+    throw usage("--prediction " + o_.prediction + ": expected epsilon or v");
   if (o_.schedule != "" && o_.schedule != "karras" && o_.schedule != "normal")
     throw usage("--scheduler " + o_.schedule + ": expected karras or normal");
   if (o_.long_prompt != "chunks" && o_.long_prompt != "truncate")
@@ -276,9 +296,13 @@ void Runner::check_options() {
   }
   try {
     canonical_sampler(o_.sampler);
+  } catch (const Error& e) {
+    throw usage(flag("sampler", o_.sampler) + ": " + e.what());
+  }
+  try {
     expand_output_pattern(o_.output, OutputFields{});
   } catch (const Error& e) {
-    throw usage(e.what());
+    throw usage(std::string("--output: ") + e.what());
   }
   if (o_.prompt_file.empty() && o_.prompt.empty() && o_.from_png.empty())
     throw usage("no prompt: give -p TEXT, --prompt-file FILE or --from-png IMAGE");
@@ -417,6 +441,19 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
       }
     }
 
+  // Memory for this size and batch, before any allocation (resources.cpp).
+  if (!o_.no_memory_check) {
+    const int chunks = std::max(pipeline_->prompt_chunk_count(r.prompt),
+                                pipeline_->prompt_chunk_count(r.negative_prompt));
+    const std::string problem = memory_problem(*model_, memory_request(r, chunks));
+    if (!problem.empty()) {
+      images_failed_ += entry_images;
+      report(kExitGeneration, at, problem);
+      progress_->skip(entry_images);
+      return;
+    }
+  }
+
   for (int j = 0; j < o_.batch_count && !stop_; ++j) {
     r.seed = base_seed + static_cast<uint64_t>(j);
     std::vector<int> todo;  // indices into positions
@@ -437,6 +474,10 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
       continue;
     }
 
+    if (interrupted()) {  // Ctrl-C while the previous image was written
+      stop_ = true;
+      break;
+    }
     std::string label = file_mode_ ? "line " + std::to_string(e.line) : std::string("sdgen");
     if (o_.batch_count > 1)
       label += " (" + std::to_string(j + 1) + "/" + std::to_string(o_.batch_count) + ")";
@@ -447,14 +488,17 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
       Progress* progress = progress_.get();
       result = pipeline_->generate(r, [progress](const StepInfo& info, const torch::Tensor&) {
         progress->step(info.index + 1, info.total);
+        throw_if_interrupted();  // abandons the image at this step boundary
       });
+    } catch (const Interrupted&) {
+      progress_->end(false);
+      stop_ = true;
+      break;
     } catch (const std::exception& err) {
-      const auto* c10 = dynamic_cast<const c10::Error*>(&err);
       images_failed_ += static_cast<int64_t>(todo.size());
       progress_->end(false);
-      report(
-          kExitGeneration, at,
-          std::string("generation failed: ") + (c10 ? c10->what_without_backtrace() : err.what()));
+      // Out of memory: one line with the estimate and what to try.
+      report(kExitGeneration, at, generation_error_text(err, *model_, memory_request(r)));
       continue;
     }
     const double total_s = seconds(t0, Clock::now());
@@ -523,6 +567,73 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
   }
 }
 
+void Runner::load_model_and_pipeline() {
+  LoadOptions load;
+  model_path_ = load.model_path = o_.model.empty() ? default_model_dir() : o_.model;
+  if (o_.model.empty() && !fs::exists(load.model_path))
+    throw CliError(kExitModel, "no --model given and the default model " + load.model_path +
+                                   " does not exist; run scripts/generate.sh once, or pass "
+                                   "--model PATH");
+  load.config_dir = o_.config_dir;
+  load.tokenizer_path = o_.tokenizer;
+  load.prediction_type = o_.prediction;
+  load.device = device_;
+  load.dtype = dtype_;
+  load.verbose = !o_.quiet;
+  load.cuda_graphs = !o_.no_cuda_graphs;
+  load.channels_last = o_.channels_last == "on" ? 1 : o_.channels_last == "off" ? 0 : -1;
+
+  // Fail before loading when the weights (and, for a single prompt of known
+  // size, its activations) cannot fit; prompt-file lines are checked each.
+  if (!o_.no_memory_check) {
+    MemoryRequest request;
+    request.width = o_.width;
+    request.height = o_.height;
+    request.batch_size = o_.batch_size;
+    request.guided = o_.cfg_scale > 1.0;
+    request.vae_tiling = o_.vae_tiling;
+    request.img2img = !o_.init_image.empty();
+    const bool known = !file_mode_ && (o_.init_image.empty() ||
+                                       (o_.was_given("width") && o_.was_given("height")));
+    const std::string problem = memory_problem_before_load(load, known ? &request : nullptr);
+    if (!problem.empty()) throw CliError(kExitGeneration, problem);
+  }
+
+  // The model hash (first 10 hex of the SHA-256) is computed while the model loads.
+  auto hash = std::async(std::launch::async, [path = load.model_path]() {
+    try {
+      return model_sha256(path).substr(0, 10);
+    } catch (const std::exception&) {
+      return std::string();
+    }
+  });
+  const auto t0 = Clock::now();
+  try {
+    model_ = std::make_unique<StableDiffusionModel>(load_model(load));
+  } catch (const Error& e) {
+    hash.wait();
+    throw CliError(kExitModel, e.what());
+  } catch (const c10::Error& e) {
+    hash.wait();
+    if (is_out_of_memory(e)) throw CliError(kExitGeneration, load_out_of_memory_text(load));
+    throw CliError(kExitModel, e.what_without_backtrace());
+  } catch (const std::bad_alloc&) {
+    hash.wait();
+    throw CliError(kExitGeneration, load_out_of_memory_text(load));
+  }
+  load_s_ = seconds(t0, Clock::now());
+  model_hash10_ = hash.get();
+  model_name_ = a1111_model_name(load.model_path);
+  if (!png_.model_hash.empty() && !model_hash10_.empty() && png_.model_hash != model_hash10_ &&
+      !o_.quiet)
+    std::cerr << "sdgen: warning: " << o_.from_png << " was made with model " << png_.model_name
+              << " (hash " << png_.model_hash << "), this is " << model_name_ << " (hash "
+              << model_hash10_ << "); the image will differ\n";
+  pipeline_ = std::make_unique<Pipeline>(*model_);
+  pipeline_->set_long_prompt(o_.long_prompt == "truncate" ? Pipeline::LongPrompt::truncate
+                                                          : Pipeline::LongPrompt::chunks);
+}
+
 int Runner::run() {
   init_cpu_runtime(o_.threads);
   device_ = parse_device(o_.device);
@@ -540,6 +651,7 @@ int Runner::run() {
   // "-" streams standard input.
   std::unique_ptr<LineSource> source;
   int64_t total_images = -1;
+  bool need_model = true;  // false when a prompt file has nothing to generate
   if (!file_mode_) {
     PromptLine single;
     single.kind = PromptLine::Kind::entry;
@@ -549,18 +661,31 @@ int Runner::run() {
   } else if (o_.prompt_file == "-") {
     source = std::make_unique<StdinSource>();
   } else {
+    std::error_code ec;
+    if (fs::is_directory(o_.prompt_file, ec))
+      throw CliError(kExitUsage, o_.prompt_file + ": the prompt file is a folder");
     std::ifstream in(o_.prompt_file, std::ios::binary);
-    if (!in) throw CliError(kExitUsage, o_.prompt_file + ": cannot read the prompt file");
+    if (!in)
+      throw CliError(kExitUsage,
+                     o_.prompt_file + ": cannot read the prompt file: " + std::strerror(errno));
     std::stringstream text;
     text << in.rdbuf();
+    if (in.bad()) throw CliError(kExitUsage, o_.prompt_file + ": cannot read the prompt file");
     auto lines = parse_prompt_text(text.str());
     total_images = 0;
     int64_t entry = 0;
+    need_model = false;
     for (const auto& l : lines) {
       if (l.kind == PromptLine::Kind::skip) continue;
-      if (in_shard(entry++, shard_))
+      if (in_shard(entry++, shard_)) {
         total_images += entry_image_count(l.kind == PromptLine::Kind::entry ? &l.entry : nullptr);
+        if (l.kind == PromptLine::Kind::entry) need_model = true;
+      }
     }
+    if (entry == 0)
+      throw CliError(kExitUsage, o_.prompt_file +
+                                     ": no prompts in the prompt file (only blank lines and "
+                                     "# comments)");
     source = std::make_unique<VectorSource>(std::move(lines));
   }
 
@@ -582,56 +707,15 @@ int Runner::run() {
     }
   }
 
-  LoadOptions load;
-  model_path_ = load.model_path = o_.model.empty() ? default_model_dir() : o_.model;
-  if (o_.model.empty() && !fs::exists(load.model_path))
-    throw CliError(kExitModel, "no --model given and the default model " + load.model_path +
-                                   " does not exist; run scripts/generate.sh once, or pass "
-                                   "--model PATH");
-  load.config_dir = o_.config_dir;
-  load.tokenizer_path = o_.tokenizer;
-  load.prediction_type = o_.prediction;
-  load.device = device_;
-  load.dtype = dtype_;
-  load.verbose = !o_.quiet;
-  load.cuda_graphs = !o_.no_cuda_graphs;
-  load.channels_last = o_.channels_last == "on" ? 1 : o_.channels_last == "off" ? 0 : -1;
-
-  // The model hash (first 10 hex of the SHA-256) is computed while the model loads.
-  auto hash = std::async(std::launch::async, [path = load.model_path]() {
-    try {
-      return model_sha256(path).substr(0, 10);
-    } catch (const std::exception&) {
-      return std::string();
-    }
-  });
-  const auto t0 = Clock::now();
-  try {
-    model_ = std::make_unique<StableDiffusionModel>(load_model(load));
-  } catch (const Error& e) {
-    hash.wait();
-    throw CliError(kExitModel, e.what());
-  } catch (const c10::Error& e) {
-    hash.wait();
-    throw CliError(kExitModel, e.what_without_backtrace());
-  }
-  load_s_ = seconds(t0, Clock::now());
-  model_hash10_ = hash.get();
-  model_name_ = a1111_model_name(load.model_path);
-  if (!png_.model_hash.empty() && !model_hash10_.empty() && png_.model_hash != model_hash10_ &&
-      !o_.quiet)
-    std::cerr << "sdgen: warning: " << o_.from_png << " was made with model " << png_.model_name
-              << " (hash " << png_.model_hash << "), this is " << model_name_ << " (hash "
-              << model_hash10_ << "); the image will differ\n";
-  pipeline_ = std::make_unique<Pipeline>(*model_);
-  pipeline_->set_long_prompt(o_.long_prompt == "truncate" ? Pipeline::LongPrompt::truncate
-                                                          : Pipeline::LongPrompt::chunks);
+  // A prompt file whose every line (in this shard) is bad has nothing to
+  // generate: its lines are reported without loading the model.
+  if (need_model) load_model_and_pipeline();
   progress_ = std::make_unique<Progress>(!o_.quiet, total_images);
 
   const auto t_run = Clock::now();
   PromptLine line;
   int64_t entry_index = 0, index_base = 0;
-  while (!stop_ && source->next(line)) {
+  while (!stop_ && !interrupted() && source->next(line)) {
     if (line.kind == PromptLine::Kind::skip) continue;
     const bool mine = in_shard(entry_index++, shard_);
     const int images =
@@ -649,6 +733,10 @@ int Runner::run() {
     index_base += images;
   }
   progress_->clear();
+  if (interrupted()) {
+    std::cerr << interrupted_line(images_written_) << std::endl;
+    return kExitInterrupted;
+  }
 
   if (file_mode_ && !o_.quiet) {
     std::ostringstream s;

@@ -1,6 +1,8 @@
 // sdgen command line: parses arguments and calls the library, nothing more.
 // batch.cpp runs generations, info.cpp --info and --show-params.
 
+#include <unistd.h>
+
 #include <iostream>
 #include <string>
 
@@ -8,6 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "options.h"
+#include "sdgen/interrupt.h"
 #include "sdgen/error.h"
 #include "sdgen/schedulers/scheduler.h"
 
@@ -47,6 +50,10 @@ int main(int argc, char** argv) {
   app.add_option("--channels-last", o.channels_last,
                  "Convolutions in channels_last memory format: on, off or auto")
       ->capture_default_str()
+      ->group(model_group);
+  app.add_flag("--no-memory-check", o.no_memory_check,
+               "Skip the memory estimate that refuses, before loading or generating, what "
+               "cannot fit in RAM / GPU memory (SDGEN_MEMORY_LIMIT_MB=N sets the budget)")
       ->group(model_group);
   app.add_flag("--info", o.info,
                "Print what the model is (family, prediction type, dtypes, parameter counts, "
@@ -163,6 +170,8 @@ int main(int argc, char** argv) {
   try {
     if (!o.show_params.empty()) return sdgen::cli::run_show_params(o);
     if (o.info) return sdgen::cli::run_info(o);
+    // Ctrl-C / SIGTERM: stop after the current sampling step, exit 130.
+    sdgen::install_interrupt_handlers(!o.quiet && ::isatty(STDERR_FILENO) != 0);
     return sdgen::cli::run_generation(o);
   } catch (const CliError& e) {
     std::cerr << "sdgen: error: " << sdgen::cli::one_line(e.what()) << std::endl;

@@ -16,6 +16,7 @@ enum ExitCode : int {
   kExitGeneration = 1,  // an image could not be generated or written
   kExitUsage = 2,       // bad flags or values, unreadable input files, bad prompt-file lines
   kExitModel = 3,       // the model (or its tokenizer) could not be loaded
+  kExitInterrupted = 130,  // SIGINT or SIGTERM (Ctrl-C); images already written stay
 };
 
 // An error with the exit code it stands for; main prints "sdgen: error: <what>".
@@ -68,6 +69,7 @@ struct Options {
   bool no_cuda_graphs = false;
   std::string channels_last = "auto";
   bool vae_tiling = false;
+  bool no_memory_check = false;  // skip the memory estimate before loading and generating
   // Long names ("steps", "width", ...) of the options given on the command line.
   std::set<std::string> given;
 

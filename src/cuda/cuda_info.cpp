@@ -2,6 +2,9 @@
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
 
 namespace sdgen::cuda {
 
@@ -30,5 +33,19 @@ void reset_peak_memory(int index) {
   ensure_initialised(index);
   c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(index));
 }
+
+void memory_info(int index, int64_t* free, int64_t* total, int64_t* cached_unused) {
+  ensure_initialised(index);
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
+  size_t f = 0, t = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&f, &t));
+  *free = static_cast<int64_t>(f);
+  *total = static_cast<int64_t>(t);
+  const auto stats =
+      c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+  *cached_unused = stats.reserved_bytes[0].current - stats.allocated_bytes[0].current;
+}
+
+void release_cached_memory() { c10::cuda::CUDACachingAllocator::emptyCache(); }
 
 }  // namespace sdgen::cuda

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Writes the fuzzers' seed corpus, fuzz/corpus/<target>/, from scratch.
+
+Valid inputs of each format plus hand-made edge cases; the whole corpus is kept
+small (a few KB). Run from anywhere: python3 fuzz/make_corpus.py
+"""
+import json
+import os
+import shutil
+import struct
+import zlib
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+def write(target, name, data):
+    d = os.path.join(ROOT, target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# ---- safetensors --------------------------------------------------------------
+
+def safetensors(header, data=b"", pad=True):
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if pad:
+        text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def raw_header(text, data=b""):
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def safetensors_seeds():
+    t = "safetensors"
+    write(t, "valid_two", safetensors(
+        {"__metadata__": {"format": "pt"},
+         "a.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+         "b.bias": {"dtype": "F16", "shape": [3], "data_offsets": [16, 22]}},
+        bytes(range(22))))
+    write(t, "valid_all_dtypes", safetensors(
+        {"f64": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]},
+         "i64": {"dtype": "I64", "shape": [1], "data_offsets": [8, 16]},
+         "i32": {"dtype": "I32", "shape": [1], "data_offsets": [16, 20]},
+         "bf16": {"dtype": "BF16", "shape": [1], "data_offsets": [20, 22]},
+         "u8": {"dtype": "U8", "shape": [2], "data_offsets": [22, 24]}},
+        bytes(24)))
+    write(t, "scalar_and_empty", safetensors(
+        {"s": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]},
+         "e": {"dtype": "F32", "shape": [0, 5], "data_offsets": [4, 4]}}, bytes(4)))
+    write(t, "empty_header", safetensors({}))
+    write(t, "short", b"\x02\x00\x00")
+    write(t, "header_too_long", struct.pack("<Q", 1000) + b"{}")
+    write(t, "header_huge", struct.pack("<Q", 1 << 62) + b"{}")
+    write(t, "not_json", raw_header(b"{not json"))
+    write(t, "not_object", raw_header(b"[1,2,3]"))
+    write(t, "overlap", safetensors(
+        {"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+         "b": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]}}, bytes(6)))
+    write(t, "out_of_range", safetensors(
+        {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8)))
+    write(t, "unknown_dtype", safetensors(
+        {"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}, bytes(1)))
+    write(t, "shape_overflow", safetensors(
+        {"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 2], "data_offsets": [0, 0]}}))
+    write(t, "negative_dim", safetensors(
+        {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4)))
+    write(t, "float_offsets", raw_header(
+        b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0.0,1e0]}}', b"x"))
+    write(t, "metadata_not_string", safetensors({"__metadata__": {"k": 1}}))
+    write(t, "nested_deep", raw_header(b'{"a":' + b"[" * 200 + b"]" * 200 + b"}"))
+    write(t, "utf8_names", safetensors(
+        {"\u00e9\u4e2d": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"z"))
+
+
+# ---- tokenizer ----------------------------------------------------------------
+
+def tokenizer_seeds():
+    t = "tokenizer"
+    write(t, "plain", "a photograph of an astronaut riding a horse")
+    write(t, "punct", "Hello, World!! it's (masterpiece:1.2), 8k... #1 <3")
+    write(t, "specials", "<|startoftext|>a<|endoftext|>b <|endoftext|><|endoftext|>")
+    write(t, "partial_special", "<|startof <|endoftext| |>")
+    write(t, "unicode", "caf\u00e9 \u0063\u0301 na\u00efve \u00c5ngstr\u00f6m \u4e2d\u6587 "
+          "\ud55c\uad6d\uc5b4 \u0391\u0392\u0393 \U0001F600 \u2163 \u00bd")
+    write(t, "whitespace", "a\t\tb\r\n\u3000c\u00a0\u2028d   ")
+    write(t, "combining", "e\u0301\u0323\u0302 o\u0308\u0304 \u1100\u1161\u11a8 \u0958")
+    write(t, "invalid_utf8", b"ab\xff\xfe\xc0\x80 \xe0\x80\x80 \xed\xa0\x80 \xf4\x90\x80\x80 "
+          b"\xc3 \xe2\x82 end")
+    write(t, "digits", "1234567890 3.14 1e10 \u0661\u0662\u0663")
+    write(t, "long_word", "a" * 300)
+    write(t, "contractions", "I'm you're we've they'll she'd it's don't")
+    write(t, "nul", b"a\x00b\x00\x00c")
+
+
+# ---- prompt weights (two option bytes, then the prompt) -----------------------
+
+def prompt_weights_seeds():
+    t = "prompt_weights"
+    opts = b"\x4b\x18"  # chunk length 75, backtrack 20, comma token ','
+    write(t, "plain", opts + b"a red circle above a blue square")
+    write(t, "emphasis", opts + b"(a cat:1.5), ((dog)), [bird], [[fish]], (x:-0.5) (y: +2 )")
+    write(t, "escapes", opts + b"\\(not\\) \\[weighted\\] back\\\\slash \\ lone")
+    write(t, "break", opts + b"first BREAK second\nBREAK third BREAKfast (BREAK) [a BREAK b]")
+    write(t, "unbalanced", opts + b"((a (b [c ] ) ] ) ) :) (d:1.2.3) (e:) (:2)")
+    write(t, "commas_small_chunks", b"\x08\x06" + b"one, two three four, five six seven, " * 4)
+    write(t, "nested_numbers", opts + b"(((((x:1e308):1e308))))) [(y:.)] (z:+.5e)")
+    write(t, "utf8", opts + "(\u00e9t\u00e9:1.1) [\u4e2d\u6587] BREAK \U0001F600".encode())
+
+
+# ---- prompt files -------------------------------------------------------------
+
+def prompt_file_seeds():
+    t = "prompt_file"
+    write(t, "mixed",
+          "# a comment\n"
+          "a plain prompt\n"
+          "\n"
+          "   \t \r\n"
+          '{"prompt": "a cat", "seed": 42, "steps": 20, "cfg_scale": 7.5, "width": 512, '
+          '"height": 768, "sampler": "euler_a", "scheduler": "Karras", "batch_size": 2, '
+          '"clip_skip": 2, "negative_prompt": "blurry", "output": "out/{seed}.png"}\n'
+          '{"prompt": "img2img", "init_image": "in.png", "strength": 0.6}\r\n')
+    write(t, "errors",
+          '{"prompt": 1}\n'
+          '{"steps": 0}\n'
+          '{"width": 513}\n'
+          '{"width": 8.0, "height": 1e3}\n'
+          '{"seed": -1}\n'
+          '{"seed": 18446744073709551615}\n'
+          '{"strength": 0}\n'
+          '{"cfg_scale": "7"}\n'
+          '{"unknown": true}\n'
+          '{"scheduler": "fast"}\n'
+          '{"output": ""}\n'
+          '{not json\n'
+          '{}\n'
+          '[1, 2]\n')
+    write(t, "numbers",
+          '{"steps": 1e2, "seed": 9007199254740993, "batch_size": 64.0, "cfg_scale": 1e308}\n'
+          '{"steps": -0.0, "width": 1.7976931348623157e308, "clip_skip": 4.5}\n')
+    write(t, "unicode", '{"prompt": "caf\\u00e9 \\ud83d\\ude00 \\ud800"}\n\u00e9\u00e8 plain\n')
+    write(t, "no_newline", "last line without newline")
+    write(t, "nested", "{" + '"prompt": ' + "[" * 100 + "]" * 100 + "}\n")
+
+
+# ---- PNG metadata and A1111 parameters ----------------------------------------
+
+def png_chunk(kind, data):
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def png(width, height, color_type, bit_depth=8, text=(), interlace=0, raw=None):
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type]
+    if raw is None:
+        row_bytes = (width * channels * bit_depth + 7) // 8
+        raw = b"".join(b"\x00" + bytes((x * 37 + y * 11) & 0xFF for x in range(row_bytes))
+                       for y in range(height))
+    out = b"\x89PNG\r\n\x1a\n"
+    out += png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type,
+                                          0, 0, interlace))
+    for key, value in text:
+        out += png_chunk(b"tEXt", key + b"\x00" + value)
+    if color_type == 3:
+        out += png_chunk(b"PLTE", bytes(range(48)))
+    out += png_chunk(b"IDAT", zlib.compress(raw))
+    out += png_chunk(b"IEND", b"")
+    return out
+
+
+PARAMS = ("a red circle, (masterpiece:1.2)\nNegative prompt: blurry, low quality\n"
+          "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1234, "
+          "Size: 512x768, Model hash: 0123456789, Model: v1-5, Clip skip: 2, "
+          'Lora hashes: "a: 1, b: 2", Version: sdgen 0.1.0')
+
+
+def png_params_seeds():
+    t = "png_params"
+    write(t, "rgb_params", png(4, 3, 2, text=[(b"parameters", PARAMS.encode())]))
+    write(t, "rgba", png(2, 2, 6, text=[(b"Comment", b"x"), (b"parameters", b"p\nSteps: 1")]))
+    write(t, "gray16_interlaced", png(3, 3, 0, bit_depth=16, interlace=1))
+    write(t, "palette", png(4, 2, 3, bit_depth=4))
+    write(t, "gray_alpha", png(2, 2, 4))
+    write(t, "bad_text", png(1, 1, 2, text=[(b"", b"no key"), (b"parameters", b"")]))
+    write(t, "truncated", png(4, 4, 2)[:60])
+    write(t, "short_idat", png(8, 8, 2, raw=b"\x00" * 10))
+    write(t, "signature_only", b"\x89PNG\r\n\x1a\n")
+    write(t, "params_text", PARAMS)
+    write(t, "params_quoted",
+          'p\nSteps: 5, Seed: "12", Size: 64x64x, Sampler: Euler a, CFG scale: nan, '
+          'Model: "a, \\"b\\": c", Eta: 0.5, Batch size: 2, Batch pos: 1, Long prompt: truncate')
+    write(t, "params_odd",
+          "Negative prompt: only negative\nSeed: -1, Steps: 99999999999999999999, "
+          "Size: 0x0, Schedule type: Exponential, Clip skip: 0, Denoising strength: 1e400")
+    write(t, "params_no_fields", "just a prompt\nover two lines\n")
+
+
+def main():
+    if os.path.isdir(ROOT):
+        shutil.rmtree(ROOT)
+    safetensors_seeds()
+    tokenizer_seeds()
+    prompt_weights_seeds()
+    prompt_file_seeds()
+    png_params_seeds()
+    total = sum(os.path.getsize(os.path.join(d, f))
+                for d, _, files in os.walk(ROOT) for f in files)
+    print(f"fuzz corpus: {total} bytes in {ROOT}")
+
+
+if __name__ == "__main__":
+    main()
