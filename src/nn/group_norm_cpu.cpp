@@ -153,7 +153,7 @@ SDGEN_SIMD_CLONES void affine_rows(const uint16_t* __restrict x, uint16_t* __res
 
 torch::Tensor group_norm_bf16_cpu(const torch::Tensor& x, int64_t groups,
                                   const torch::Tensor& weight, const torch::Tensor& bias,
-                                  double eps, bool silu) {
+                                  double eps, bool apply_silu) {
   TORCH_CHECK(x.is_cpu() && x.scalar_type() == torch::kBFloat16 && x.dim() >= 2,
               "group_norm_bf16_cpu: expected a bf16 CPU tensor [N, C, ...]");
   const int64_t batch = x.size(0), channels = x.size(1);
@@ -252,7 +252,7 @@ torch::Tensor group_norm_bf16_cpu(const torch::Tensor& x, int64_t groups,
   if (!channels_last) {
     at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
-        affine(in + i * spatial, out + i * spatial, spatial, scale[i], shift[i], silu);
+        affine(in + i * spatial, out + i * spatial, spatial, scale[i], shift[i], apply_silu);
     });
   } else {
     at::parallel_for(0, batch * spatial, 256, [&](int64_t begin, int64_t end) {
@@ -261,7 +261,7 @@ torch::Tensor group_norm_bf16_cpu(const torch::Tensor& x, int64_t groups,
         const int64_t n = r / spatial;
         const int64_t stop = std::min(end, (n + 1) * spatial);
         affine_rows(in + r * channels, out + r * channels, stop - r, channels,
-                    scale.data() + n * channels, shift.data() + n * channels, silu);
+                    scale.data() + n * channels, shift.data() + n * channels, apply_silu);
         r = stop;
       }
     });

@@ -19,9 +19,9 @@ namespace sdgen::nn {
 
 // x: [N, C, *] bf16 on the CPU; weight, bias: [C] (any float dtype).
 // Follows torch.nn.functional.group_norm (biased variance, eps inside the
-// square root); silu applies x * sigmoid(x) to the result.
+// square root); apply_silu applies x * sigmoid(x) to the result.
 torch::Tensor group_norm_bf16_cpu(const torch::Tensor& x, int64_t groups,
                                   const torch::Tensor& weight, const torch::Tensor& bias,
-                                  double eps, bool silu);
+                                  double eps, bool apply_silu);
 
 }  // namespace sdgen::nn
