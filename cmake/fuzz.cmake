@@ -15,7 +15,8 @@ if(SDGEN_FUZZ)
 
   # The parsers, instrumented for coverage but without libFuzzer's main.
   add_library(sdgen_fuzz_parsers STATIC
-    src/safetensors_header.cpp src/tokenizer.cpp src/config.cpp src/unicode_tables.cpp
+    src/safetensors_header.cpp src/tokenizer.cpp src/tokenizer_sentencepiece.cpp
+    src/config.cpp src/unicode_tables.cpp
     src/prompt_weights.cpp src/prompt_file.cpp src/a1111.cpp src/png_reader.cpp)
   target_include_directories(sdgen_fuzz_parsers
     PUBLIC ${CMAKE_SOURCE_DIR}/include
@@ -42,7 +43,8 @@ if(SDGEN_FUZZ)
     target_link_options(${name} PRIVATE -fsanitize=fuzzer)
     # The tokenizer target uses the real CLIP vocabulary when the tiny model is there.
     target_compile_definitions(${name} PRIVATE
-      SDGEN_FUZZ_TOKENIZER_DIR="${SDGEN_SHARED_DIR}/models/sd1-tiny/tokenizer")
+      SDGEN_FUZZ_TOKENIZER_DIR="${SDGEN_SHARED_DIR}/models/sd1-tiny/tokenizer"
+      SDGEN_FUZZ_SPIECE_MODEL="${CMAKE_SOURCE_DIR}/fuzz/data/captions-spiece.model")
     add_dependencies(fuzz ${name})
   endforeach()
 endif()

@@ -97,6 +97,20 @@ def tokenizer_seeds():
     write(t, "nul", b"a\x00b\x00\x00c")
 
 
+# ---- sentencepiece (each input is text and also the bytes of a .model) -------
+
+def sentencepiece_seeds():
+    t = "sentencepiece"
+    write(t, "caption", "a small red circle above a blue square on a white background")
+    write(t, "cased_spaces", "  A  Small\tRED\n circle   ")
+    write(t, "unknown", "zebra \u2713\u2713 caf\u00e9 \U0001F600")
+    write(t, "invalid_utf8", b"red\xff\xfe\xc0\x80 \xed\xa0\x80 \xc3 \xe2\x96\x81 blue")
+    write(t, "specials", "<s></s><pad><unk> \u2581red\u2581")
+    # A real model (trained by sdgen-spm, see fuzz/fuzz_sentencepiece.cpp).
+    with open(os.path.join(os.path.dirname(ROOT), "data", "captions-spiece.model"), "rb") as f:
+        write(t, "model", f.read())
+
+
 # ---- prompt weights (two option bytes, then the prompt) -----------------------
 
 def prompt_weights_seeds():
@@ -205,6 +219,7 @@ def main():
         shutil.rmtree(ROOT)
     safetensors_seeds()
     tokenizer_seeds()
+    sentencepiece_seeds()
     prompt_weights_seeds()
     prompt_file_seeds()
     png_params_seeds()

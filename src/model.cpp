@@ -83,7 +83,8 @@ TokenizerConfig tokenizer_config_in(const fs::path& dir, TokenizerConfig fallbac
 
 bool has_tokenizer_files(const fs::path& dir) {
   return (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")) ||
-         fs::exists(dir / "bpe_simple_vocab_16e6.txt.gz");
+         fs::exists(dir / "bpe_simple_vocab_16e6.txt.gz") ||
+         !SentencePieceTokenizer::find_model(dir.string()).empty();
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& explicit_path,
@@ -93,27 +94,42 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& explicit_path,
     const fs::path p(explicit_path);
     if (!fs::exists(p)) throw Error(explicit_path + ": tokenizer path not found");
     const fs::path dir = fs::is_directory(p) ? p : p.parent_path();
-    return CLIPTokenizer::from_path(explicit_path, tokenizer_config_in(dir, fallback));
+    return tokenizer_from_path(explicit_path, tokenizer_config_in(dir, fallback));
   }
   std::vector<std::string> looked;
   for (const auto& d : model_dirs) {
     looked.push_back(d.string());
     if (has_tokenizer_files(d))
-      return CLIPTokenizer::from_path(d.string(), tokenizer_config_in(d, fallback));
+      return tokenizer_from_path(d.string(), tokenizer_config_in(d, fallback));
   }
   for (const auto& d : tokenizer_search_paths()) {
     looked.push_back(d);
-    if (has_tokenizer_files(d))
-      return CLIPTokenizer::from_path(d, tokenizer_config_in(d, fallback));
+    if (has_tokenizer_files(d)) return tokenizer_from_path(d, tokenizer_config_in(d, fallback));
   }
   std::string where;
   for (const auto& l : looked) where += (where.empty() ? "" : ", ") + l;
   throw Error(
       "no CLIP tokenizer files (vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz) "
-      "found; looked in: " +
+      "nor a SentencePiece model (spiece.model or tokenizer.model) found; looked in: " +
       where +
       ". Pass --tokenizer DIR (e.g. the 'tokenizer' folder of a diffusers model) or set "
       "SDGEN_TOKENIZER");
+}
+
+// The text encoder takes rows of the tokenizer's length, and embeds its ids: a
+// mismatch is an error here rather than at the first prompt (on CUDA an id
+// outside the embedding is a device-side assert).
+void check_tokenizer_fits(const Tokenizer& tokenizer, const CLIPTextConfig& config) {
+  if (tokenizer.max_length() > config.max_position_embeddings)
+    throw Error("tokenizer model_max_length " + std::to_string(tokenizer.max_length()) +
+                " exceeds the text encoder's max_position_embeddings " +
+                std::to_string(config.max_position_embeddings));
+  if (const auto* sp = dynamic_cast<const SentencePieceTokenizer*>(&tokenizer)) {
+    if (sp->vocab_size() > static_cast<size_t>(config.vocab_size))
+      throw Error("SentencePiece tokenizer has " + std::to_string(sp->vocab_size()) +
+                  " pieces but the text encoder's vocab_size is " +
+                  std::to_string(config.vocab_size));
+  }
 }
 
 void apply_prediction_override(SchedulerConfig& config, const std::string& prediction) {
@@ -161,6 +177,7 @@ void load_diffusers_folder(const fs::path& root, const LoadOptions& options,
   if (model.family == "SD2.x") tok_fallback.pad_token = "!";
   model.tokenizer = load_tokenizer(options.tokenizer_path,
                                    {cfg_root / "tokenizer", root / "tokenizer"}, tok_fallback);
+  check_tokenizer_fits(*model.tokenizer, clip_cfg);
 
   {
     SafeTensorsFile f(find_component_weights(root / "text_encoder", {"model.safetensors"}));
@@ -227,6 +244,7 @@ void load_single_file(const fs::path& path, const LoadOptions& options,
   }
   tokenizer_dirs.push_back(path.parent_path() / "tokenizer");
   model.tokenizer = load_tokenizer(options.tokenizer_path, tokenizer_dirs, tok_fallback);
+  check_tokenizer_fits(*model.tokenizer, clip_cfg);
 
   ConvertedWeights converted = convert_single_file(all, family, unet_cfg, vae_cfg, clip_cfg);
   const std::string where = " (" + path.string() + ")";

@@ -74,4 +74,54 @@ class CLIPTokenizer : public Tokenizer {
   std::vector<std::pair<std::string, int64_t>> special_tokens_;
 };
 
+// A SentencePiece BPE model (a `.model` file), the tokenizer of the models
+// sdgen trains itself (tools/spm/sdgen_spm.cpp trains them). The file is read
+// natively, not with libsentencepiece: Debian's copy bundles a protobuf that
+// crashes any process that also loads libtorch. Supported: BPE models with the
+// identity normalisation (sentencepiece's whitespace handling: a dummy prefix,
+// runs of spaces collapsed, U+2581 for spaces), as sdgen-spm trains them; with
+// "do_lower_case": true in tokenizer_config.json, ASCII letters are lower-cased
+// and ASCII whitespace becomes spaces first (as sdgen-spm does before
+// training). Special tokens written in a prompt are plain text.
+class SentencePieceTokenizer : public Tokenizer {
+ public:
+  // Loads `model_path` (spiece.model / tokenizer.model). bos/eos/pad/unk are
+  // the model's pieces named by the config's tokens, else the model's own
+  // bos/eos/pad/unk. As for CLIPTokenizer, a tokenizer_config.json beside
+  // the model takes precedence over `config`. Throws Error naming the file.
+  static std::unique_ptr<SentencePieceTokenizer> from_file(const std::string& model_path,
+                                                           const TokenizerConfig& config);
+  // The same from the bytes of a .model file; `name` appears in errors.
+  static std::unique_ptr<SentencePieceTokenizer> from_bytes(const std::string& model,
+                                                            const TokenizerConfig& config,
+                                                            bool lower_case,
+                                                            const std::string& name);
+  // The SentencePiece model in folder `dir` (spiece.model, else
+  // tokenizer.model), or "" when there is none.
+  static std::string find_model(const std::string& dir);
+  ~SentencePieceTokenizer() override;
+
+  std::vector<int64_t> encode(const std::string& text) const override;
+  std::vector<int64_t> encode_padded(const std::string& text) const override;
+  int max_length() const override;
+  // Text of `ids` (bos/eos/pad dropped); throws Error on an id outside the vocabulary.
+  std::string decode(const std::vector<int64_t>& ids) const;
+  size_t vocab_size() const;
+  int64_t bos_id() const;
+  int64_t eos_id() const;
+  int64_t pad_id() const;
+  int64_t unk_id() const;
+
+ private:
+  struct Impl;
+  explicit SentencePieceTokenizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The tokenizer at `path`: a folder (or its tokenizer/ subfolder) holding a
+// SentencePiece model or a `.model` file gives a SentencePieceTokenizer,
+// anything else CLIPTokenizer::from_path. Throws Error naming what was looked for.
+std::unique_ptr<Tokenizer> tokenizer_from_path(const std::string& path,
+                                               const TokenizerConfig& config);
+
 }  // namespace sdgen

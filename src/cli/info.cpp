@@ -40,7 +40,8 @@ std::string with_commas(int64_t n) {
 bool has_tokenizer_files(const fs::path& dir) {
   std::error_code ec;
   return (fs::exists(dir / "vocab.json", ec) && fs::exists(dir / "merges.txt", ec)) ||
-         fs::exists(dir / "bpe_simple_vocab_16e6.txt.gz", ec);
+         fs::exists(dir / "bpe_simple_vocab_16e6.txt.gz", ec) ||
+         !SentencePieceTokenizer::find_model(dir.string()).empty();
 }
 
 // The folder load_model takes the tokenizer from, in its search order.

@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
                  "the architecture inferred from a single file")
       ->group(model_group);
   app.add_option("--tokenizer", o.tokenizer,
-                 "Tokenizer folder (vocab.json + merges.txt) or bpe_simple_vocab_16e6.txt.gz")
+                 "Tokenizer folder (vocab.json + merges.txt, or a SentencePiece spiece.model) "
+                 "or bpe_simple_vocab_16e6.txt.gz")
       ->group(model_group);
   app.add_option("--prediction", o.prediction, "Override the prediction type: epsilon or v")
       ->group(model_group);

@@ -1,0 +1,127 @@
+#pragma once
+
+// The synthetic world sdgen's own default model is trained on: one or two flat
+// shapes (circle, square, triangle, star) in named colours, sizes and
+// positions on a plain background, each scene with a caption from a small
+// grammar ("a small red circle above a blue square on a white background").
+//
+// The same grammar is parsed back into a SceneSpec, and check_image() finds
+// the named shapes in a picture (colour segmentation + shape measures), which
+// is how the trained model is judged (tests/test_synth_world.cpp,
+// tools/sdgen_train.cpp `eval`).
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace sdgen::synth {
+
+enum class Shape { kCircle, kSquare, kTriangle, kStar };
+enum class Colour { kRed, kGreen, kBlue, kYellow, kPurple, kOrange, kWhite, kBlack, kGray };
+enum class Size { kAny, kSmall, kLarge };
+// Where a lone shape sits; kAny when the caption does not say.
+enum class Place { kAny, kLeft, kRight, kTop, kBottom, kCenter };
+// How the first shape of a pair sits relative to the second.
+enum class Relation { kAbove, kBelow, kLeftOf, kRightOf };
+
+constexpr std::array<Shape, 4> kShapes = {Shape::kCircle, Shape::kSquare, Shape::kTriangle,
+                                          Shape::kStar};
+// Colours a shape can have, and colours a background can have.
+constexpr std::array<Colour, 6> kShapeColours = {Colour::kRed,    Colour::kGreen,  Colour::kBlue,
+                                                 Colour::kYellow, Colour::kPurple, Colour::kOrange};
+constexpr std::array<Colour, 3> kBackgrounds = {Colour::kWhite, Colour::kBlack, Colour::kGray};
+
+// How far shape a (centre ax, ay) is from shape b along `relation`'s axis
+// (positive when the relation holds) and across it. Used to place scenes and
+// to check pictures, in any unit.
+struct RelationOffset {
+  double along = 0;
+  double across = 0;
+};
+RelationOffset relation_offset(Relation relation, double ax, double ay, double bx, double by);
+
+const char* shape_name(Shape shape);
+const char* colour_name(Colour colour);
+std::array<uint8_t, 3> colour_rgb(Colour colour);
+
+struct ObjectSpec {
+  Shape shape = Shape::kCircle;
+  Colour colour = Colour::kRed;
+  Size size = Size::kAny;
+};
+
+// What a caption asks for. One object (with an optional place) or two objects
+// with the relation of the first to the second.
+struct SceneSpec {
+  std::vector<ObjectSpec> objects;  // 1 or 2
+  Place place = Place::kAny;        // one object only
+  Relation relation = Relation::kAbove;
+  std::optional<Colour> background;  // unset: white
+
+  std::string caption() const;
+  Colour background_colour() const { return background.value_or(Colour::kWhite); }
+};
+
+// Parses a caption of the grammar (case and extra spaces ignored); nullopt when
+// the text is not one (then the checker has nothing to check).
+std::optional<SceneSpec> parse_caption(const std::string& text);
+
+// A shape placed on the canvas, in pixels of a `canvas` x `canvas` image.
+struct PlacedObject {
+  ObjectSpec spec;  // size resolved to kSmall or kLarge
+  double cx = 0, cy = 0, radius = 0;
+};
+
+struct Scene {
+  SceneSpec spec;  // as captioned (sizes may be kAny)
+  std::vector<PlacedObject> objects;
+  int canvas = 512;
+};
+
+// Radii (fraction of the canvas) of the two sizes.
+constexpr double kSmallRadius = 0.09;
+constexpr double kLargeRadius = 0.15;
+
+// A random scene satisfying `spec` (sizes left kAny are drawn; positions drawn
+// so that place/relation hold with a clear margin and shapes do not touch).
+Scene place_scene(const SceneSpec& spec, int canvas, std::mt19937_64& rng);
+// A random caption of the grammar: 40% one shape, 60% two; sizes, places and
+// backgrounds sometimes named. Never two shapes of the same colour, never a
+// shape in the background's colour.
+SceneSpec random_spec(std::mt19937_64& rng);
+
+// Pair captions whose (colour, shape, relation, colour, shape) combination is
+// kept out of training; the held-out evaluation prompts come from them.
+bool is_held_out(const SceneSpec& spec);
+// `count` distinct held-out two-shape prompts (deterministic).
+std::vector<SceneSpec> held_out_specs(int count);
+
+// Renders `scene` as uint8 [canvas, canvas, 3] (RGB, 4x4 supersampled edges).
+torch::Tensor render(const Scene& scene);
+
+struct ObjectFinding {
+  bool found = false;
+  Shape shape = Shape::kCircle;  // what the measures say
+  double cx = 0, cy = 0;         // centroid, fraction of the width/height
+  double extent = 0;             // bounding-box height, fraction of the height
+  double fill = 0;               // area / bounding-box area
+  int64_t area = 0;
+};
+
+struct CheckResult {
+  bool pass = false;
+  std::string reason;  // why it failed ("" when it passed)
+  std::vector<ObjectFinding> objects;
+};
+
+// Checks a uint8 [H, W, 3] image against `spec`: each named shape is found as
+// the largest region of its colour, with the named shape, size and place, and
+// the pair in the named relation; the background is the named colour.
+CheckResult check_image(const SceneSpec& spec, const torch::Tensor& image);
+
+}  // namespace sdgen::synth

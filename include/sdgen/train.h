@@ -1,0 +1,100 @@
+#pragma once
+
+// Training sdgen's own small latent-diffusion model on the synthetic world
+// (synth_world.h) with libtorch autograd, using the very module classes that
+// inference loads (CLIPTextModel, UNet2DConditionModel, AutoencoderKL).
+//
+// Recipe (as Stable Diffusion was trained, scaled down):
+//   1. the KL-VAE alone on crops of renders (L1 + L2 reconstruction + a small KL term);
+//   2. the training set encoded once with the frozen VAE (posterior means) and the
+//      latent scaling factor measured (1 / std, as SD's 0.18215 was chosen);
+//   3. text encoder + UNet together, epsilon prediction on the SD scaled-linear
+//      schedule, captions dropped 10% of the time for classifier-free guidance,
+//      min-SNR loss weighting, EMA of the weights.
+// tools/sdgen_train.cpp drives it; scripts/train-default-model.sh reproduces models/default.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "sdgen/config.h"
+#include "sdgen/text_encoder.h"
+#include "sdgen/tokenizer.h"
+#include "sdgen/unet.h"
+#include "sdgen/vae.h"
+
+namespace sdgen::train {
+
+// The default model's architecture: SD1.x block types with few channels.
+struct DemoArchitecture {
+  CLIPTextConfig text;
+  UNetConfig unet;
+  VAEConfig vae;
+};
+// `vocab_size` and the special ids come from the trained tokenizer.
+DemoArchitecture demo_architecture(int vocab_size, int bos_id, int eos_id, int pad_id);
+
+// Called every `log_every` steps with the step (1-based) and the mean loss since the last call.
+using LogFn = std::function<void(int step, double loss)>;
+
+struct VAETrainOptions {
+  int steps = 1500;
+  int batch = 16;
+  int crop = 64;   // training crops (pixels); the VAE is convolutional
+  int pool = 256;  // 512x512 renders crops are cut from
+  double lr = 1e-3;
+  double kl_weight = 1e-6;
+  // Second stage: only the decoder (and post_quant_conv) learns, the encoder
+  // is frozen, so latents encoded before stay valid.
+  bool decoder_only = false;
+  uint64_t seed = 0;
+  int log_every = 50;
+};
+// Trains `vae` in place (fp32, CPU); returns the mean loss of the last log window.
+double train_vae(AutoencoderKL& vae, const VAETrainOptions& options, const LogFn& log = {});
+
+struct LatentSet {
+  torch::Tensor latents;  // [N, C, 64, 64] float32, posterior means (unscaled)
+  std::vector<std::string> captions;
+};
+// Renders `count` training scenes (synth::random_spec, never held-out pairs) at
+// `canvas` pixels and encodes them with `vae`.
+LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_t seed,
+                              const std::function<void(int done)>& progress = {});
+// 1 / std of the latents (how SD's scaling_factor was chosen).
+double latent_scaling_factor(const torch::Tensor& latents);
+
+struct DiffusionTrainOptions {
+  int steps = 4000;
+  int batch = 16;
+  double lr = 5e-4;
+  int warmup = 200;
+  double caption_dropout = 0.1;  // captions replaced by "" (the unconditional prompt)
+  double ema_decay = 0.999;
+  double min_snr_gamma = 5.0;  // Hang et al. 2023; 0 = plain MSE
+  uint64_t seed = 0;
+  int log_every = 50;
+  // Resumable training: state saved to `checkpoint` every `checkpoint_every`
+  // steps, and resumed from it when it exists ("" = no checkpoints).
+  std::string checkpoint;
+  int checkpoint_every = 250;
+  // Stop after this step (0 = run all `steps`), as an interruption would;
+  // the modules then keep the live (not EMA) weights. For tests.
+  int stop_after = 0;
+};
+
+// Trains `text_encoder` and `unet` together on `data` (latents multiplied by
+// `scaling_factor`); on return the modules hold the EMA weights.
+void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
+                     const Tokenizer& tokenizer, const LatentSet& data, double scaling_factor,
+                     const DiffusionTrainOptions& options, const LogFn& log = {});
+
+// Module parameters as named tensors (`prefix` + name), for safetensors.
+std::vector<std::pair<std::string, torch::Tensor>> named_tensors(torch::nn::Module& module,
+                                                                 const std::string& prefix,
+                                                                 torch::ScalarType dtype);
+
+}  // namespace sdgen::train

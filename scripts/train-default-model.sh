@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerates the training data and retrains sdgen's default model from a seed,
+# then writes it to models/default (fp16, diffusers folder layout) and judges it
+# on the held-out prompts:
+#   scripts/train-default-model.sh [--seed 0] [--threads N] [any sdgen-train all option]
+# Intermediate results go to $SDGEN_TRAIN_WORK (default build/train); a run that
+# is interrupted resumes from them (delete the folder to start over).
+# Time on this project's CI-like machine (2 cores): see models/README.md.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD_DIR=${SDGEN_BUILD_DIR:-$ROOT/build}
+WORK=${SDGEN_TRAIN_WORK:-$BUILD_DIR/train}
+OUT=${SDGEN_TRAIN_OUT:-$ROOT/models/default}
+
+"$ROOT/scripts/install-deps.sh"
+cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD_DIR" -j "$(nproc)" --target sdgen sdgen-train sdgen-spm >&2
+
+start=$(date +%s)
+"$BUILD_DIR/sdgen-train" all --out "$OUT" --work "$WORK" "$@"
+echo "train-default-model.sh: trained in $(( $(date +%s) - start )) s" >&2
+"$BUILD_DIR/sdgen-train" eval --model "$OUT" --seeds 20 --prompts 10 --steps 20

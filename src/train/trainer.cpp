@@ -1,0 +1,319 @@
+// The training recipe of sdgen's default model (see train.h).
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "sdgen/error.h"
+#include "sdgen/schedulers/scheduler.h"
+#include "sdgen/synth_world.h"
+#include "sdgen/train.h"
+
+namespace sdgen::train {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1].
+torch::Tensor to_model_input(const torch::Tensor& images) {
+  return images.permute({0, 3, 1, 2}).to(torch::kFloat32).div(127.5).sub(1.0).contiguous();
+}
+
+// Learning rate: linear warm-up, then cosine decay to 10% (per step).
+double scheduled_lr(double base, int step, int warmup, int total) {
+  if (step < warmup) return base * (step + 1) / warmup;
+  const double progress = static_cast<double>(step - warmup) / std::max(1, total - warmup);
+  return base * (0.1 + 0.9 * 0.5 * (1.0 + std::cos(3.14159265358979323846 * progress)));
+}
+
+void set_lr(torch::optim::AdamW& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  }
+}
+
+std::vector<torch::Tensor> trainable(torch::nn::Module& module) {
+  std::vector<torch::Tensor> params;
+  for (auto& p : module.parameters()) params.push_back(p);
+  return params;
+}
+
+}  // namespace
+
+DemoArchitecture demo_architecture(int vocab_size, int bos_id, int eos_id, int pad_id) {
+  DemoArchitecture a;
+  a.text.vocab_size = vocab_size;
+  a.text.hidden_size = 64;
+  a.text.intermediate_size = 256;
+  a.text.num_hidden_layers = 2;
+  a.text.num_attention_heads = 4;
+  a.text.max_position_embeddings = 77;
+  a.text.projection_dim = 64;
+  a.text.bos_token_id = bos_id;
+  a.text.eos_token_id = eos_id;
+  a.text.pad_token_id = pad_id;
+
+  // Cross-attention at the two coarsest levels (16x16 and 8x8 latents, where
+  // shapes, colours and places are decided); plain ResNet levels above them.
+  a.unet.block_out_channels = {16, 32, 64, 128};
+  a.unet.down_block_types = {"DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D",
+                             "CrossAttnDownBlock2D"};
+  a.unet.up_block_types = {"CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"};
+  a.unet.layers_per_block = 1;
+  a.unet.attention_head_dim = {4, 4, 4, 4};
+  a.unet.transformer_layers_per_block = {1, 1, 1, 1};
+  a.unet.cross_attention_dim = 64;
+  a.unet.norm_num_groups = 8;
+  a.unet.sample_size = 64;
+
+  a.vae.block_out_channels = {16, 32, 64, 64};
+  a.vae.layers_per_block = 1;
+  a.vae.norm_num_groups = 8;
+  a.vae.mid_block_add_attention = false;
+  a.vae.sample_size = 512;
+  return a;
+}
+
+double train_vae(AutoencoderKL& vae, const VAETrainOptions& options, const LogFn& log) {
+  if (options.steps <= 0 || options.batch <= 0 || options.pool <= 0 || options.crop % 8 != 0) {
+    throw Error("train_vae: steps, batch and pool must be positive, crop a multiple of 8");
+  }
+  constexpr int kCanvas = 512;
+  std::mt19937_64 rng(options.seed);
+  // The pool of full renders crops are cut from (objects kept for crop centres).
+  std::vector<synth::Scene> scenes;
+  auto pool = torch::empty({options.pool, kCanvas, kCanvas, 3}, torch::kUInt8);
+  for (int i = 0; i < options.pool; ++i) {
+    scenes.push_back(synth::place_scene(synth::random_spec(rng), kCanvas, rng));
+    pool[i].copy_(synth::render(scenes.back()));
+  }
+  torch::manual_seed(options.seed);
+  vae->train();
+  std::vector<torch::Tensor> params;
+  for (auto& p : vae->named_parameters()) {
+    const bool frozen = options.decoder_only &&
+                        (p.key().rfind("encoder.", 0) == 0 || p.key().rfind("quant_conv.", 0) == 0);
+    p.value().set_requires_grad(!frozen);
+    if (!frozen) params.push_back(p.value());
+  }
+  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(options.lr).weight_decay(0.0));
+  const int crop = options.crop;
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  double window = 0, last = 0;
+  int window_steps = 0;
+  for (int step = 0; step < options.steps; ++step) {
+    set_lr(optimizer, scheduled_lr(options.lr, step, 100, options.steps));
+    auto batch = torch::empty({options.batch, crop, crop, 3}, torch::kUInt8);
+    for (int b = 0; b < options.batch; ++b) {
+      const int i = pick(0, options.pool - 1);
+      int x = pick(0, kCanvas - crop), y = pick(0, kCanvas - crop);
+      // Most crops on a shape's edge: flat background alone teaches little.
+      if (pick(0, 9) < 5) {
+        const auto& objects = scenes[i].objects;
+        const auto& o = objects[pick(0, static_cast<int>(objects.size()) - 1)];
+        const int jitter = static_cast<int>(o.radius);
+        x = std::clamp(static_cast<int>(o.cx) - crop / 2 + pick(-jitter, jitter), 0,
+                       kCanvas - crop);
+        y = std::clamp(static_cast<int>(o.cy) - crop / 2 + pick(-jitter, jitter), 0,
+                       kCanvas - crop);
+      }
+      batch[b].copy_(pool[i].narrow(0, y, crop).narrow(1, x, crop));
+    }
+    const auto x = to_model_input(batch);
+    DiagonalGaussian posterior;
+    if (options.decoder_only) {
+      torch::NoGradGuard no_grad;
+      posterior = vae->encode(x);
+    } else {
+      posterior = vae->encode(x);
+    }
+    const auto z = posterior.mean + posterior.std * torch::randn_like(posterior.std);
+    const auto reconstruction = vae->decode(z);
+    const auto diff = reconstruction - x;
+    // KL(q || N(0, 1)) per latent element (diffusers DiagonalGaussianDistribution.kl).
+    const auto kl = 0.5 * (posterior.mean.pow(2) + posterior.logvar.exp() - 1.0 - posterior.logvar)
+                              .sum({1, 2, 3})
+                              .mean();
+    const auto loss = diff.abs().mean() + diff.pow(2).mean() + options.kl_weight * kl;
+    optimizer.zero_grad();
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(params, 1.0);
+    optimizer.step();
+    window += loss.item<double>();
+    ++window_steps;
+    if ((step + 1) % options.log_every == 0 || step + 1 == options.steps) {
+      last = window / window_steps;
+      if (log) log(step + 1, last);
+      window = 0;
+      window_steps = 0;
+    }
+  }
+  for (auto& p : vae->parameters()) p.set_requires_grad(true);
+  vae->eval();
+  return last;
+}
+
+LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_t seed,
+                              const std::function<void(int done)>& progress) {
+  torch::NoGradGuard no_grad;
+  vae->eval();
+  std::mt19937_64 rng(seed);
+  LatentSet set;
+  const int factor = vae->downsample_factor();
+  set.latents = torch::empty(
+      {count, vae->config().latent_channels, canvas / factor, canvas / factor}, torch::kFloat32);
+  constexpr int kChunk = 8;
+  for (int start = 0; start < count; start += kChunk) {
+    const int n = std::min(kChunk, count - start);
+    auto images = torch::empty({n, canvas, canvas, 3}, torch::kUInt8);
+    for (int i = 0; i < n; ++i) {
+      const auto spec = synth::random_spec(rng);
+      set.captions.push_back(spec.caption());
+      images[i].copy_(synth::render(synth::place_scene(spec, canvas, rng)));
+    }
+    set.latents.narrow(0, start, n).copy_(vae->encode(to_model_input(images)).mean);
+    if (progress) progress(start + n);
+  }
+  return set;
+}
+
+double latent_scaling_factor(const torch::Tensor& latents) {
+  return 1.0 / latents.to(torch::kFloat64).std().item<double>();
+}
+
+void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
+                     const Tokenizer& tokenizer, const LatentSet& data, double scaling_factor,
+                     const DiffusionTrainOptions& options, const LogFn& log) {
+  const int64_t n = data.latents.size(0);
+  if (n == 0 || static_cast<size_t>(n) != data.captions.size()) {
+    throw Error("train_diffusion: empty training set or captions/latents mismatch");
+  }
+  // Token rows of every caption and of the empty (unconditional) prompt.
+  std::vector<int64_t> rows;
+  for (const auto& caption : data.captions) {
+    const auto ids = tokenizer.encode_padded(caption);
+    rows.insert(rows.end(), ids.begin(), ids.end());
+  }
+  const int64_t length = tokenizer.max_length();
+  const auto tokens = torch::tensor(rows, torch::kInt64).view({n, length});
+  const auto empty = torch::tensor(tokenizer.encode_padded(""), torch::kInt64).view({1, length});
+
+  // q(x_t | x_0) of the SD schedule (diffusers DDPMScheduler.add_noise).
+  SchedulerConfig schedule;  // SD1.5: scaled_linear 0.00085 - 0.012, 1000 steps
+  const auto alphas_cumprod =
+      make_scheduler("ddpm", schedule)->alphas_cumprod_tensor().to(torch::kFloat32);
+  const int64_t timesteps = alphas_cumprod.size(0);
+
+  std::vector<torch::Tensor> params = trainable(*text_encoder);
+  for (auto& p : trainable(*unet)) params.push_back(p);
+  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(options.lr).weight_decay(0.01));
+  std::vector<torch::Tensor> ema;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : params) ema.push_back(p.detach().clone());
+  }
+  auto generator_seed = options.seed;
+  int start_step = 0;
+  if (!options.checkpoint.empty() && fs::exists(options.checkpoint)) {
+    torch::serialize::InputArchive archive;
+    archive.load_from(options.checkpoint);
+    torch::Tensor step_tensor;
+    archive.read("step", step_tensor);
+    start_step = static_cast<int>(step_tensor.item<int64_t>());
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < params.size(); ++i) {
+      torch::Tensor value;
+      archive.read("param." + std::to_string(i), value);
+      params[i].copy_(value);
+      archive.read("ema." + std::to_string(i), value);
+      ema[i].copy_(value);
+    }
+    torch::serialize::InputArchive optimizer_archive;
+    archive.read("optimizer", optimizer_archive);
+    optimizer.load(optimizer_archive);
+  }
+  auto save_checkpoint = [&](int step) {
+    torch::serialize::OutputArchive archive;
+    archive.write("step", torch::tensor(static_cast<int64_t>(step)));
+    for (size_t i = 0; i < params.size(); ++i) {
+      archive.write("param." + std::to_string(i), params[i].detach());
+      archive.write("ema." + std::to_string(i), ema[i]);
+    }
+    torch::serialize::OutputArchive optimizer_archive;
+    optimizer.save(optimizer_archive);
+    archive.write("optimizer", optimizer_archive);
+    const auto temp = options.checkpoint + ".tmp";
+    archive.save_to(temp);
+    fs::rename(temp, options.checkpoint);
+  };
+
+  text_encoder->train();
+  unet->train();
+  double window = 0;
+  int window_steps = 0;
+  for (int step = start_step; step < options.steps; ++step) {
+    // Randomness per step from (seed, step), so a resumed run draws what an
+    // uninterrupted one would have.
+    torch::manual_seed(generator_seed * 1000003 + static_cast<uint64_t>(step));
+    set_lr(optimizer, scheduled_lr(options.lr, step, options.warmup, options.steps));
+    const auto index = torch::randint(0, n, {options.batch}, torch::kInt64);
+    const auto x0 = data.latents.index_select(0, index) * scaling_factor;
+    auto ids = tokens.index_select(0, index);
+    const auto drop = torch::rand({options.batch}) < options.caption_dropout;
+    ids = torch::where(drop.unsqueeze(1), empty.expand({options.batch, length}), ids);
+    const auto t = torch::randint(0, timesteps, {options.batch}, torch::kInt64);
+    const auto noise = torch::randn_like(x0);
+    const auto a = alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
+    const auto xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
+
+    const auto context = text_encoder->forward(ids).hidden;
+    const auto prediction = unet->forward(xt, t, context);
+    auto per_sample = (prediction - noise).pow(2).mean({1, 2, 3});
+    if (options.min_snr_gamma > 0) {
+      // min-SNR-gamma weighting for epsilon prediction: min(SNR, gamma) / SNR.
+      const auto snr = a.view({-1}) / (1 - a.view({-1}));
+      per_sample = per_sample * torch::clamp_max(snr, options.min_snr_gamma) / snr;
+    }
+    const auto loss = per_sample.mean();
+    optimizer.zero_grad();
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(params, 1.0);
+    optimizer.step();
+    {
+      torch::NoGradGuard no_grad;
+      // Early on the average follows the weights closely (diffusers EMAModel's warm-up).
+      const double decay = std::min(options.ema_decay, (1.0 + step) / (10.0 + step));
+      for (size_t i = 0; i < params.size(); ++i) ema[i].mul_(decay).add_(params[i], 1 - decay);
+    }
+    window += loss.item<double>();
+    ++window_steps;
+    if ((step + 1) % options.log_every == 0 || step + 1 == options.steps) {
+      if (log) log(step + 1, window / window_steps);
+      window = 0;
+      window_steps = 0;
+    }
+    if (!options.checkpoint.empty() && (step + 1) % options.checkpoint_every == 0) {
+      save_checkpoint(step + 1);
+    }
+    if (options.stop_after > 0 && step + 1 >= options.stop_after) return;
+  }
+  if (!options.checkpoint.empty()) save_checkpoint(options.steps);
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) params[i].copy_(ema[i]);
+  text_encoder->eval();
+  unet->eval();
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> named_tensors(torch::nn::Module& module,
+                                                                 const std::string& prefix,
+                                                                 torch::ScalarType dtype) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : module.named_parameters()) {
+    out.emplace_back(prefix + p.key(), p.value().detach().to(dtype).contiguous());
+  }
+  return out;
+}
+
+}  // namespace sdgen::train

@@ -1,0 +1,395 @@
+// sdgen-train: trains sdgen's default model on the synthetic world and judges it.
+//
+//   sdgen-train all  --out models/default --work build/train [--seed 0] [--threads N] ...
+//       The whole recipe (include/sdgen/train.h), each stage skipped when its
+//       result is already in the work folder (so an interrupted run resumes):
+//       captions -> SentencePiece tokenizer -> VAE -> latents -> text encoder +
+//       UNet -> fp16 diffusers folder in --out.
+//   sdgen-train render --out DIR [--count N] [--seed S]
+//       Training renders with their captions (PNG, caption in the file name list).
+//   sdgen-train eval --model DIR [--seeds 20] [--prompts 10] [--steps 20] [--save DIR]
+//       Generates each held-out prompt with each seed at 512x512 and runs the
+//       checker (synth_world.h); prints the pass rate.
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "sdgen/error.h"
+#include "sdgen/image_io.h"
+#include "sdgen/model.h"
+#include "sdgen/pipeline.h"
+#include "sdgen/random_model.h"
+#include "sdgen/runtime.h"
+#include "sdgen/safetensors.h"
+#include "sdgen/synth_world.h"
+#include "sdgen/tokenizer.h"
+#include "sdgen/train.h"
+#include "sdgen/weights.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  fs::create_directories(path.parent_path());
+  const auto temp = path.string() + ".tmp";
+  std::ofstream out(temp, std::ios::binary);
+  out << text;
+  out.close();
+  if (!out) throw sdgen::Error("cannot write " + path.string());
+  fs::rename(temp, path);
+}
+
+struct AllOptions {
+  std::string out = "models/default";
+  std::string work = "build/train";
+  uint64_t seed = 0;
+  int threads = 0;
+  int captions = 20000;
+  int vocab_size = 200;
+  int vae_steps = 1500;
+  int vae_batch = 8;
+  int vae_crop = 96;
+  int decoder_steps = 1000;  // second VAE stage: decoder only, larger crops
+  int decoder_batch = 6;
+  int decoder_crop = 128;
+  int train_images = 4000;
+  int unet_steps = 2500;
+  int unet_batch = 16;
+  double unet_lr = 1e-3;
+};
+
+void log_line(const std::string& stage, int step, int total, double loss, Clock::time_point start) {
+  std::fprintf(stderr, "[%s] step %d/%d loss %.5f  %.0f s\n", stage.c_str(), step, total, loss,
+               since(start));
+}
+
+// Stage 2: the SentencePiece tokenizer, trained by the sdgen-spm tool beside
+// this one (libsentencepiece cannot share a process with libtorch).
+void train_tokenizer(const fs::path& captions, const fs::path& dir, int vocab_size,
+                     const std::string& self) {
+  const auto spm = fs::path(self).parent_path() / "sdgen-spm";
+  if (!fs::exists(spm))
+    throw sdgen::Error("sdgen-spm not found beside sdgen-train: " + spm.string());
+  const std::string command = "\"" + spm.string() + "\" train --input \"" + captions.string() +
+                              "\" --out \"" + dir.string() + "\" --vocab-size " +
+                              std::to_string(vocab_size) + " --max-length 77";
+  if (std::system(command.c_str()) != 0)
+    throw sdgen::Error("tokenizer training failed: " + command);
+}
+
+void save_module(torch::nn::Module& module, const fs::path& path, const std::string& prefix,
+                 torch::ScalarType dtype) {
+  fs::create_directories(path.parent_path());
+  sdgen::write_safetensors(path.string(), sdgen::train::named_tensors(module, prefix, dtype),
+                           {{"format", "pt"}});
+}
+
+void load_module(torch::nn::Module& module, const fs::path& path, const std::string& prefix,
+                 const std::string& what) {
+  sdgen::SafeTensorsFile file(path.string());
+  sdgen::load_weights(module, sdgen::tensors_with_prefix(file, prefix), what);
+}
+
+int run_all(const AllOptions& o, const std::string& self) {
+  const auto started = Clock::now();
+  const fs::path work(o.work), out(o.out);
+  fs::create_directories(work);
+  const int threads = sdgen::init_cpu_runtime(o.threads);
+  std::fprintf(stderr, "sdgen-train: %d threads, work folder %s\n", threads, work.c_str());
+
+  // 1. Captions of training scenes (never a held-out pair).
+  const auto captions_path = work / "captions.txt";
+  if (!fs::exists(captions_path)) {
+    std::mt19937_64 rng(o.seed);
+    std::string text;
+    for (int i = 0; i < o.captions; ++i) text += sdgen::synth::random_spec(rng).caption() + "\n";
+    write_text(captions_path, text);
+  }
+  // 2. Tokenizer.
+  const auto tokenizer_dir = work / "tokenizer";
+  if (sdgen::SentencePieceTokenizer::find_model(tokenizer_dir.string()).empty()) {
+    train_tokenizer(captions_path, tokenizer_dir, o.vocab_size, self);
+  }
+  auto tokenizer = sdgen::tokenizer_from_path(tokenizer_dir.string(), {});
+  auto* sp = dynamic_cast<sdgen::SentencePieceTokenizer*>(tokenizer.get());
+  if (!sp) throw sdgen::Error("the trained tokenizer is not a SentencePiece model");
+  auto arch = sdgen::train::demo_architecture(
+      static_cast<int>(sp->vocab_size()), static_cast<int>(sp->bos_id()),
+      static_cast<int>(sp->eos_id()), static_cast<int>(sp->pad_id()));
+
+  // 3. VAE.
+  torch::manual_seed(o.seed);
+  sdgen::AutoencoderKL vae(arch.vae);
+  sdgen::randomize_parameters(*vae);  // N(0, 1/fan_in) weights, unit norms, zero biases
+  const auto vae_path = work / "vae.safetensors";
+  const auto vae_stage1_path = work / "vae-stage1.safetensors";
+  if (fs::exists(vae_path)) {
+    load_module(*vae, vae_path, "", "vae");
+  } else {
+    if (fs::exists(vae_stage1_path)) {
+      load_module(*vae, vae_stage1_path, "", "vae");
+    } else {
+      sdgen::train::VAETrainOptions options;
+      options.steps = o.vae_steps;
+      options.batch = o.vae_batch;
+      options.crop = o.vae_crop;
+      options.seed = o.seed + 1;
+      const auto start = Clock::now();
+      sdgen::train::train_vae(vae, options, [&](int step, double loss) {
+        log_line("vae", step, options.steps, loss, start);
+      });
+      save_module(*vae, vae_stage1_path, "", torch::kFloat32);
+    }
+    // Then the decoder alone on larger crops (its GroupNorm statistics closer
+    // to a whole picture's); the encoder, hence the latents, stay as they are.
+    sdgen::train::VAETrainOptions options;
+    options.steps = o.decoder_steps;
+    options.batch = o.decoder_batch;
+    options.crop = o.decoder_crop;
+    options.lr = 5e-4;
+    options.decoder_only = true;
+    options.seed = o.seed + 5;
+    const auto start = Clock::now();
+    sdgen::train::train_vae(vae, options, [&](int step, double loss) {
+      log_line("vae decoder", step, options.steps, loss, start);
+    });
+    save_module(*vae, vae_path, "", torch::kFloat32);
+  }
+
+  // 4. Latents of the training set.
+  const auto latents_path = work / "latents.safetensors";
+  sdgen::train::LatentSet data;
+  if (fs::exists(latents_path)) {
+    sdgen::SafeTensorsFile file(latents_path.string());
+    data.latents = file.tensor("latents").clone();
+    std::istringstream lines(file.metadata().at("captions"));
+    for (std::string line; std::getline(lines, line);) data.captions.push_back(line);
+  } else {
+    const auto start = Clock::now();
+    data = sdgen::train::encode_training_set(vae, o.train_images, 512, o.seed + 2, [&](int done) {
+      if (done % 400 == 0)
+        std::fprintf(stderr, "[latents] %d/%d  %.0f s\n", done, o.train_images, since(start));
+    });
+    std::string joined;
+    for (const auto& caption : data.captions) joined += caption + "\n";
+    sdgen::write_safetensors(latents_path.string(), {{"latents", data.latents}},
+                             {{"captions", joined}});
+  }
+  const double scaling = sdgen::train::latent_scaling_factor(data.latents);
+  std::fprintf(stderr, "sdgen-train: %zu training latents, scaling_factor %.5f\n",
+               data.captions.size(), scaling);
+  arch.vae.scaling_factor = scaling;
+
+  // 5. Text encoder + UNet.
+  torch::manual_seed(o.seed + 3);
+  sdgen::CLIPTextModel text_encoder(arch.text);
+  sdgen::UNet2DConditionModel unet(arch.unet);
+  sdgen::randomize_parameters(*text_encoder);
+  sdgen::randomize_parameters(*unet);
+  const auto text_path = work / "text_encoder.safetensors";
+  const auto unet_path = work / "unet.safetensors";
+  if (fs::exists(text_path) && fs::exists(unet_path)) {
+    load_module(*text_encoder, text_path, "", "text encoder");
+    load_module(*unet, unet_path, "", "unet");
+  } else {
+    sdgen::train::DiffusionTrainOptions options;
+    options.steps = o.unet_steps;
+    options.batch = o.unet_batch;
+    options.lr = o.unet_lr;
+    options.seed = o.seed + 4;
+    options.checkpoint = (work / "diffusion.ckpt").string();
+    const auto start = Clock::now();
+    sdgen::train::train_diffusion(
+        text_encoder, unet, *tokenizer, data, scaling, options,
+        [&](int step, double loss) { log_line("unet", step, options.steps, loss, start); });
+    save_module(*text_encoder, text_path, "", torch::kFloat32);
+    save_module(*unet, unet_path, "", torch::kFloat32);
+  }
+
+  // 6. The diffusers folder (fp16 weights).
+  const std::map<std::string, std::string> meta = {{"format", "pt"}};
+  save_module(*text_encoder, out / "text_encoder/model.safetensors", "text_model.",
+              torch::kFloat16);
+  save_module(*unet, out / "unet/diffusion_pytorch_model.safetensors", "", torch::kFloat16);
+  save_module(*vae, out / "vae/diffusion_pytorch_model.safetensors", "", torch::kFloat16);
+  write_text(out / "text_encoder/config.json", arch.text.to_json().dump(2));
+  write_text(out / "unet/config.json", arch.unet.to_json().dump(2));
+  write_text(out / "vae/config.json", arch.vae.to_json().dump(2));
+  sdgen::SchedulerConfig scheduler;  // SD1.5's DDIM config, the schedule trained with
+  scheduler.class_name = "DDIMScheduler";
+  write_text(out / "scheduler/scheduler_config.json", scheduler.to_json().dump(2));
+  fs::create_directories(out / "tokenizer");
+  for (const auto& entry : fs::directory_iterator(tokenizer_dir)) {
+    fs::copy_file(entry.path(), out / "tokenizer" / entry.path().filename(),
+                  fs::copy_options::overwrite_existing);
+  }
+  const nlohmann::json index = {
+      {"_class_name", "StableDiffusionPipeline"},
+      {"_sdgen_note",
+       "trained by sdgen-train on the synthetic shapes world (scripts/train-default-model.sh)"},
+      {"scheduler", {"diffusers", "DDIMScheduler"}},
+      {"text_encoder", {"transformers", "CLIPTextModel"}},
+      {"tokenizer", {"sdgen", "SentencePieceTokenizer"}},
+      {"unet", {"diffusers", "UNet2DConditionModel"}},
+      {"vae", {"diffusers", "AutoencoderKL"}}};
+  write_text(out / "model_index.json", index.dump(2));
+  std::fprintf(stderr, "sdgen-train: wrote %s in %.0f s\n", out.c_str(), since(started));
+  return 0;
+}
+
+int run_render(const std::string& out, int count, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  fs::create_directories(out);
+  std::string list;
+  for (int i = 0; i < count; ++i) {
+    const auto spec = sdgen::synth::random_spec(rng);
+    const auto name = "render_" + std::to_string(i) + ".png";
+    sdgen::write_png((fs::path(out) / name).string(),
+                     sdgen::synth::render(sdgen::synth::place_scene(spec, 512, rng)));
+    list += name + "\t" + spec.caption() + "\n";
+  }
+  write_text(fs::path(out) / "captions.tsv", list);
+  return 0;
+}
+
+struct EvalOptions {
+  std::string model;
+  int seeds = 20;
+  int prompts = 10;
+  int steps = 20;
+  double cfg = 7.5;
+  std::string sampler = "ddim";
+  std::string save;
+  std::string dtype;
+  int threads = 0;
+  bool training_prompts = false;
+};
+
+int run_eval(const EvalOptions& o) {
+  sdgen::init_cpu_runtime(o.threads);
+  sdgen::LoadOptions load;
+  load.model_path = o.model;
+  load.dtype = o.dtype.empty()     ? sdgen::default_dtype(torch::kCPU)
+               : o.dtype == "fp32" ? torch::kFloat32
+               : o.dtype == "bf16" ? torch::kBFloat16
+                                   : throw sdgen::Error("--dtype: fp32 or bf16");
+  auto model = sdgen::load_model(load);
+  sdgen::Pipeline pipeline(model);
+  std::vector<sdgen::synth::SceneSpec> specs;
+  if (o.training_prompts) {
+    std::mt19937_64 rng(12345);
+    for (int i = 0; i < o.prompts; ++i) specs.push_back(sdgen::synth::random_spec(rng));
+  } else {
+    specs = sdgen::synth::held_out_specs(o.prompts);
+  }
+  if (!o.save.empty()) fs::create_directories(o.save);
+  int passed = 0, total = 0;
+  double seconds = 0;
+  for (size_t p = 0; p < specs.size(); ++p) {
+    int prompt_passed = 0;
+    for (int seed = 0; seed < o.seeds; ++seed) {
+      sdgen::GenerationRequest request;
+      request.prompt = specs[p].caption();
+      request.steps = o.steps;
+      request.cfg_scale = o.cfg;
+      request.seed = static_cast<uint64_t>(seed);
+      request.sampler = o.sampler;
+      const auto start = Clock::now();
+      const auto result = pipeline.generate(request);
+      seconds += since(start);
+      const auto image = result.images_u8[0];
+      const auto check = sdgen::synth::check_image(specs[p], image);
+      ++total;
+      passed += check.pass ? 1 : 0;
+      prompt_passed += check.pass ? 1 : 0;
+      if (!o.save.empty()) {
+        sdgen::write_png(
+            (fs::path(o.save) / ("p" + std::to_string(p) + "_s" + std::to_string(seed) +
+                                 (check.pass ? "_pass" : "_fail") + ".png"))
+                .string(),
+            image);
+      }
+      if (!check.pass) {
+        std::fprintf(stderr, "  fail: \"%s\" seed %d: %s\n", request.prompt.c_str(), seed,
+                     check.reason.c_str());
+      }
+    }
+    std::printf("%-60s %2d/%d\n", specs[p].caption().c_str(), prompt_passed, o.seeds);
+    std::fflush(stdout);
+  }
+  std::printf("passed %d/%d = %.1f%%  (%d steps, %s, cfg %.1f, %.2f s per image)\n", passed, total,
+              100.0 * passed / std::max(1, total), o.steps, o.sampler.c_str(), o.cfg,
+              seconds / std::max(1, total));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sdgen-train: train and judge sdgen's default model"};
+  app.require_subcommand(1);
+  AllOptions all;
+  auto* all_cmd = app.add_subcommand("all", "the whole training recipe");
+  all_cmd->add_option("-o,--out", all.out, "model folder to write (diffusers layout)");
+  all_cmd->add_option("--work", all.work, "folder for intermediate results (resumable)");
+  all_cmd->add_option("--seed", all.seed);
+  all_cmd->add_option("--threads", all.threads, "0 = all cores");
+  all_cmd->add_option("--captions", all.captions, "captions the tokenizer is trained on");
+  all_cmd->add_option("--vocab-size", all.vocab_size);
+  all_cmd->add_option("--vae-steps", all.vae_steps);
+  all_cmd->add_option("--vae-batch", all.vae_batch);
+  all_cmd->add_option("--vae-crop", all.vae_crop);
+  all_cmd->add_option("--decoder-steps", all.decoder_steps);
+  all_cmd->add_option("--decoder-batch", all.decoder_batch);
+  all_cmd->add_option("--decoder-crop", all.decoder_crop);
+  all_cmd->add_option("--train-images", all.train_images, "512x512 scenes encoded for the UNet");
+  all_cmd->add_option("--unet-steps", all.unet_steps);
+  all_cmd->add_option("--unet-batch", all.unet_batch);
+  all_cmd->add_option("--unet-lr", all.unet_lr);
+
+  std::string render_out;
+  int render_count = 16;
+  uint64_t render_seed = 0;
+  auto* render_cmd = app.add_subcommand("render", "write training renders and captions");
+  render_cmd->add_option("-o,--out", render_out)->required();
+  render_cmd->add_option("--count", render_count);
+  render_cmd->add_option("--seed", render_seed);
+
+  EvalOptions eval;
+  auto* eval_cmd = app.add_subcommand("eval", "semantic pass rate on held-out prompts");
+  eval_cmd->add_option("-m,--model", eval.model)->required();
+  eval_cmd->add_option("--seeds", eval.seeds);
+  eval_cmd->add_option("--prompts", eval.prompts);
+  eval_cmd->add_option("--steps", eval.steps);
+  eval_cmd->add_option("--cfg", eval.cfg);
+  eval_cmd->add_option("--sampler", eval.sampler);
+  eval_cmd->add_option("--dtype", eval.dtype, "fp32 or bf16 (default: sdgen's CPU default)");
+  eval_cmd->add_option("--save", eval.save, "folder for the generated images");
+  eval_cmd->add_option("--threads", eval.threads);
+  eval_cmd->add_flag("--training-prompts", eval.training_prompts,
+                     "judge random training prompts instead of held-out ones");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (all_cmd->parsed()) return run_all(all, argv[0]);
+    if (render_cmd->parsed()) return run_render(render_out, render_count, render_seed);
+    if (eval_cmd->parsed()) return run_eval(eval);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sdgen-train: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
