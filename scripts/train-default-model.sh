@@ -2,7 +2,7 @@
 # Regenerates the training data and retrains sdgen's default model from a seed,
 # then writes it to models/default (fp16, diffusers folder layout) and judges it
 # on the held-out prompts:
-#   scripts/train-default-model.sh [--seed 0] [--threads N] [any sdgen-train all option]
+#   scripts/train-default-model.sh [--threads N]
 # Intermediate results go to $SDGEN_TRAIN_WORK (default build/train); a run that
 # is interrupted resumes from them (delete the folder to start over).
 # Time on this project's CI-like machine (2 cores): see models/README.md.
@@ -16,7 +16,17 @@ OUT=${SDGEN_TRAIN_OUT:-$ROOT/models/default}
 cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target sdgen sdgen-train sdgen-spm >&2
 
+train() { "$BUILD_DIR/sdgen-train" all --out "$OUT" --work "$WORK" --seed 0 "$@"; }
 start=$(date +%s)
-"$BUILD_DIR/sdgen-train" all --out "$OUT" --work "$WORK" "$@"
+# The shipped model was trained in three runs of the recipe, reproduced here
+# exactly (each resumes from the work folder):
+# 1. captions, tokenizer, the VAE (crops, fp32) and its decoder stage (whole
+#    pictures, bf16 autocast);
+train --vae-only "$@"
+# 2. the first 1,500 text encoder + UNet steps in fp32 at batch 16, under the
+#    learning-rate schedule of a 2,500-step run (the first recipe, stopped);
+train --fp32 --unet-batch 16 --unet-steps 2500 --stop-after 1500 "$@"
+# 3. the rest (steps 1,501-7,500) with the defaults: bf16 autocast, batch 32.
+train "$@"
 echo "train-default-model.sh: trained in $(( $(date +%s) - start )) s" >&2
 "$BUILD_DIR/sdgen-train" eval --model "$OUT" --seeds 20 --prompts 10 --steps 20

@@ -133,6 +133,36 @@ TEST(SynthWorld, EachShapeIsRecognised) {
   }
 }
 
+// A decoder rounds a star's points (its bounding box then fills like a
+// triangle's); the convex-hull measure still tells the two apart, and
+// blurring never turns a triangle into a star.
+TEST(SynthWorld, ShapesSurviveBlurring) {
+  for (Shape shape : kShapes) {
+    for (Size size : {Size::kSmall, Size::kLarge}) {
+      SceneSpec spec;
+      spec.objects = {{shape, Colour::kBlue, size}};
+      spec.background = Colour::kGray;
+      spec.place = Place::kCenter;
+      std::mt19937_64 rng(static_cast<uint64_t>(shape) * 2 + (size == Size::kLarge));
+      const auto image = render(place_scene(spec, 512, rng));
+      const auto sharp = check_image(spec, image);
+      ASSERT_TRUE(sharp.pass) << spec.caption() << ": " << sharp.reason;
+      if (shape == Shape::kStar) EXPECT_NEAR(sharp.objects[0].solidity, 0.47, 0.04);
+      if (shape != Shape::kStar) EXPECT_GT(sharp.objects[0].solidity, 0.95);
+      // A 9x9 box blur (18 pixels across a small star's 92).
+      const auto blurred =
+          torch::avg_pool2d(image.permute({2, 0, 1}).unsqueeze(0).to(torch::kFloat32), 9, 1, 4,
+                            /*ceil_mode=*/false,
+                            /*count_include_pad=*/false)[0]
+              .permute({1, 2, 0})
+              .round()
+              .to(torch::kUInt8);
+      const auto result = check_image(spec, blurred);
+      EXPECT_TRUE(result.pass) << spec.caption() << " blurred: " << result.reason;
+    }
+  }
+}
+
 TEST(SynthWorld, BadImagesThrow) {
   const auto spec = must_parse("a red circle");
   EXPECT_THROW(check_image(spec, torch::zeros({8, 8}, torch::kUInt8)), sdgen::Error);

@@ -3,6 +3,7 @@
 // exactly the weights of an uninterrupted one, and what is saved loads back.
 
 #include <filesystem>
+#include <map>
 
 #include <gtest/gtest.h>
 
@@ -59,6 +60,20 @@ train::LatentSet tiny_latents() {
   return data;
 }
 
+struct TinyModules {
+  CLIPTextModel text;
+  UNet2DConditionModel unet;
+};
+
+// Randomly initialised tiny text encoder + UNet (the same weights for a seed).
+TinyModules tiny_modules(const TinySetup& setup, uint64_t seed) {
+  torch::manual_seed(seed);
+  TinyModules m{CLIPTextModel(setup.text), UNet2DConditionModel(setup.unet)};
+  randomize_parameters(*m.text);
+  randomize_parameters(*m.unet);
+  return m;
+}
+
 std::vector<torch::Tensor> snapshot(torch::nn::Module& module) {
   std::vector<torch::Tensor> out;
   for (auto& p : module.parameters()) out.push_back(p.detach().clone());
@@ -109,11 +124,9 @@ TEST(Train, DiffusionLossIsFiniteAndWeightsMove) {
   const auto dir = fs::path(test::temp_dir("train"));
   auto setup = tiny_setup(dir / "tokenizer");
   const auto data = tiny_latents();
-  torch::manual_seed(1);
-  CLIPTextModel text(setup.text);
-  UNet2DConditionModel unet(setup.unet);
-  randomize_parameters(*text);
-  randomize_parameters(*unet);
+  auto m = tiny_modules(setup, 1);
+  auto& text = m.text;
+  auto& unet = m.unet;
   const auto unet_before = snapshot(*unet);
   const auto text_before = snapshot(*text);
   train::DiffusionTrainOptions options;
@@ -149,11 +162,9 @@ TEST(Train, ResumeFromAMidRunCheckpointMatchesAnUninterruptedRun) {
   options.seed = 9;
 
   auto run = [&](const train::DiffusionTrainOptions& o, uint64_t init_seed) {
-    torch::manual_seed(init_seed);
-    CLIPTextModel text(setup.text);
-    UNet2DConditionModel unet(setup.unet);
-    randomize_parameters(*text);
-    randomize_parameters(*unet);
+    auto m = tiny_modules(setup, init_seed);
+    auto& text = m.text;
+    auto& unet = m.unet;
     train::train_diffusion(text, unet, *setup.tokenizer, data, 1.0, o);
     return snapshot(*unet);
   };
@@ -166,6 +177,13 @@ TEST(Train, ResumeFromAMidRunCheckpointMatchesAnUninterruptedRun) {
   with_checkpoint.stop_after = 3;
   run(with_checkpoint, 1);
   ASSERT_TRUE(fs::exists(with_checkpoint.checkpoint));
+  // Re-running the interrupted command is a no-op: the checkpoint stays at step 3.
+  run(with_checkpoint, 1);
+  {
+    CLIPTextModel text(setup.text);
+    UNet2DConditionModel unet(setup.unet);
+    EXPECT_EQ(train::load_diffusion_checkpoint(text, unet, with_checkpoint.checkpoint), 3);
+  }
   auto resume = with_checkpoint;
   resume.stop_after = 0;
   const auto resumed = run(resume, 7);  // other initial weights: all come from the checkpoint
@@ -191,4 +209,111 @@ TEST(Train, SavedWeightsLoadBackStrictly) {
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_TRUE(torch::allclose(b[i], a[i].to(torch::kFloat16).to(torch::kFloat32)));
   }
+}
+
+// bf16 autocast (how the default model's UNet stage ran): the same loss as fp32
+// to bf16 precision before any update, weights, optimizer and EMA kept in fp32,
+// and both modules learn.
+TEST(Train, Bf16AutocastMatchesFp32AndKeepsFp32Weights) {
+  const auto dir = fs::path(test::temp_dir("train_bf16"));
+  auto setup = tiny_setup(dir / "tokenizer");
+  const auto data = tiny_latents();
+  auto run = [&](bool bf16, std::vector<double>& losses) {
+    auto m = tiny_modules(setup, 1);
+    auto& text = m.text;
+    auto& unet = m.unet;
+    const auto before = snapshot(*unet);
+    train::DiffusionTrainOptions options;
+    options.steps = 4;
+    options.batch = 3;
+    options.warmup = 2;
+    options.log_every = 1;
+    options.bf16 = bf16;
+    train::train_diffusion(text, unet, *setup.tokenizer, data, 1.0, options,
+                           [&](int, double loss) { losses.push_back(loss); });
+    double change = 0;
+    const auto after = snapshot(*unet);
+    for (size_t i = 0; i < after.size(); ++i) {
+      EXPECT_EQ(after[i].scalar_type(), torch::kFloat32);
+      change += (after[i] - before[i]).abs().sum().item<double>();
+    }
+    for (const auto& p : text->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat32);
+    return change;
+  };
+  std::vector<double> fp32_losses, bf16_losses;
+  run(false, fp32_losses);
+  EXPECT_GT(run(true, bf16_losses), 0.0);
+  ASSERT_EQ(bf16_losses.size(), 4u);
+  for (double loss : bf16_losses) EXPECT_TRUE(std::isfinite(loss));
+  EXPECT_NEAR(bf16_losses[0], fp32_losses[0], 0.03 * fp32_losses[0]);
+}
+
+// The VAE's second stage: only the decoder learns (bf16 autocast), so latents
+// encoded before it stay valid.
+TEST(Train, DecoderStageLeavesTheEncoderAlone) {
+  auto arch = train::demo_architecture(96, 2, 3, 0);
+  torch::manual_seed(0);
+  AutoencoderKL vae(arch.vae);
+  randomize_parameters(*vae);
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& p : vae->named_parameters()) before[p.key()] = p.value().detach().clone();
+  train::VAETrainOptions options;
+  options.steps = 3;
+  options.batch = 2;
+  options.crop = 32;
+  options.pool = 2;
+  options.decoder_only = true;
+  options.bf16 = true;
+  options.log_every = 1;
+  std::vector<double> losses;
+  train::train_vae(vae, options, [&](int, double loss) { losses.push_back(loss); });
+  ASSERT_EQ(losses.size(), 3u);
+  for (double loss : losses) EXPECT_TRUE(std::isfinite(loss));
+  double encoder_change = 0, decoder_change = 0;
+  for (const auto& p : vae->named_parameters()) {
+    EXPECT_EQ(p.value().scalar_type(), torch::kFloat32);
+    const double change = (p.value() - before[p.key()]).abs().sum().item<double>();
+    const bool encoder = p.key().rfind("encoder.", 0) == 0 || p.key().rfind("quant_conv.", 0) == 0;
+    (encoder ? encoder_change : decoder_change) += change;
+  }
+  EXPECT_EQ(encoder_change, 0.0);
+  EXPECT_GT(decoder_change, 0.0);
+}
+
+// What `sdgen-train export` loads: the EMA weights of a checkpoint are what a
+// finished run leaves in its modules; the live weights differ from them.
+TEST(Train, CheckpointExportLoadsTheEmaWeights) {
+  const auto dir = fs::path(test::temp_dir("train_export"));
+  auto setup = tiny_setup(dir / "tokenizer");
+  const auto data = tiny_latents();
+  train::DiffusionTrainOptions options;
+  options.steps = 4;
+  options.batch = 3;
+  options.warmup = 2;
+  options.checkpoint = (dir / "run.ckpt").string();
+  auto m = tiny_modules(setup, 1);
+  auto& text = m.text;
+  auto& unet = m.unet;
+  train::train_diffusion(text, unet, *setup.tokenizer, data, 1.0, options);
+  const auto trained = snapshot(*unet);
+
+  auto m2 = tiny_modules(setup, 5);
+  auto& text2 = m2.text;
+  auto& unet2 = m2.unet;
+  EXPECT_EQ(train::load_diffusion_checkpoint(text2, unet2, options.checkpoint), 4);
+  const auto ema = snapshot(*unet2);
+  for (size_t i = 0; i < ema.size(); ++i) EXPECT_TRUE(torch::equal(ema[i], trained[i]));
+  train::load_diffusion_checkpoint(text2, unet2, options.checkpoint, /*ema=*/false);
+  double difference = 0;
+  const auto live = snapshot(*unet2);
+  for (size_t i = 0; i < live.size(); ++i)
+    difference += (live[i] - trained[i]).abs().sum().item<double>();
+  EXPECT_GT(difference, 0.0);
+
+  UNet2DConditionModel other(setup.unet);  // a different architecture is refused
+  auto wide = setup.unet;
+  wide.block_out_channels = {8, 16};
+  UNet2DConditionModel wrong(wide);
+  EXPECT_THROW(train::load_diffusion_checkpoint(text2, wrong, options.checkpoint), Error);
+  EXPECT_THROW(train::load_diffusion_checkpoint(text2, other, (dir / "none.ckpt").string()), Error);
 }

@@ -7,6 +7,10 @@
 //       UNet -> fp16 diffusers folder in --out.
 //   sdgen-train render --out DIR [--count N] [--seed S]
 //       Training renders with their captions (PNG, caption in the file name list).
+//   sdgen-train export --work DIR --out DIR [--live]
+//       The model folder from the current training checkpoint (EMA weights).
+//   sdgen-train eval-vae --vae FILE --work DIR [--count N] [--save DIR]
+//       Checker pass rate of VAE reconstructions of training renders.
 //   sdgen-train eval --model DIR [--seeds 20] [--prompts 10] [--steps 20] [--save DIR]
 //       Generates each held-out prompt with each seed at 512x512 and runs the
 //       checker (synth_world.h); prints the pass rate.
@@ -63,13 +67,17 @@ struct AllOptions {
   int vae_steps = 1500;
   int vae_batch = 8;
   int vae_crop = 96;
-  int decoder_steps = 1000;  // second VAE stage: decoder only, larger crops
-  int decoder_batch = 6;
-  int decoder_crop = 128;
+  int decoder_steps = 500;  // second VAE stage: decoder only, on whole pictures
+  int decoder_batch = 2;
+  int decoder_crop = 512;
+  double decoder_lr = 1e-4;
   int train_images = 4000;
-  int unet_steps = 2500;
-  int unet_batch = 16;
+  int unet_steps = 7500;
+  int unet_batch = 32;
   double unet_lr = 1e-3;
+  bool fp32 = false;  // the decoder and UNet stages without bf16 autocast
+  int stop_after = 0;
+  bool vae_only = false;
 };
 
 void log_line(const std::string& stage, int step, int total, double loss, Clock::time_point start) {
@@ -104,6 +112,63 @@ void load_module(torch::nn::Module& module, const fs::path& path, const std::str
   sdgen::load_weights(module, sdgen::tensors_with_prefix(file, prefix), what);
 }
 
+sdgen::train::LatentSet load_latents(const fs::path& path) {
+  sdgen::SafeTensorsFile file(path.string());
+  sdgen::train::LatentSet data;
+  data.latents = file.tensor("latents").clone();
+  std::istringstream lines(file.metadata().at("captions"));
+  for (std::string line; std::getline(lines, line);) data.captions.push_back(line);
+  return data;
+}
+
+struct Trained {
+  std::unique_ptr<sdgen::Tokenizer> tokenizer;
+  sdgen::train::DemoArchitecture arch;
+};
+
+// The tokenizer of a work folder and the architecture sized for it.
+Trained work_architecture(const fs::path& tokenizer_dir) {
+  Trained t;
+  t.tokenizer = sdgen::tokenizer_from_path(tokenizer_dir.string(), {});
+  auto* sp = dynamic_cast<sdgen::SentencePieceTokenizer*>(t.tokenizer.get());
+  if (!sp) throw sdgen::Error("the trained tokenizer is not a SentencePiece model");
+  t.arch = sdgen::train::demo_architecture(
+      static_cast<int>(sp->vocab_size()), static_cast<int>(sp->bos_id()),
+      static_cast<int>(sp->eos_id()), static_cast<int>(sp->pad_id()));
+  return t;
+}
+
+// The diffusers folder sdgen loads (fp16 weights, configs, tokenizer files).
+void write_model_folder(const fs::path& out, const sdgen::train::DemoArchitecture& arch,
+                        sdgen::CLIPTextModel& text_encoder, sdgen::UNet2DConditionModel& unet,
+                        sdgen::AutoencoderKL& vae, const fs::path& tokenizer_dir) {
+  save_module(*text_encoder, out / "text_encoder/model.safetensors", "text_model.",
+              torch::kFloat16);
+  save_module(*unet, out / "unet/diffusion_pytorch_model.safetensors", "", torch::kFloat16);
+  save_module(*vae, out / "vae/diffusion_pytorch_model.safetensors", "", torch::kFloat16);
+  write_text(out / "text_encoder/config.json", arch.text.to_json().dump(2));
+  write_text(out / "unet/config.json", arch.unet.to_json().dump(2));
+  write_text(out / "vae/config.json", arch.vae.to_json().dump(2));
+  sdgen::SchedulerConfig scheduler;  // SD1.5's DDIM config, the schedule trained with
+  scheduler.class_name = "DDIMScheduler";
+  write_text(out / "scheduler/scheduler_config.json", scheduler.to_json().dump(2));
+  fs::create_directories(out / "tokenizer");
+  for (const auto& entry : fs::directory_iterator(tokenizer_dir)) {
+    fs::copy_file(entry.path(), out / "tokenizer" / entry.path().filename(),
+                  fs::copy_options::overwrite_existing);
+  }
+  const nlohmann::json index = {
+      {"_class_name", "StableDiffusionPipeline"},
+      {"_sdgen_note",
+       "trained by sdgen-train on the synthetic shapes world (scripts/train-default-model.sh)"},
+      {"scheduler", {"diffusers", "DDIMScheduler"}},
+      {"text_encoder", {"transformers", "CLIPTextModel"}},
+      {"tokenizer", {"sdgen", "SentencePieceTokenizer"}},
+      {"unet", {"diffusers", "UNet2DConditionModel"}},
+      {"vae", {"diffusers", "AutoencoderKL"}}};
+  write_text(out / "model_index.json", index.dump(2));
+}
+
 int run_all(const AllOptions& o, const std::string& self) {
   const auto started = Clock::now();
   const fs::path work(o.work), out(o.out);
@@ -124,12 +189,9 @@ int run_all(const AllOptions& o, const std::string& self) {
   if (sdgen::SentencePieceTokenizer::find_model(tokenizer_dir.string()).empty()) {
     train_tokenizer(captions_path, tokenizer_dir, o.vocab_size, self);
   }
-  auto tokenizer = sdgen::tokenizer_from_path(tokenizer_dir.string(), {});
-  auto* sp = dynamic_cast<sdgen::SentencePieceTokenizer*>(tokenizer.get());
-  if (!sp) throw sdgen::Error("the trained tokenizer is not a SentencePiece model");
-  auto arch = sdgen::train::demo_architecture(
-      static_cast<int>(sp->vocab_size()), static_cast<int>(sp->bos_id()),
-      static_cast<int>(sp->eos_id()), static_cast<int>(sp->pad_id()));
+  auto trained = work_architecture(tokenizer_dir);
+  auto& tokenizer = trained.tokenizer;
+  auto& arch = trained.arch;
 
   // 3. VAE.
   torch::manual_seed(o.seed);
@@ -154,14 +216,16 @@ int run_all(const AllOptions& o, const std::string& self) {
       });
       save_module(*vae, vae_stage1_path, "", torch::kFloat32);
     }
-    // Then the decoder alone on larger crops (its GroupNorm statistics closer
-    // to a whole picture's); the encoder, hence the latents, stay as they are.
+    // Then the decoder alone on whole 512x512 pictures: trained on crops only,
+    // its GroupNorm statistics differ from a whole picture's and colours shift
+    // (blue on gray came out purple). The encoder, hence the latents, stay.
     sdgen::train::VAETrainOptions options;
     options.steps = o.decoder_steps;
     options.batch = o.decoder_batch;
     options.crop = o.decoder_crop;
-    options.lr = 5e-4;
+    options.lr = o.decoder_lr;
     options.decoder_only = true;
+    options.bf16 = !o.fp32;
     options.seed = o.seed + 5;
     const auto start = Clock::now();
     sdgen::train::train_vae(vae, options, [&](int step, double loss) {
@@ -170,14 +234,16 @@ int run_all(const AllOptions& o, const std::string& self) {
     save_module(*vae, vae_path, "", torch::kFloat32);
   }
 
+  if (o.vae_only) {
+    std::fprintf(stderr, "sdgen-train: VAE done (--vae-only)\n");
+    return 0;
+  }
+
   // 4. Latents of the training set.
   const auto latents_path = work / "latents.safetensors";
   sdgen::train::LatentSet data;
   if (fs::exists(latents_path)) {
-    sdgen::SafeTensorsFile file(latents_path.string());
-    data.latents = file.tensor("latents").clone();
-    std::istringstream lines(file.metadata().at("captions"));
-    for (std::string line; std::getline(lines, line);) data.captions.push_back(line);
+    data = load_latents(latents_path);
   } else {
     const auto start = Clock::now();
     data = sdgen::train::encode_training_set(vae, o.train_images, 512, o.seed + 2, [&](int done) {
@@ -210,43 +276,25 @@ int run_all(const AllOptions& o, const std::string& self) {
     options.steps = o.unet_steps;
     options.batch = o.unet_batch;
     options.lr = o.unet_lr;
+    options.bf16 = !o.fp32;
+    options.stop_after = o.stop_after;
     options.seed = o.seed + 4;
     options.checkpoint = (work / "diffusion.ckpt").string();
     const auto start = Clock::now();
     sdgen::train::train_diffusion(
         text_encoder, unet, *tokenizer, data, scaling, options,
         [&](int step, double loss) { log_line("unet", step, options.steps, loss, start); });
+    if (o.stop_after > 0 && o.stop_after < o.unet_steps) {
+      std::fprintf(stderr, "sdgen-train: stopped after step %d; run again to resume\n",
+                   o.stop_after);
+      return 0;
+    }
     save_module(*text_encoder, text_path, "", torch::kFloat32);
     save_module(*unet, unet_path, "", torch::kFloat32);
   }
 
   // 6. The diffusers folder (fp16 weights).
-  const std::map<std::string, std::string> meta = {{"format", "pt"}};
-  save_module(*text_encoder, out / "text_encoder/model.safetensors", "text_model.",
-              torch::kFloat16);
-  save_module(*unet, out / "unet/diffusion_pytorch_model.safetensors", "", torch::kFloat16);
-  save_module(*vae, out / "vae/diffusion_pytorch_model.safetensors", "", torch::kFloat16);
-  write_text(out / "text_encoder/config.json", arch.text.to_json().dump(2));
-  write_text(out / "unet/config.json", arch.unet.to_json().dump(2));
-  write_text(out / "vae/config.json", arch.vae.to_json().dump(2));
-  sdgen::SchedulerConfig scheduler;  // SD1.5's DDIM config, the schedule trained with
-  scheduler.class_name = "DDIMScheduler";
-  write_text(out / "scheduler/scheduler_config.json", scheduler.to_json().dump(2));
-  fs::create_directories(out / "tokenizer");
-  for (const auto& entry : fs::directory_iterator(tokenizer_dir)) {
-    fs::copy_file(entry.path(), out / "tokenizer" / entry.path().filename(),
-                  fs::copy_options::overwrite_existing);
-  }
-  const nlohmann::json index = {
-      {"_class_name", "StableDiffusionPipeline"},
-      {"_sdgen_note",
-       "trained by sdgen-train on the synthetic shapes world (scripts/train-default-model.sh)"},
-      {"scheduler", {"diffusers", "DDIMScheduler"}},
-      {"text_encoder", {"transformers", "CLIPTextModel"}},
-      {"tokenizer", {"sdgen", "SentencePieceTokenizer"}},
-      {"unet", {"diffusers", "UNet2DConditionModel"}},
-      {"vae", {"diffusers", "AutoencoderKL"}}};
-  write_text(out / "model_index.json", index.dump(2));
+  write_model_folder(out, arch, text_encoder, unet, vae, tokenizer_dir);
   std::fprintf(stderr, "sdgen-train: wrote %s in %.0f s\n", out.c_str(), since(started));
   return 0;
 }
@@ -263,6 +311,57 @@ int run_render(const std::string& out, int count, uint64_t seed) {
     list += name + "\t" + spec.caption() + "\n";
   }
   write_text(fs::path(out) / "captions.tsv", list);
+  return 0;
+}
+
+// The model folder from a work folder's current training checkpoint (EMA or
+// live weights), to judge a run before it ends.
+int run_export(const std::string& work_dir, const std::string& out_dir, bool live) {
+  sdgen::init_cpu_runtime(0);
+  const fs::path work(work_dir);
+  auto trained = work_architecture(work / "tokenizer");
+  trained.arch.vae.scaling_factor =
+      sdgen::train::latent_scaling_factor(load_latents(work / "latents.safetensors").latents);
+  sdgen::AutoencoderKL vae(trained.arch.vae);
+  sdgen::CLIPTextModel text_encoder(trained.arch.text);
+  sdgen::UNet2DConditionModel unet(trained.arch.unet);
+  load_module(*vae, work / "vae.safetensors", "", "vae");
+  const int step = sdgen::train::load_diffusion_checkpoint(
+      text_encoder, unet, (work / "diffusion.ckpt").string(), !live);
+  write_model_folder(out_dir, trained.arch, text_encoder, unet, vae, work / "tokenizer");
+  std::fprintf(stderr, "sdgen-train: wrote %s (%s weights of step %d)\n", out_dir.c_str(),
+               live ? "live" : "EMA", step);
+  return 0;
+}
+
+// The VAE alone: training renders encoded and decoded must still pass the
+// checker, or no UNet can (the ceiling of the semantic test).
+int run_eval_vae(const std::string& vae_file, const std::string& work_dir, int count,
+                 const std::string& save) {
+  sdgen::init_cpu_runtime(0);
+  torch::NoGradGuard no_grad;
+  auto trained = work_architecture(fs::path(work_dir) / "tokenizer");
+  sdgen::AutoencoderKL vae(trained.arch.vae);
+  load_module(*vae, vae_file, "", "vae");
+  vae->eval();
+  if (!save.empty()) fs::create_directories(save);
+  std::mt19937_64 rng(777);
+  int passed = 0;
+  for (int i = 0; i < count; ++i) {
+    const auto spec = sdgen::synth::random_spec(rng);
+    const auto image = sdgen::synth::render(sdgen::synth::place_scene(spec, 512, rng));
+    const auto input =
+        image.permute({2, 0, 1}).unsqueeze(0).to(torch::kFloat32).div(127.5).sub(1.0);
+    const auto decoded = sdgen::to_uint8_images(vae->decode(vae->encode(input).mean))[0];
+    const auto check = sdgen::synth::check_image(spec, decoded);
+    passed += check.pass ? 1 : 0;
+    if (!check.pass)
+      std::fprintf(stderr, "  fail: \"%s\": %s\n", spec.caption().c_str(), check.reason.c_str());
+    if (!save.empty())
+      sdgen::write_png((fs::path(save) / ("vae_" + std::to_string(i) + ".png")).string(),
+                       torch::cat({image, decoded}, 1));
+  }
+  std::printf("VAE reconstructions passing the checker: %d/%d\n", passed, count);
   return 0;
 }
 
@@ -356,10 +455,17 @@ int main(int argc, char** argv) {
   all_cmd->add_option("--decoder-steps", all.decoder_steps);
   all_cmd->add_option("--decoder-batch", all.decoder_batch);
   all_cmd->add_option("--decoder-crop", all.decoder_crop);
+  all_cmd->add_option("--decoder-lr", all.decoder_lr);
   all_cmd->add_option("--train-images", all.train_images, "512x512 scenes encoded for the UNet");
   all_cmd->add_option("--unet-steps", all.unet_steps);
   all_cmd->add_option("--unet-batch", all.unet_batch);
   all_cmd->add_option("--unet-lr", all.unet_lr);
+  all_cmd->add_flag("--fp32", all.fp32,
+                    "train the decoder stage and the text encoder + UNet stage in fp32 "
+                    "(default: bf16 autocast, fp32 weights)");
+  all_cmd->add_flag("--vae-only", all.vae_only, "stop after the VAE stages");
+  all_cmd->add_option("--stop-after", all.stop_after,
+                      "stop the UNet stage after this step (resume later)");
 
   std::string render_out;
   int render_count = 16;
@@ -368,6 +474,21 @@ int main(int argc, char** argv) {
   render_cmd->add_option("-o,--out", render_out)->required();
   render_cmd->add_option("--count", render_count);
   render_cmd->add_option("--seed", render_seed);
+
+  std::string export_work, export_out;
+  bool export_live = false;
+  auto* export_cmd = app.add_subcommand("export", "model folder from a training checkpoint");
+  export_cmd->add_option("--work", export_work)->required();
+  export_cmd->add_option("-o,--out", export_out)->required();
+  export_cmd->add_flag("--live", export_live, "live weights instead of the EMA");
+
+  std::string vae_file, vae_work, vae_save;
+  int vae_count = 50;
+  auto* eval_vae_cmd = app.add_subcommand("eval-vae", "checker pass rate of VAE reconstructions");
+  eval_vae_cmd->add_option("--vae", vae_file)->required();
+  eval_vae_cmd->add_option("--work", vae_work, "work folder (for the tokenizer)")->required();
+  eval_vae_cmd->add_option("--count", vae_count);
+  eval_vae_cmd->add_option("--save", vae_save, "folder for input|reconstruction pictures");
 
   EvalOptions eval;
   auto* eval_cmd = app.add_subcommand("eval", "semantic pass rate on held-out prompts");
@@ -387,6 +508,8 @@ int main(int argc, char** argv) {
     if (all_cmd->parsed()) return run_all(all, argv[0]);
     if (render_cmd->parsed()) return run_render(render_out, render_count, render_seed);
     if (eval_cmd->parsed()) return run_eval(eval);
+    if (export_cmd->parsed()) return run_export(export_work, export_out, export_live);
+    if (eval_vae_cmd->parsed()) return run_eval_vae(vae_file, vae_work, vae_count, vae_save);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sdgen-train: error: %s\n", e.what());
     return 1;

@@ -110,6 +110,7 @@ struct ObjectFinding {
   double cx = 0, cy = 0;         // centroid, fraction of the width/height
   double extent = 0;             // bounding-box height, fraction of the height
   double fill = 0;               // area / bounding-box area
+  double solidity = 0;           // area / convex-hull area (a star's is ~0.47)
   int64_t area = 0;
 };
 

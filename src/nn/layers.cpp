@@ -39,18 +39,24 @@ bool use_bf16_kernel(const torch::Tensor& x, const torch::Tensor& weight) {
   return x.is_cpu() && x.scalar_type() == torch::kBFloat16 &&
          !(torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad()));
 }
+
+// Under autocast (training in bf16) activations are bf16 and the weights fp32;
+// libtorch 1.13's CPU GroupNorm wants one dtype, so it normalises in fp32.
+torch::Tensor match_weight(const torch::Tensor& x, const torch::Tensor& weight) {
+  return x.scalar_type() == weight.scalar_type() ? x : x.to(weight.scalar_type());
+}
 }  // namespace
 
 torch::Tensor GroupNormImpl::forward(const torch::Tensor& x) {
   if (use_bf16_kernel(x, weight))
     return group_norm_bf16_cpu(x, groups, weight, bias, eps, /*silu=*/false);
-  return torch::group_norm(x, groups, weight, bias, eps);
+  return torch::group_norm(match_weight(x, weight), groups, weight, bias, eps);
 }
 
 torch::Tensor GroupNormImpl::forward_silu(const torch::Tensor& x) {
   if (use_bf16_kernel(x, weight))
     return group_norm_bf16_cpu(x, groups, weight, bias, eps, /*silu=*/true);
-  auto y = torch::group_norm(x, groups, weight, bias, eps);
+  auto y = torch::group_norm(match_weight(x, weight), groups, weight, bias, eps);
   // In place saves a tensor, but autograd needs silu's input.
   return torch::GradMode::is_enabled() ? torch::silu(y) : torch::silu_(y);
 }
@@ -61,7 +67,7 @@ LayerNormImpl::LayerNormImpl(int64_t dim, double eps) : dim(dim), eps(eps) {
 }
 
 torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) {
-  return torch::layer_norm(x, {dim}, weight, bias, eps);
+  return torch::layer_norm(match_weight(x, weight), {dim}, weight, bias, eps);
 }
 
 EmbeddingImpl::EmbeddingImpl(int64_t count, int64_t dim) {

@@ -5,6 +5,9 @@
 #include <filesystem>
 #include <random>
 
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
 #include "sdgen/error.h"
 #include "sdgen/schedulers/scheduler.h"
 #include "sdgen/synth_world.h"
@@ -33,6 +36,35 @@ void set_lr(torch::optim::AdamW& optimizer, double lr) {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
   }
 }
+
+// CPU autocast to bf16 for the lifetime of the guard (thread-local in libtorch).
+class CpuAutocastBf16 {
+ public:
+  explicit CpuAutocastBf16(bool enabled) : enabled_(enabled) {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR >= 2 && TORCH_VERSION_MINOR >= 4
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+#else
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(true);
+#endif
+  }
+  ~CpuAutocastBf16() {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR >= 2 && TORCH_VERSION_MINOR >= 4
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+#else
+    at::autocast::set_cpu_enabled(false);
+#endif
+    at::autocast::clear_cache();
+  }
+  CpuAutocastBf16(const CpuAutocastBf16&) = delete;
+  CpuAutocastBf16& operator=(const CpuAutocastBf16&) = delete;
+
+ private:
+  bool enabled_;
+};
 
 std::vector<torch::Tensor> trainable(torch::nn::Module& module) {
   std::vector<torch::Tensor> params;
@@ -123,20 +155,30 @@ double train_vae(AutoencoderKL& vae, const VAETrainOptions& options, const LogFn
     }
     const auto x = to_model_input(batch);
     DiagonalGaussian posterior;
-    if (options.decoder_only) {
-      torch::NoGradGuard no_grad;
-      posterior = vae->encode(x);
-    } else {
-      posterior = vae->encode(x);
+    torch::Tensor reconstruction;
+    {
+      CpuAutocastBf16 autocast(options.bf16);
+      if (options.decoder_only) {
+        torch::NoGradGuard no_grad;
+        posterior = vae->encode(x);
+      } else {
+        posterior = vae->encode(x);
+      }
+      posterior.mean = posterior.mean.to(torch::kFloat32);
+      posterior.std = posterior.std.to(torch::kFloat32);
+      posterior.logvar = posterior.logvar.to(torch::kFloat32);
+      const auto z = posterior.mean + posterior.std * torch::randn_like(posterior.std);
+      reconstruction = vae->decode(z).to(torch::kFloat32);
     }
-    const auto z = posterior.mean + posterior.std * torch::randn_like(posterior.std);
-    const auto reconstruction = vae->decode(z);
     const auto diff = reconstruction - x;
     // KL(q || N(0, 1)) per latent element (diffusers DiagonalGaussianDistribution.kl).
     const auto kl = 0.5 * (posterior.mean.pow(2) + posterior.logvar.exp() - 1.0 - posterior.logvar)
                               .sum({1, 2, 3})
                               .mean();
-    const auto loss = diff.abs().mean() + diff.pow(2).mean() + options.kl_weight * kl;
+    // The decoder stage cannot move the KL term (the encoder is frozen): it is
+    // left out, so the logged loss is the reconstruction error alone.
+    auto loss = diff.abs().mean() + diff.pow(2).mean();
+    if (!options.decoder_only) loss = loss + options.kl_weight * kl;
     optimizer.zero_grad();
     loss.backward();
     torch::nn::utils::clip_grad_norm_(params, 1.0);
@@ -234,6 +276,11 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     archive.read("optimizer", optimizer_archive);
     optimizer.load(optimizer_archive);
   }
+  if (start_step > options.steps)
+    throw Error("train_diffusion: the checkpoint is past the last step (" +
+                std::to_string(start_step) + " > " + std::to_string(options.steps) + ")");
+  // Already stopped there (a re-run of an interrupted recipe): nothing to do.
+  if (options.stop_after > 0 && start_step >= options.stop_after) return;
   auto save_checkpoint = [&](int step) {
     torch::serialize::OutputArchive archive;
     archive.write("step", torch::tensor(static_cast<int64_t>(step)));
@@ -268,8 +315,12 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     const auto a = alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
     const auto xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
 
-    const auto context = text_encoder->forward(ids).hidden;
-    const auto prediction = unet->forward(xt, t, context);
+    torch::Tensor prediction;
+    {
+      CpuAutocastBf16 autocast(options.bf16);
+      const auto context = text_encoder->forward(ids).hidden;
+      prediction = unet->forward(xt, t, context).to(torch::kFloat32);
+    }
     auto per_sample = (prediction - noise).pow(2).mean({1, 2, 3});
     if (options.min_snr_gamma > 0) {
       // min-SNR-gamma weighting for epsilon prediction: min(SNR, gamma) / SNR.
@@ -297,13 +348,39 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     if (!options.checkpoint.empty() && (step + 1) % options.checkpoint_every == 0) {
       save_checkpoint(step + 1);
     }
-    if (options.stop_after > 0 && step + 1 >= options.stop_after) return;
+    if (options.stop_after > 0 && step + 1 >= options.stop_after) {
+      if (!options.checkpoint.empty()) save_checkpoint(step + 1);
+      return;
+    }
   }
   if (!options.checkpoint.empty()) save_checkpoint(options.steps);
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < params.size(); ++i) params[i].copy_(ema[i]);
   text_encoder->eval();
   unet->eval();
+}
+
+int load_diffusion_checkpoint(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
+                              const std::string& checkpoint, bool ema) {
+  if (!fs::exists(checkpoint)) throw Error("no training checkpoint: " + checkpoint);
+  // The order train_diffusion saves in: text encoder, then UNet.
+  std::vector<torch::Tensor> params = trainable(*text_encoder);
+  for (auto& p : trainable(*unet)) params.push_back(p);
+  torch::serialize::InputArchive archive;
+  archive.load_from(checkpoint);
+  torch::Tensor step;
+  archive.read("step", step);
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) {
+    torch::Tensor value;
+    archive.read((ema ? "ema." : "param.") + std::to_string(i), value);
+    if (!value.sizes().equals(params[i].sizes()))
+      throw Error("training checkpoint does not match the architecture: " + checkpoint);
+    params[i].copy_(value);
+  }
+  text_encoder->eval();
+  unet->eval();
+  return static_cast<int>(step.item<int64_t>());
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> named_tensors(torch::nn::Module& module,
