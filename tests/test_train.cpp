@@ -317,3 +317,27 @@ TEST(Train, CheckpointExportLoadsTheEmaWeights) {
   EXPECT_THROW(train::load_diffusion_checkpoint(text2, wrong, options.checkpoint), Error);
   EXPECT_THROW(train::load_diffusion_checkpoint(text2, other, (dir / "none.ckpt").string()), Error);
 }
+
+// Offset noise (how the default model learnt to take its background from the
+// caption): the same run draws other targets, and trains.
+TEST(Train, OffsetNoiseChangesTheTargets) {
+  const auto dir = fs::path(test::temp_dir("train_offset"));
+  auto setup = tiny_setup(dir / "tokenizer");
+  const auto data = tiny_latents();
+  auto first_loss = [&](double offset) {
+    auto m = tiny_modules(setup, 1);
+    train::DiffusionTrainOptions options;
+    options.steps = 2;
+    options.batch = 3;
+    options.warmup = 1;
+    options.log_every = 1;
+    options.noise_offset = offset;
+    std::vector<double> losses;
+    train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, options,
+                           [&](int, double loss) { losses.push_back(loss); });
+    EXPECT_EQ(losses.size(), 2u);
+    for (double loss : losses) EXPECT_TRUE(std::isfinite(loss));
+    return losses.at(0);
+  };
+  EXPECT_NE(first_loss(0.0), first_loss(0.5));
+}

@@ -75,6 +75,7 @@ struct AllOptions {
   int unet_steps = 7500;
   int unet_batch = 32;
   double unet_lr = 1e-3;
+  double noise_offset = 0.15;
   bool fp32 = false;  // the decoder and UNet stages without bf16 autocast
   int stop_after = 0;
   bool vae_only = false;
@@ -277,6 +278,7 @@ int run_all(const AllOptions& o, const std::string& self) {
     options.batch = o.unet_batch;
     options.lr = o.unet_lr;
     options.bf16 = !o.fp32;
+    options.noise_offset = o.noise_offset;
     options.stop_after = o.stop_after;
     options.seed = o.seed + 4;
     options.checkpoint = (work / "diffusion.ckpt").string();
@@ -460,6 +462,8 @@ int main(int argc, char** argv) {
   all_cmd->add_option("--unet-steps", all.unet_steps);
   all_cmd->add_option("--unet-batch", all.unet_batch);
   all_cmd->add_option("--unet-lr", all.unet_lr);
+  all_cmd->add_option("--noise-offset", all.noise_offset,
+                      "offset noise of the UNet stage (0 = plain Gaussian noise)");
   all_cmd->add_flag("--fp32", all.fp32,
                     "train the decoder stage and the text encoder + UNet stage in fp32 "
                     "(default: bf16 autocast, fp32 weights)");

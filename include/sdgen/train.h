@@ -76,6 +76,11 @@ struct DiffusionTrainOptions {
   double caption_dropout = 0.1;  // captions replaced by "" (the unconditional prompt)
   double ema_decay = 0.999;
   double min_snr_gamma = 5.0;  // Hang et al. 2023; 0 = plain MSE
+  // "Offset noise" (Guttenberg 2023): noise + offset * N(0, 1) per sample and
+  // channel. SD's schedule leaves 7% of the signal at t = 999, so without it
+  // the model reads the picture's mean (the background) from x_t instead of
+  // the caption, and pure noise (mean 0) always gives a gray background.
+  double noise_offset = 0.0;
   uint64_t seed = 0;
   int log_every = 50;
   // Resumable training: state saved to `checkpoint` every `checkpoint_every`

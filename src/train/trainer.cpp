@@ -311,7 +311,10 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     const auto drop = torch::rand({options.batch}) < options.caption_dropout;
     ids = torch::where(drop.unsqueeze(1), empty.expand({options.batch, length}), ids);
     const auto t = torch::randint(0, timesteps, {options.batch}, torch::kInt64);
-    const auto noise = torch::randn_like(x0);
+    auto noise = torch::randn_like(x0);
+    if (options.noise_offset > 0) {
+      noise = noise + options.noise_offset * torch::randn({x0.size(0), x0.size(1), 1, 1});
+    }
     const auto a = alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
     const auto xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
 
