@@ -352,8 +352,7 @@ int run_eval_vae(const std::string& vae_file, const std::string& work_dir, int c
   for (int i = 0; i < count; ++i) {
     const auto spec = sdgen::synth::random_spec(rng);
     const auto image = sdgen::synth::render(sdgen::synth::place_scene(spec, 512, rng));
-    const auto input =
-        image.permute({2, 0, 1}).unsqueeze(0).to(torch::kFloat32).div(127.5).sub(1.0);
+    const auto input = sdgen::train::to_model_input(image.unsqueeze(0));
     const auto decoded = sdgen::to_uint8_images(vae->decode(vae->encode(input).mean))[0];
     const auto check = sdgen::synth::check_image(spec, decoded);
     passed += check.pass ? 1 : 0;

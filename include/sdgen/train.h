@@ -37,6 +37,9 @@ struct DemoArchitecture {
 // `vocab_size` and the special ids come from the trained tokenizer.
 DemoArchitecture demo_architecture(int vocab_size, int bos_id, int eos_id, int pad_id);
 
+// uint8 [N, H, W, 3] pictures -> float [N, 3, H, W] in [-1, 1] (the VAE's input).
+torch::Tensor to_model_input(const torch::Tensor& images);
+
 // Called every `log_every` steps with the step (1-based) and the mean loss since the last call.
 using LogFn = std::function<void(int step, double loss)>;
 

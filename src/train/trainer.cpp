@@ -19,11 +19,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1].
-torch::Tensor to_model_input(const torch::Tensor& images) {
-  return images.permute({0, 3, 1, 2}).to(torch::kFloat32).div(127.5).sub(1.0).contiguous();
-}
-
 // Learning rate: linear warm-up, then cosine decay to 10% (per step).
 double scheduled_lr(double base, int step, int warmup, int total) {
   if (step < warmup) return base * (step + 1) / warmup;
@@ -42,7 +37,7 @@ class CpuAutocastBf16 {
  public:
   explicit CpuAutocastBf16(bool enabled) : enabled_(enabled) {
     if (!enabled_) return;
-#if TORCH_VERSION_MAJOR >= 2 && TORCH_VERSION_MINOR >= 4
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
     at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
     at::autocast::set_autocast_enabled(at::kCPU, true);
 #else
@@ -52,7 +47,7 @@ class CpuAutocastBf16 {
   }
   ~CpuAutocastBf16() {
     if (!enabled_) return;
-#if TORCH_VERSION_MAJOR >= 2 && TORCH_VERSION_MINOR >= 4
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
     at::autocast::set_autocast_enabled(at::kCPU, false);
 #else
     at::autocast::set_cpu_enabled(false);
@@ -72,7 +67,32 @@ std::vector<torch::Tensor> trainable(torch::nn::Module& module) {
   return params;
 }
 
+// Parameters in the order train_diffusion checkpoints them: text encoder, then UNet.
+std::vector<torch::Tensor> diffusion_params(CLIPTextModel& text_encoder,
+                                            UNet2DConditionModel& unet) {
+  std::vector<torch::Tensor> params = trainable(*text_encoder);
+  for (auto& p : trainable(*unet)) params.push_back(p);
+  return params;
+}
+
+// Copies archive entries `prefix` + index into `tensors` (shapes must match).
+void read_indexed(torch::serialize::InputArchive& archive, const std::string& prefix,
+                  std::vector<torch::Tensor>& tensors, const std::string& path) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    torch::Tensor value;
+    archive.read(prefix + std::to_string(i), value);
+    if (!value.sizes().equals(tensors[i].sizes()))
+      throw Error("training checkpoint does not match the architecture: " + path);
+    tensors[i].copy_(value);
+  }
+}
+
 }  // namespace
+
+torch::Tensor to_model_input(const torch::Tensor& images) {
+  return images.permute({0, 3, 1, 2}).to(torch::kFloat32).div(127.5).sub(1.0).contiguous();
+}
 
 DemoArchitecture demo_architecture(int vocab_size, int bos_id, int eos_id, int pad_id) {
   DemoArchitecture a;
@@ -248,8 +268,7 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
       make_scheduler("ddpm", schedule)->alphas_cumprod_tensor().to(torch::kFloat32);
   const int64_t timesteps = alphas_cumprod.size(0);
 
-  std::vector<torch::Tensor> params = trainable(*text_encoder);
-  for (auto& p : trainable(*unet)) params.push_back(p);
+  std::vector<torch::Tensor> params = diffusion_params(text_encoder, unet);
   torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(options.lr).weight_decay(0.01));
   std::vector<torch::Tensor> ema;
   {
@@ -264,14 +283,8 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     torch::Tensor step_tensor;
     archive.read("step", step_tensor);
     start_step = static_cast<int>(step_tensor.item<int64_t>());
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < params.size(); ++i) {
-      torch::Tensor value;
-      archive.read("param." + std::to_string(i), value);
-      params[i].copy_(value);
-      archive.read("ema." + std::to_string(i), value);
-      ema[i].copy_(value);
-    }
+    read_indexed(archive, "param.", params, options.checkpoint);
+    read_indexed(archive, "ema.", ema, options.checkpoint);
     torch::serialize::InputArchive optimizer_archive;
     archive.read("optimizer", optimizer_archive);
     optimizer.load(optimizer_archive);
@@ -348,13 +361,11 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
       window = 0;
       window_steps = 0;
     }
-    if (!options.checkpoint.empty() && (step + 1) % options.checkpoint_every == 0) {
+    const bool stopping = options.stop_after > 0 && step + 1 >= options.stop_after;
+    if (!options.checkpoint.empty() && ((step + 1) % options.checkpoint_every == 0 || stopping)) {
       save_checkpoint(step + 1);
     }
-    if (options.stop_after > 0 && step + 1 >= options.stop_after) {
-      if (!options.checkpoint.empty()) save_checkpoint(step + 1);
-      return;
-    }
+    if (stopping) return;
   }
   if (!options.checkpoint.empty()) save_checkpoint(options.steps);
   torch::NoGradGuard no_grad;
@@ -366,21 +377,12 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
 int load_diffusion_checkpoint(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
                               const std::string& checkpoint, bool ema) {
   if (!fs::exists(checkpoint)) throw Error("no training checkpoint: " + checkpoint);
-  // The order train_diffusion saves in: text encoder, then UNet.
-  std::vector<torch::Tensor> params = trainable(*text_encoder);
-  for (auto& p : trainable(*unet)) params.push_back(p);
+  std::vector<torch::Tensor> params = diffusion_params(text_encoder, unet);
   torch::serialize::InputArchive archive;
   archive.load_from(checkpoint);
   torch::Tensor step;
   archive.read("step", step);
-  torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < params.size(); ++i) {
-    torch::Tensor value;
-    archive.read((ema ? "ema." : "param.") + std::to_string(i), value);
-    if (!value.sizes().equals(params[i].sizes()))
-      throw Error("training checkpoint does not match the architecture: " + checkpoint);
-    params[i].copy_(value);
-  }
+  read_indexed(archive, ema ? "ema." : "param.", params, checkpoint);
   text_encoder->eval();
   unet->eval();
   return static_cast<int>(step.item<int64_t>());
