@@ -18,7 +18,7 @@ cmake --build "$BUILD_DIR" -j "$(nproc)" --target sdgen sdgen-train sdgen-spm >&
 
 train() { "$BUILD_DIR/sdgen-train" all --out "$OUT" --work "$WORK" --seed 0 "$@"; }
 start=$(date +%s)
-# The shipped model was trained in four runs of the recipe, reproduced here
+# The shipped model was trained in six runs of the recipe, reproduced here
 # exactly (each resumes from the work folder):
 # 1. captions, tokenizer, the VAE (crops, fp32) and its decoder stage (whole
 #    pictures, bf16 autocast);
@@ -29,7 +29,16 @@ train --fp32 --unet-batch 16 --unet-steps 2500 --noise-offset 0 --stop-after 150
 # 3. steps 1,501-4,750 with bf16 autocast at batch 32, still without offset
 #    noise (backgrounds then came out gray whatever the caption said);
 train --noise-offset 0 --stop-after 4750 "$@"
-# 4. steps 4,751-7,500 with the defaults (bf16, batch 32, offset noise 0.15).
-train "$@"
+# 4. steps 4,751-7,500 with the defaults (bf16, batch 32, offset noise 0.15),
+#    under the schedule of a 7,500-step run (its end is kept aside, as the
+#    next run continues the same checkpoint);
+train --stop-after 7500 "$@"
+# 5. steps 7,501-10,000 at a lower learning rate (2e-4 x the cosine of a
+#    20,000-step run; 1e-3 diverged from the trained weights);
+train --unet-steps 20000 --unet-lr 2e-4 --stop-after 10000 "$@"
+# 6. a second stage from the EMA weights of step 10,000: 6,000 steps on 8,000
+#    new scenes whose pairs straddle the picture's centre (PairLayout::kHalves),
+#    fresh optimizer, learning rate 1.5e-4 with warm-up and cosine decay.
+train --refine-steps 6000 "$@"
 echo "train-default-model.sh: trained in $(( $(date +%s) - start )) s" >&2
 "$BUILD_DIR/sdgen-train" eval --model "$OUT" --seeds 20 --prompts 10 --steps 20

@@ -11,6 +11,8 @@
 #include <string>
 #include <thread>
 
+#include "sdgen/error.h"
+
 namespace sdgen {
 
 int init_cpu_runtime(int threads) {
@@ -62,6 +64,14 @@ const char* dtype_name(torch::ScalarType dtype) {
     default:
       return c10::toString(dtype);
   }
+}
+
+torch::ScalarType dtype_from_name(const std::string& name, torch::ScalarType automatic) {
+  if (name == "auto") return automatic;
+  if (name == "fp32" || name == "float32") return torch::kFloat32;
+  if (name == "fp16" || name == "float16") return torch::kFloat16;
+  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
+  throw Error("dtype " + name + ": expected auto, fp32, fp16 or bf16");
 }
 
 }  // namespace sdgen

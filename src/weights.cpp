@@ -241,4 +241,14 @@ void load_weights(torch::nn::Module& module, const TensorMap& weights, const std
   throw Error(text);
 }
 
+std::vector<std::pair<std::string, torch::Tensor>> named_tensors(torch::nn::Module& module,
+                                                                 const std::string& prefix,
+                                                                 torch::ScalarType dtype) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : module.named_parameters()) {
+    out.emplace_back(prefix + p.key(), p.value().detach().to(dtype).contiguous());
+  }
+  return out;
+}
+
 }  // namespace sdgen

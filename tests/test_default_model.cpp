@@ -1,7 +1,8 @@
 // The model sdgen ships (models/default, trained by scripts/train-default-model.sh):
 // it loads through the same code as real checkpoints (diffusers layout,
 // SentencePiece tokenizer), `sdgen` uses it without --model, and its pictures
-// follow the caption's background (checked by synth_world.h's checker).
+// follow the caption's background and shape colour (checked by synth_world.h's
+// checker).
 
 #include <filesystem>
 
@@ -31,6 +32,15 @@ void expect_trained_default_model() {
       << dir << " has no SentencePiece tokenizer: not sdgen's trained model";
 }
 
+// In fp32: the CI machine may lack native bf16, and fp32 is the reference.
+StableDiffusionModel load_default_model_fp32() {
+  init_cpu_runtime();
+  LoadOptions options;
+  options.model_path = default_model_dir();
+  options.dtype = torch::kFloat32;
+  return load_model(options);
+}
+
 }  // namespace
 
 TEST(DefaultModel, LoadsThroughTheCheckpointPath) {
@@ -54,11 +64,7 @@ TEST(DefaultModel, LoadsThroughTheCheckpointPath) {
 TEST(DefaultModel, BackgroundsFollowTheCaption) {
   expect_trained_default_model();
   if (HasFatalFailure()) return;
-  init_cpu_runtime();
-  LoadOptions options;
-  options.model_path = default_model_dir();
-  options.dtype = torch::kFloat32;  // the CI machine may lack native bf16
-  auto model = load_model(options);
+  auto model = load_default_model_fp32();
   Pipeline pipeline(model);
   for (const std::string prompt :
        {"a red circle above a blue square", "a small yellow star on the left on a black background",
@@ -74,6 +80,33 @@ TEST(DefaultModel, BackgroundsFollowTheCaption) {
           << prompt << " seed " << seed << ": " << check.reason;
       std::cout << "  " << prompt << " seed " << seed << ": "
                 << (check.pass ? "passes the checker" : check.reason) << "\n";
+    }
+  }
+}
+
+// One shape of each colour: the picture has a shape of the named colour
+// (the checker's colour segmentation, at least a third of a small shape's
+// area) and none of another shape colour. Noise, a model that ignores the
+// caption, or one that draws every shape in one colour fails this.
+TEST(DefaultModel, ShapeColoursFollowTheCaption) {
+  expect_trained_default_model();
+  if (HasFatalFailure()) return;
+  auto model = load_default_model_fp32();
+  Pipeline pipeline(model);
+  for (const auto colour : synth::kShapeColours) {
+    GenerationRequest request;
+    request.prompt = std::string("a large ") + synth::colour_name(colour) + " circle";
+    request.steps = 20;
+    request.seed = 0;
+    const auto image = pipeline.generate(request).images_u8[0];
+    for (const auto other : synth::kShapeColours) {
+      synth::SceneSpec probe;
+      probe.objects = {{synth::Shape::kCircle, other, synth::Size::kAny}};
+      const auto check = synth::check_image(probe, image);
+      const bool found = check.reason.rfind("no ", 0) != 0;
+      EXPECT_EQ(found, other == colour)
+          << request.prompt << ": " << (found ? "has a " : "has no ") << synth::colour_name(other)
+          << " shape (" << check.reason << ")";
     }
   }
 }

@@ -168,3 +168,29 @@ TEST(SynthWorld, BadImagesThrow) {
   EXPECT_THROW(check_image(spec, torch::zeros({8, 8}, torch::kUInt8)), sdgen::Error);
   EXPECT_THROW(check_image(spec, torch::zeros({8, 8, 3})), sdgen::Error);
 }
+
+// PairLayout::kHalves: the first shape of "a above b" is in the top half and
+// b in the bottom one (likewise for the other relations), the pair roughly
+// centred across, and the scene still passes the checker.
+TEST(SynthWorld, HalvesLayoutPutsEachShapeInItsHalf) {
+  std::mt19937_64 rng(11);
+  int pairs = 0;
+  while (pairs < 60) {
+    const auto spec = random_spec(rng);
+    if (spec.objects.size() != 2) continue;
+    ++pairs;
+    const auto scene = place_scene(spec, 512, rng, PairLayout::kHalves);
+    const auto& a = scene.objects[0];
+    const auto& b = scene.objects[1];
+    const bool vertical = spec.relation == Relation::kAbove || spec.relation == Relation::kBelow;
+    const double a_along = (vertical ? a.cy : a.cx) / 512, b_along = (vertical ? b.cy : b.cx) / 512;
+    const bool a_first = spec.relation == Relation::kAbove || spec.relation == Relation::kLeftOf;
+    EXPECT_EQ(a_along < 0.5, a_first) << spec.caption();
+    EXPECT_EQ(b_along < 0.5, !a_first) << spec.caption();
+    EXPECT_NEAR(0.5 * (a_along + b_along), 0.5, 0.04 + 1e-9) << spec.caption();
+    const double across = 0.5 * ((vertical ? a.cx : a.cy) + (vertical ? b.cx : b.cy)) / 512;
+    EXPECT_NEAR(across, 0.5, 0.15 + 1e-9) << spec.caption();
+    const auto result = check_image(spec, render(scene));
+    EXPECT_TRUE(result.pass) << spec.caption() << ": " << result.reason;
+  }
+}

@@ -191,6 +191,15 @@ TEST(Train, ResumeFromAMidRunCheckpointMatchesAnUninterruptedRun) {
   for (size_t i = 0; i < straight.size(); ++i) {
     EXPECT_TRUE(torch::allclose(resumed[i], straight[i], 1e-6, 1e-7)) << "parameter " << i;
   }
+  // Replaying an earlier, shorter run of a recipe (scripts/train-default-model.sh
+  // re-run from the top) leaves the finished checkpoint alone.
+  auto earlier = with_checkpoint;
+  earlier.steps = 4;
+  earlier.stop_after = 4;
+  run(earlier, 1);
+  CLIPTextModel text(setup.text);
+  UNet2DConditionModel unet(setup.unet);
+  EXPECT_EQ(train::load_diffusion_checkpoint(text, unet, with_checkpoint.checkpoint), 6);
 }
 
 TEST(Train, SavedWeightsLoadBackStrictly) {
@@ -200,7 +209,7 @@ TEST(Train, SavedWeightsLoadBackStrictly) {
   UNet2DConditionModel unet(arch.unet);
   randomize_parameters(*unet);
   const auto path = (dir / "unet.safetensors").string();
-  write_safetensors(path, train::named_tensors(*unet, "", torch::kFloat16));
+  write_safetensors(path, named_tensors(*unet, "", torch::kFloat16));
   UNet2DConditionModel loaded(arch.unet);
   SafeTensorsFile file(path);
   load_weights(*loaded, tensors_with_prefix(file, ""), "unet");

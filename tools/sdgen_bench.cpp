@@ -66,15 +66,6 @@ torch::Device parse_device(const std::string& name) {
   throw sdgen::Error("--device " + name + ": expected auto, cpu, cuda or cuda:N");
 }
 
-torch::ScalarType parse_dtype(const std::string& name, torch::ScalarType fallback) {
-  if (name == "auto") return fallback;
-  if (name == "fp32" || name == "float32") return torch::kFloat32;
-  if (name == "fp16" || name == "float16") return torch::kFloat16;
-  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
-  throw sdgen::Error("dtype " + name + ": expected auto, fp32, fp16 or bf16");
-}
-
-
 std::vector<int> parse_list(const std::string& text) {
   std::vector<int> out;
   std::stringstream s(text);
@@ -94,7 +85,7 @@ double mb(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0)
 int run(const Options& o) {
   sdgen::init_cpu_runtime(o.threads);
   const torch::Device device = parse_device(o.device);
-  const torch::ScalarType dtype = parse_dtype(o.dtype, sdgen::default_dtype(device));
+  const torch::ScalarType dtype = sdgen::dtype_from_name(o.dtype, sdgen::default_dtype(device));
   const auto say = [](const std::string& s) { std::cerr << "sdgen-bench: " << s << std::endl; };
 
   std::string model_path = o.model;
@@ -119,7 +110,7 @@ int run(const Options& o) {
   load.tokenizer_path = tokenizer;
   load.device = device;
   load.dtype = dtype;
-  if (o.vae_dtype != "auto") load.vae_dtype = parse_dtype(o.vae_dtype, dtype);
+  if (o.vae_dtype != "auto") load.vae_dtype = sdgen::dtype_from_name(o.vae_dtype, dtype);
   load.cuda_graphs = !o.no_cuda_graphs;
   load.channels_last = o.channels_last == "auto" ? -1 : o.channels_last == "on" ? 1 : 0;
   sdgen::reset_peak_gpu_memory(device);
@@ -246,7 +237,9 @@ int main(int argc, char** argv) {
   app.add_option("--cache", o.cache,
                  "Where the random checkpoint is written once and reused (default: in $TMPDIR)");
   app.add_option("--device", o.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
-  app.add_option("--dtype", o.dtype, "auto (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16")
+  app.add_option(
+         "--dtype", o.dtype,
+         "auto (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16")
       ->capture_default_str();
   app.add_option("--vae-dtype", o.vae_dtype, "auto (= --dtype), fp32, fp16 or bf16")
       ->capture_default_str();

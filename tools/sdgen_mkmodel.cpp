@@ -24,6 +24,7 @@
 #include "sdgen/tokenizer.h"
 #include "sdgen/unet.h"
 #include "sdgen/vae.h"
+#include "sdgen/weights.h"
 
 namespace fs = std::filesystem;
 
@@ -34,13 +35,6 @@ void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path);
   if (!out) throw sdgen::Error(path.string() + ": cannot write");
   out << text << "\n";
-}
-
-std::vector<std::pair<std::string, torch::Tensor>> named(torch::nn::Module& module,
-                                                         const std::string& prefix) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& p : module.named_parameters()) out.emplace_back(prefix + p.key(), p.value());
-  return out;
 }
 
 // The tiny architecture: the same block types as SD1.5, a few channels each.
@@ -89,11 +83,11 @@ void make_tiny(const fs::path& dir, uint64_t seed) {
   fs::create_directories(dir / "unet");
   fs::create_directories(dir / "vae");
   sdgen::write_safetensors((dir / "text_encoder/model.safetensors").string(),
-                           named(*text_model, "text_model."), meta);
+                           sdgen::named_tensors(*text_model, "text_model.", torch::kFloat32), meta);
   sdgen::write_safetensors((dir / "unet/diffusion_pytorch_model.safetensors").string(),
-                           named(*unet_model, ""), meta);
+                           sdgen::named_tensors(*unet_model, "", torch::kFloat32), meta);
   sdgen::write_safetensors((dir / "vae/diffusion_pytorch_model.safetensors").string(),
-                           named(*vae_model, ""), meta);
+                           sdgen::named_tensors(*vae_model, "", torch::kFloat32), meta);
   write_text(dir / "text_encoder/config.json", text.to_json().dump(2));
   write_text(dir / "unet/config.json", unet.to_json().dump(2));
   write_text(dir / "vae/config.json", vae.to_json().dump(2));

@@ -4,16 +4,19 @@
 //       The whole recipe (include/sdgen/train.h), each stage skipped when its
 //       result is already in the work folder (so an interrupted run resumes):
 //       captions -> SentencePiece tokenizer -> VAE -> latents -> text encoder +
-//       UNet -> fp16 diffusers folder in --out.
+//       UNet [-> second stage on centred pairs, --refine-steps] -> fp16
+//       diffusers folder in --out.
 //   sdgen-train render --out DIR [--count N] [--seed S]
 //       Training renders with their captions (PNG, caption in the file name list).
-//   sdgen-train export --work DIR --out DIR [--live]
+//   sdgen-train export --work DIR --out DIR [--live] [--checkpoint refine.ckpt]
 //       The model folder from the current training checkpoint (EMA weights).
 //   sdgen-train eval-vae --vae FILE --work DIR [--count N] [--save DIR]
 //       Checker pass rate of VAE reconstructions of training renders.
 //   sdgen-train eval --model DIR [--seeds 20] [--prompts 10] [--steps 20] [--save DIR]
-//       Generates each held-out prompt with each seed at 512x512 and runs the
-//       checker (synth_world.h); prints the pass rate.
+//                    [--training-prompts | --one-shape]
+//       Generates each held-out prompt (or training / one-shape captions) with
+//       each seed at 512x512 and runs the checker (synth_world.h); prints the
+//       pass rate.
 
 #include <chrono>
 #include <cstdio>
@@ -77,6 +80,11 @@ struct AllOptions {
   double unet_lr = 1e-3;
   double noise_offset = 0.15;
   bool fp32 = false;  // the decoder and UNet stages without bf16 autocast
+  // Second UNet stage (0 = none): fine-tunes the first stage's weights on
+  // scenes with PairLayout::kHalves pairs.
+  int refine_steps = 0;
+  int refine_images = 8000;
+  double refine_lr = 1.5e-4;
   int stop_after = 0;
   bool vae_only = false;
 };
@@ -103,7 +111,7 @@ void train_tokenizer(const fs::path& captions, const fs::path& dir, int vocab_si
 void save_module(torch::nn::Module& module, const fs::path& path, const std::string& prefix,
                  torch::ScalarType dtype) {
   fs::create_directories(path.parent_path());
-  sdgen::write_safetensors(path.string(), sdgen::train::named_tensors(module, prefix, dtype),
+  sdgen::write_safetensors(path.string(), sdgen::named_tensors(module, prefix, dtype),
                            {{"format", "pt"}});
 }
 
@@ -119,6 +127,25 @@ sdgen::train::LatentSet load_latents(const fs::path& path) {
   data.latents = file.tensor("latents").clone();
   std::istringstream lines(file.metadata().at("captions"));
   for (std::string line; std::getline(lines, line);) data.captions.push_back(line);
+  return data;
+}
+
+// Latents of `count` training scenes from `path`, encoded and saved there first
+// when missing.
+sdgen::train::LatentSet training_latents(sdgen::AutoencoderKL& vae, const fs::path& path, int count,
+                                         uint64_t seed, sdgen::synth::PairLayout layout) {
+  if (fs::exists(path)) return load_latents(path);
+  const auto start = Clock::now();
+  auto data = sdgen::train::encode_training_set(
+      vae, count, 512, seed,
+      [&](int done) {
+        if (done % 400 == 0)
+          std::fprintf(stderr, "[latents] %d/%d  %.0f s\n", done, count, since(start));
+      },
+      layout);
+  std::string joined;
+  for (const auto& caption : data.captions) joined += caption + "\n";
+  sdgen::write_safetensors(path.string(), {{"latents", data.latents}}, {{"captions", joined}});
   return data;
 }
 
@@ -241,21 +268,8 @@ int run_all(const AllOptions& o, const std::string& self) {
   }
 
   // 4. Latents of the training set.
-  const auto latents_path = work / "latents.safetensors";
-  sdgen::train::LatentSet data;
-  if (fs::exists(latents_path)) {
-    data = load_latents(latents_path);
-  } else {
-    const auto start = Clock::now();
-    data = sdgen::train::encode_training_set(vae, o.train_images, 512, o.seed + 2, [&](int done) {
-      if (done % 400 == 0)
-        std::fprintf(stderr, "[latents] %d/%d  %.0f s\n", done, o.train_images, since(start));
-    });
-    std::string joined;
-    for (const auto& caption : data.captions) joined += caption + "\n";
-    sdgen::write_safetensors(latents_path.string(), {{"latents", data.latents}},
-                             {{"captions", joined}});
-  }
+  const auto data = training_latents(vae, work / "latents.safetensors", o.train_images, o.seed + 2,
+                                     sdgen::synth::PairLayout::kFree);
   const double scaling = sdgen::train::latent_scaling_factor(data.latents);
   std::fprintf(stderr, "sdgen-train: %zu training latents, scaling_factor %.5f\n",
                data.captions.size(), scaling);
@@ -269,28 +283,73 @@ int run_all(const AllOptions& o, const std::string& self) {
   sdgen::randomize_parameters(*unet);
   const auto text_path = work / "text_encoder.safetensors";
   const auto unet_path = work / "unet.safetensors";
-  if (fs::exists(text_path) && fs::exists(unet_path)) {
-    load_module(*text_encoder, text_path, "", "text encoder");
-    load_module(*unet, unet_path, "", "unet");
-  } else {
+  const auto base_checkpoint = work / "diffusion.ckpt";
+  auto diffusion_options = [&](int steps, double lr, uint64_t seed, const fs::path& checkpoint) {
     sdgen::train::DiffusionTrainOptions options;
-    options.steps = o.unet_steps;
+    options.steps = steps;
     options.batch = o.unet_batch;
-    options.lr = o.unet_lr;
+    options.lr = lr;
     options.bf16 = !o.fp32;
     options.noise_offset = o.noise_offset;
     options.stop_after = o.stop_after;
-    options.seed = o.seed + 4;
-    options.checkpoint = (work / "diffusion.ckpt").string();
+    options.seed = seed;
+    options.checkpoint = checkpoint.string();
+    return options;
+  };
+  auto train = [&](const char* stage, const sdgen::train::LatentSet& set,
+                   const sdgen::train::DiffusionTrainOptions& options) {
     const auto start = Clock::now();
     sdgen::train::train_diffusion(
-        text_encoder, unet, *tokenizer, data, scaling, options,
-        [&](int step, double loss) { log_line("unet", step, options.steps, loss, start); });
-    if (o.stop_after > 0 && o.stop_after < o.unet_steps) {
+        text_encoder, unet, *tokenizer, set, scaling, options,
+        [&](int step, double loss) { log_line(stage, step, options.steps, loss, start); });
+    // Stopped (also at the last step: the checkpoint is then what a whole run
+    // leaves, and a later run with more --unet-steps continues it).
+    if (o.stop_after > 0 && o.stop_after <= options.steps) {
       std::fprintf(stderr, "sdgen-train: stopped after step %d; run again to resume\n",
                    o.stop_after);
-      return 0;
+      return false;
     }
+    return true;
+  };
+  if (o.refine_steps > 0) {
+    // 5b. Second stage from the first stage's weights (its final EMA, or the
+    // EMA of its checkpoint when it was stopped early), on new scenes whose
+    // pairs straddle the picture's centre (synth::PairLayout::kHalves), with a
+    // fresh optimizer and learning-rate schedule. Latents are scaled by the
+    // first stage's factor, which the model has learnt.
+    const auto refined_text = work / "text_encoder-refined.safetensors";
+    const auto refined_unet = work / "unet-refined.safetensors";
+    if (fs::exists(refined_text) && fs::exists(refined_unet)) {
+      load_module(*text_encoder, refined_text, "", "text encoder");
+      load_module(*unet, refined_unet, "", "unet");
+    } else {
+      if (fs::exists(text_path) && fs::exists(unet_path)) {
+        load_module(*text_encoder, text_path, "", "text encoder");
+        load_module(*unet, unet_path, "", "unet");
+      } else if (fs::exists(base_checkpoint)) {
+        const int step = sdgen::train::load_diffusion_checkpoint(text_encoder, unet,
+                                                                 base_checkpoint.string(), true);
+        std::fprintf(stderr, "sdgen-train: refining the EMA weights of step %d\n", step);
+      } else {
+        throw sdgen::Error("--refine-steps: train the first UNet stage first (no " +
+                           base_checkpoint.string() + ")");
+      }
+      const auto refine_data =
+          training_latents(vae, work / "latents-halves.safetensors", o.refine_images, o.seed + 6,
+                           sdgen::synth::PairLayout::kHalves);
+      if (!train("refine", refine_data,
+                 diffusion_options(o.refine_steps, o.refine_lr, o.seed + 7, work / "refine.ckpt")))
+        return 0;
+      save_module(*text_encoder, refined_text, "", torch::kFloat32);
+      save_module(*unet, refined_unet, "", torch::kFloat32);
+    }
+  } else if (fs::exists(text_path) && fs::exists(unet_path)) {
+    load_module(*text_encoder, text_path, "", "text encoder");
+    load_module(*unet, unet_path, "", "unet");
+  } else {
+    if (!train("unet", data,
+               diffusion_options(o.unet_steps, o.unet_lr, o.seed + 4, base_checkpoint)))
+      return 0;
     save_module(*text_encoder, text_path, "", torch::kFloat32);
     save_module(*unet, unet_path, "", torch::kFloat32);
   }
@@ -318,7 +377,8 @@ int run_render(const std::string& out, int count, uint64_t seed) {
 
 // The model folder from a work folder's current training checkpoint (EMA or
 // live weights), to judge a run before it ends.
-int run_export(const std::string& work_dir, const std::string& out_dir, bool live) {
+int run_export(const std::string& work_dir, const std::string& out_dir, bool live,
+               const std::string& checkpoint) {
   sdgen::init_cpu_runtime(0);
   const fs::path work(work_dir);
   auto trained = work_architecture(work / "tokenizer");
@@ -328,8 +388,8 @@ int run_export(const std::string& work_dir, const std::string& out_dir, bool liv
   sdgen::CLIPTextModel text_encoder(trained.arch.text);
   sdgen::UNet2DConditionModel unet(trained.arch.unet);
   load_module(*vae, work / "vae.safetensors", "", "vae");
-  const int step = sdgen::train::load_diffusion_checkpoint(
-      text_encoder, unet, (work / "diffusion.ckpt").string(), !live);
+  const int step = sdgen::train::load_diffusion_checkpoint(text_encoder, unet,
+                                                           (work / checkpoint).string(), !live);
   write_model_folder(out_dir, trained.arch, text_encoder, unet, vae, work / "tokenizer");
   std::fprintf(stderr, "sdgen-train: wrote %s (%s weights of step %d)\n", out_dir.c_str(),
                live ? "live" : "EMA", step);
@@ -374,23 +434,28 @@ struct EvalOptions {
   double cfg = 7.5;
   std::string sampler = "ddim";
   std::string save;
-  std::string dtype;
+  std::string dtype = "auto";
   int threads = 0;
   bool training_prompts = false;
+  bool one_shape = false;
 };
 
 int run_eval(const EvalOptions& o) {
   sdgen::init_cpu_runtime(o.threads);
   sdgen::LoadOptions load;
   load.model_path = o.model;
-  load.dtype = o.dtype.empty()     ? sdgen::default_dtype(torch::kCPU)
-               : o.dtype == "fp32" ? torch::kFloat32
-               : o.dtype == "bf16" ? torch::kBFloat16
-                                   : throw sdgen::Error("--dtype: fp32 or bf16");
+  load.dtype = sdgen::dtype_from_name(o.dtype, sdgen::default_dtype(torch::kCPU));
   auto model = sdgen::load_model(load);
   sdgen::Pipeline pipeline(model);
   std::vector<sdgen::synth::SceneSpec> specs;
-  if (o.training_prompts) {
+  if (o.one_shape) {
+    // Captions of one shape (their combinations are all in the training set).
+    std::mt19937_64 rng(4242);
+    while (static_cast<int>(specs.size()) < o.prompts) {
+      auto spec = sdgen::synth::random_spec(rng);
+      if (spec.objects.size() == 1) specs.push_back(std::move(spec));
+    }
+  } else if (o.training_prompts) {
     std::mt19937_64 rng(12345);
     for (int i = 0; i < o.prompts; ++i) specs.push_back(sdgen::synth::random_spec(rng));
   } else {
@@ -441,6 +506,7 @@ int run_eval(const EvalOptions& o) {
 
 int main(int argc, char** argv) {
   CLI::App app{"sdgen-train: train and judge sdgen's default model"};
+  app.option_defaults()->always_capture_default();  // --help shows every default
   app.require_subcommand(1);
   AllOptions all;
   auto* all_cmd = app.add_subcommand("all", "the whole training recipe");
@@ -466,9 +532,15 @@ int main(int argc, char** argv) {
   all_cmd->add_flag("--fp32", all.fp32,
                     "train the decoder stage and the text encoder + UNet stage in fp32 "
                     "(default: bf16 autocast, fp32 weights)");
+  all_cmd->add_option("--refine-steps", all.refine_steps,
+                      "second UNet stage on pairs that straddle the centre (0 = none)");
+  all_cmd->add_option("--refine-images", all.refine_images, "512x512 scenes of the second stage");
+  all_cmd->add_option("--refine-lr", all.refine_lr);
   all_cmd->add_flag("--vae-only", all.vae_only, "stop after the VAE stages");
   all_cmd->add_option("--stop-after", all.stop_after,
-                      "stop the UNet stage after this step (resume later)");
+                      "stop the UNet stage (with --refine-steps: the second stage) after this step "
+                      "and keep only its checkpoint (a later run resumes it, also with more "
+                      "--unet-steps)");
 
   std::string render_out;
   int render_count = 16;
@@ -478,12 +550,14 @@ int main(int argc, char** argv) {
   render_cmd->add_option("--count", render_count);
   render_cmd->add_option("--seed", render_seed);
 
-  std::string export_work, export_out;
+  std::string export_work, export_out, export_checkpoint = "diffusion.ckpt";
   bool export_live = false;
   auto* export_cmd = app.add_subcommand("export", "model folder from a training checkpoint");
   export_cmd->add_option("--work", export_work)->required();
   export_cmd->add_option("-o,--out", export_out)->required();
   export_cmd->add_flag("--live", export_live, "live weights instead of the EMA");
+  export_cmd->add_option("--checkpoint", export_checkpoint,
+                         "checkpoint in the work folder (refine.ckpt: the second UNet stage)");
 
   std::string vae_file, vae_work, vae_save;
   int vae_count = 50;
@@ -501,17 +575,19 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--steps", eval.steps);
   eval_cmd->add_option("--cfg", eval.cfg);
   eval_cmd->add_option("--sampler", eval.sampler);
-  eval_cmd->add_option("--dtype", eval.dtype, "fp32 or bf16 (default: sdgen's CPU default)");
+  eval_cmd->add_option("--dtype", eval.dtype, "auto (sdgen's CPU default), fp32 or bf16");
   eval_cmd->add_option("--save", eval.save, "folder for the generated images");
   eval_cmd->add_option("--threads", eval.threads);
   eval_cmd->add_flag("--training-prompts", eval.training_prompts,
                      "judge random training prompts instead of held-out ones");
+  eval_cmd->add_flag("--one-shape", eval.one_shape, "judge one-shape training captions");
   CLI11_PARSE(app, argc, argv);
   try {
     if (all_cmd->parsed()) return run_all(all, argv[0]);
     if (render_cmd->parsed()) return run_render(render_out, render_count, render_seed);
     if (eval_cmd->parsed()) return run_eval(eval);
-    if (export_cmd->parsed()) return run_export(export_work, export_out, export_live);
+    if (export_cmd->parsed())
+      return run_export(export_work, export_out, export_live, export_checkpoint);
     if (eval_vae_cmd->parsed()) return run_eval_vae(vae_file, vae_work, vae_count, vae_save);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sdgen-train: error: %s\n", e.what());

@@ -2,6 +2,8 @@
 
 // Process-wide CPU settings for fast inference with libtorch.
 
+#include <string>
+
 #include <torch/torch.h>
 
 namespace sdgen {
@@ -24,5 +26,9 @@ torch::ScalarType default_dtype(const torch::Device& device);
 
 // "fp16", "bf16", "fp32" (libtorch's name for other types), as the flags spell them.
 const char* dtype_name(torch::ScalarType dtype);
+
+// The dtype a flag names: fp32/float32, fp16/float16, bf16/bfloat16, or
+// `automatic` for "auto". Throws Error("dtype NAME: expected auto, fp32, fp16 or bf16").
+torch::ScalarType dtype_from_name(const std::string& name, torch::ScalarType automatic);
 
 }  // namespace sdgen

@@ -87,9 +87,24 @@ struct Scene {
 constexpr double kSmallRadius = 0.09;
 constexpr double kLargeRadius = 0.15;
 
+// Where the two shapes of a pair may sit.
+enum class PairLayout {
+  // Anywhere, as long as the relation holds with a clear margin.
+  kFree,
+  // As kFree, and the pair straddles the canvas centre along the relation's
+  // axis (midpoint within 4% of it) and is roughly centred across it (within
+  // 15%): "a above b" puts a in the top half and b in the bottom half, so a
+  // small UNet can bind each named colour to a half of the picture rather
+  // than to "the other shape". The default model's second UNet stage is
+  // trained on such scenes (tools/sdgen_train.cpp --refine-steps; its effect
+  // is in models/README.md).
+  kHalves,
+};
+
 // A random scene satisfying `spec` (sizes left kAny are drawn; positions drawn
 // so that place/relation hold with a clear margin and shapes do not touch).
-Scene place_scene(const SceneSpec& spec, int canvas, std::mt19937_64& rng);
+Scene place_scene(const SceneSpec& spec, int canvas, std::mt19937_64& rng,
+                  PairLayout layout = PairLayout::kFree);
 // A random caption of the grammar: 40% one shape, 60% two; sizes, places and
 // backgrounds sometimes named. Never two shapes of the same colour, never a
 // shape in the background's colour.

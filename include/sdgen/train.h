@@ -21,6 +21,7 @@
 #include <torch/torch.h>
 
 #include "sdgen/config.h"
+#include "sdgen/synth_world.h"
 #include "sdgen/text_encoder.h"
 #include "sdgen/tokenizer.h"
 #include "sdgen/unet.h"
@@ -65,9 +66,10 @@ struct LatentSet {
   std::vector<std::string> captions;
 };
 // Renders `count` training scenes (synth::random_spec, never held-out pairs) at
-// `canvas` pixels and encodes them with `vae`.
+// `canvas` pixels, pairs placed by `layout`, and encodes them with `vae`.
 LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_t seed,
-                              const std::function<void(int done)>& progress = {});
+                              const std::function<void(int done)>& progress = {},
+                              synth::PairLayout layout = synth::PairLayout::kFree);
 // 1 / std of the latents (how SD's scaling_factor was chosen).
 double latent_scaling_factor(const torch::Tensor& latents);
 
@@ -108,10 +110,5 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
 // (what training returns at the end) or the live weights. Returns the step.
 int load_diffusion_checkpoint(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
                               const std::string& checkpoint, bool ema = true);
-
-// Module parameters as named tensors (`prefix` + name), for safetensors.
-std::vector<std::pair<std::string, torch::Tensor>> named_tensors(torch::nn::Module& module,
-                                                                 const std::string& prefix,
-                                                                 torch::ScalarType dtype);
 
 }  // namespace sdgen::train

@@ -6,6 +6,8 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -44,6 +46,12 @@ struct WeightTarget {
 // asynchronous copies, converting the dtype on the GPU.
 void load_weights(torch::nn::Module& module, const TensorMap& weights, const std::string& what,
                   const WeightTarget& target = {});
+
+// The inverse, for writing safetensors: the parameters of `module` as named
+// tensors (`prefix` + name), detached, converted to `dtype` and contiguous.
+std::vector<std::pair<std::string, torch::Tensor>> named_tensors(torch::nn::Module& module,
+                                                                 const std::string& prefix,
+                                                                 torch::ScalarType dtype);
 
 // "[320, 4, 3, 3]"
 std::string shape_string(at::IntArrayRef shape);

@@ -82,11 +82,11 @@ torch::Device parse_device(const std::string& name) {
 }
 
 torch::ScalarType parse_dtype(const std::string& name, const torch::Device& device) {
-  if (name == "auto") return sdgen::default_dtype(device);
-  if (name == "fp32" || name == "float32") return torch::kFloat32;
-  if (name == "fp16" || name == "float16") return torch::kFloat16;
-  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
-  throw CliError(kExitUsage, "--dtype " + name + ": expected auto, fp32, fp16 or bf16");
+  try {
+    return sdgen::dtype_from_name(name, sdgen::default_dtype(device));
+  } catch (const Error& e) {
+    throw CliError(kExitUsage, std::string("--") + e.what());
+  }
 }
 
 std::string canonical_sampler(const std::string& name) {
@@ -593,8 +593,8 @@ void Runner::load_model_and_pipeline() {
     request.guided = o_.cfg_scale > 1.0;
     request.vae_tiling = o_.vae_tiling;
     request.img2img = !o_.init_image.empty();
-    const bool known = !file_mode_ && (o_.init_image.empty() ||
-                                       (o_.was_given("width") && o_.was_given("height")));
+    const bool known =
+        !file_mode_ && (o_.init_image.empty() || (o_.was_given("width") && o_.was_given("height")));
     const std::string problem = memory_problem_before_load(load, known ? &request : nullptr);
     if (!problem.empty()) throw CliError(kExitGeneration, problem);
   }

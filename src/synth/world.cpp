@@ -304,7 +304,7 @@ std::optional<SceneSpec> parse_caption(const std::string& text) {
   return spec;
 }
 
-Scene place_scene(const SceneSpec& spec, int canvas, std::mt19937_64& rng) {
+Scene place_scene(const SceneSpec& spec, int canvas, std::mt19937_64& rng, PairLayout layout) {
   if (spec.objects.empty() || spec.objects.size() > 2) {
     throw Error("synth: a scene has one or two shapes");
   }
@@ -365,9 +365,16 @@ Scene place_scene(const SceneSpec& spec, int canvas, std::mt19937_64& rng) {
     draw_centre(b);
     const auto [along, across] = relation_offset(spec.relation, a.cx, a.cy, b.cx, b.cy);
     // Clearly separated along the axis, mostly aligned across it.
-    if (along >= a.radius + b.radius + 0.05 * canvas && std::abs(across) <= 0.5 * along) {
-      return scene;
+    if (along < a.radius + b.radius + 0.05 * canvas || std::abs(across) > 0.5 * along) continue;
+    if (layout == PairLayout::kHalves) {
+      const bool vertical = spec.relation == Relation::kAbove || spec.relation == Relation::kBelow;
+      const double mid_x = 0.5 * (a.cx + b.cx) / canvas - 0.5;
+      const double mid_y = 0.5 * (a.cy + b.cy) / canvas - 0.5;
+      const double mid_along = vertical ? mid_y : mid_x;
+      const double mid_across = vertical ? mid_x : mid_y;
+      if (std::abs(mid_along) > 0.04 || std::abs(mid_across) > 0.15) continue;
     }
+    return scene;
   }
   throw Error("synth: could not place the shapes of \"" + spec.caption() + "\"");
 }

@@ -218,7 +218,8 @@ double train_vae(AutoencoderKL& vae, const VAETrainOptions& options, const LogFn
 }
 
 LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_t seed,
-                              const std::function<void(int done)>& progress) {
+                              const std::function<void(int done)>& progress,
+                              synth::PairLayout layout) {
   torch::NoGradGuard no_grad;
   vae->eval();
   std::mt19937_64 rng(seed);
@@ -233,7 +234,7 @@ LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_
     for (int i = 0; i < n; ++i) {
       const auto spec = synth::random_spec(rng);
       set.captions.push_back(spec.caption());
-      images[i].copy_(synth::render(synth::place_scene(spec, canvas, rng)));
+      images[i].copy_(synth::render(synth::place_scene(spec, canvas, rng, layout)));
     }
     set.latents.narrow(0, start, n).copy_(vae->encode(to_model_input(images)).mean);
     if (progress) progress(start + n);
@@ -289,11 +290,12 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     archive.read("optimizer", optimizer_archive);
     optimizer.load(optimizer_archive);
   }
+  // Already stopped there or later (a re-run of an interrupted recipe, or of
+  // an earlier run of one): nothing to do.
+  if (options.stop_after > 0 && start_step >= options.stop_after) return;
   if (start_step > options.steps)
     throw Error("train_diffusion: the checkpoint is past the last step (" +
                 std::to_string(start_step) + " > " + std::to_string(options.steps) + ")");
-  // Already stopped there (a re-run of an interrupted recipe): nothing to do.
-  if (options.stop_after > 0 && start_step >= options.stop_after) return;
   auto save_checkpoint = [&](int step) {
     torch::serialize::OutputArchive archive;
     archive.write("step", torch::tensor(static_cast<int64_t>(step)));
@@ -386,16 +388,6 @@ int load_diffusion_checkpoint(CLIPTextModel& text_encoder, UNet2DConditionModel&
   text_encoder->eval();
   unet->eval();
   return static_cast<int>(step.item<int64_t>());
-}
-
-std::vector<std::pair<std::string, torch::Tensor>> named_tensors(torch::nn::Module& module,
-                                                                 const std::string& prefix,
-                                                                 torch::ScalarType dtype) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& p : module.named_parameters()) {
-    out.emplace_back(prefix + p.key(), p.value().detach().to(dtype).contiguous());
-  }
-  return out;
 }
 
 }  // namespace sdgen::train
