@@ -75,6 +75,7 @@ struct AllOptions {
   int decoder_crop = 512;
   double decoder_lr = 1e-4;
   int train_images = 4000;
+  std::string pair_layout = "free";  // of the first UNet stage's scenes: free or halves
   int unet_steps = 7500;
   int unet_batch = 32;
   double unet_lr = 1e-3;
@@ -269,7 +270,8 @@ int run_all(const AllOptions& o, const std::string& self) {
 
   // 4. Latents of the training set.
   const auto data = training_latents(vae, work / "latents.safetensors", o.train_images, o.seed + 2,
-                                     sdgen::synth::PairLayout::kFree);
+                                     o.pair_layout == "halves" ? sdgen::synth::PairLayout::kHalves
+                                                               : sdgen::synth::PairLayout::kFree);
   const double scaling = sdgen::train::latent_scaling_factor(data.latents);
   std::fprintf(stderr, "sdgen-train: %zu training latents, scaling_factor %.5f\n",
                data.captions.size(), scaling);
@@ -524,6 +526,11 @@ int main(int argc, char** argv) {
   all_cmd->add_option("--decoder-crop", all.decoder_crop);
   all_cmd->add_option("--decoder-lr", all.decoder_lr);
   all_cmd->add_option("--train-images", all.train_images, "512x512 scenes encoded for the UNet");
+  all_cmd
+      ->add_option("--pair-layout", all.pair_layout,
+                   "where the pairs of the --train-images scenes sit: free, or halves (straddling "
+                   "the centre, as the second stage's)")
+      ->check(CLI::IsMember({"free", "halves"}));
   all_cmd->add_option("--unet-steps", all.unet_steps);
   all_cmd->add_option("--unet-batch", all.unet_batch);
   all_cmd->add_option("--unet-lr", all.unet_lr);
