@@ -286,6 +286,13 @@ int run_all(const AllOptions& o, const std::string& self) {
   const auto text_path = work / "text_encoder.safetensors";
   const auto unet_path = work / "unet.safetensors";
   const auto base_checkpoint = work / "diffusion.ckpt";
+  // Finished weights of a stage, when both files are there.
+  auto load_finished = [&](const fs::path& text_file, const fs::path& unet_file) {
+    if (!fs::exists(text_file) || !fs::exists(unet_file)) return false;
+    load_module(*text_encoder, text_file, "", "text encoder");
+    load_module(*unet, unet_file, "", "unet");
+    return true;
+  };
   auto diffusion_options = [&](int steps, double lr, uint64_t seed, const fs::path& checkpoint) {
     sdgen::train::DiffusionTrainOptions options;
     options.steps = steps;
@@ -321,20 +328,14 @@ int run_all(const AllOptions& o, const std::string& self) {
     // first stage's factor, which the model has learnt.
     const auto refined_text = work / "text_encoder-refined.safetensors";
     const auto refined_unet = work / "unet-refined.safetensors";
-    if (fs::exists(refined_text) && fs::exists(refined_unet)) {
-      load_module(*text_encoder, refined_text, "", "text encoder");
-      load_module(*unet, refined_unet, "", "unet");
-    } else {
-      if (fs::exists(text_path) && fs::exists(unet_path)) {
-        load_module(*text_encoder, text_path, "", "text encoder");
-        load_module(*unet, unet_path, "", "unet");
-      } else if (fs::exists(base_checkpoint)) {
+    if (!load_finished(refined_text, refined_unet)) {
+      if (!load_finished(text_path, unet_path)) {
+        if (!fs::exists(base_checkpoint))
+          throw sdgen::Error("--refine-steps: train the first UNet stage first (no " +
+                             base_checkpoint.string() + ")");
         const int step = sdgen::train::load_diffusion_checkpoint(text_encoder, unet,
                                                                  base_checkpoint.string(), true);
         std::fprintf(stderr, "sdgen-train: refining the EMA weights of step %d\n", step);
-      } else {
-        throw sdgen::Error("--refine-steps: train the first UNet stage first (no " +
-                           base_checkpoint.string() + ")");
       }
       const auto refine_data =
           training_latents(vae, work / "latents-halves.safetensors", o.refine_images, o.seed + 6,
@@ -345,10 +346,7 @@ int run_all(const AllOptions& o, const std::string& self) {
       save_module(*text_encoder, refined_text, "", torch::kFloat32);
       save_module(*unet, refined_unet, "", torch::kFloat32);
     }
-  } else if (fs::exists(text_path) && fs::exists(unet_path)) {
-    load_module(*text_encoder, text_path, "", "text encoder");
-    load_module(*unet, unet_path, "", "unet");
-  } else {
+  } else if (!load_finished(text_path, unet_path)) {
     if (!train("unet", data,
                diffusion_options(o.unet_steps, o.unet_lr, o.seed + 4, base_checkpoint)))
       return 0;
