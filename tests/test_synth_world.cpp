@@ -102,15 +102,26 @@ TEST(SynthWorld, CheckerRejectsContradictingPictures) {
   std::mt19937_64 rng(5);
   const auto spec = must_parse("a red circle above a blue square");
   const auto image = render(place_scene(spec, 512, rng));
-  ASSERT_TRUE(check_image(spec, image).pass);
-  EXPECT_FALSE(check_image(must_parse("a blue square above a red circle"), image).pass);
-  EXPECT_FALSE(check_image(must_parse("a red square above a blue square"), image).pass);
-  EXPECT_FALSE(check_image(must_parse("a red circle above a blue star"), image).pass);
-  EXPECT_FALSE(check_image(must_parse("a red circle above a green square"), image).pass);
-  EXPECT_FALSE(check_image(must_parse("a red circle to the left of a blue square"), image).pass);
-  EXPECT_FALSE(
-      check_image(must_parse("a red circle above a blue square on a black background"), image)
-          .pass);
+  const auto found = check_image(spec, image);
+  ASSERT_TRUE(found.pass) << found.reason;
+  // The red circle's size the other way round.
+  const std::string wrong_size = found.objects[0].extent > 0.24 ? "small" : "large";
+  // Each contradiction fails, and is reported as the kind of mistake it is.
+  const std::vector<std::pair<std::string, CheckFailure>> contradictions = {
+      {"a blue square above a red circle", CheckFailure::kRelation},
+      {"a red square above a blue square", CheckFailure::kShape},
+      {"a red circle above a blue star", CheckFailure::kShape},
+      {"a red circle above a green square", CheckFailure::kColourMissing},
+      {"a red circle to the left of a blue square", CheckFailure::kRelation},
+      {"a red circle above a blue square on a black background", CheckFailure::kBackground},
+      {"a " + wrong_size + " red circle above a blue square", CheckFailure::kSize},
+  };
+  for (const auto& [caption, failure] : contradictions) {
+    const auto result = check_image(must_parse(caption), image);
+    EXPECT_FALSE(result.pass) << caption;
+    EXPECT_EQ(result.failure, failure) << caption << ": " << result.reason;
+    EXPECT_STRNE(check_failure_name(result.failure), "") << caption;
+  }
   // Pure noise and a blank canvas hold no shapes.
   const auto noise = torch::randint(0, 256, {512, 512, 3}, torch::kUInt8);
   EXPECT_FALSE(check_image(spec, noise).pass);
@@ -118,6 +129,23 @@ TEST(SynthWorld, CheckerRejectsContradictingPictures) {
   const auto result = check_image(spec, blank);
   EXPECT_FALSE(result.pass);
   EXPECT_NE(result.reason.find("no red shape"), std::string::npos) << result.reason;
+  EXPECT_EQ(result.failure, CheckFailure::kColourMissing);
+  // The same shape pasted twice: two regions of one colour.
+  const auto single = must_parse("a small red circle");
+  auto twice = render(place_scene(single, 512, rng));
+  const auto check_once = check_image(single, twice);
+  ASSERT_TRUE(check_once.pass) << check_once.reason;
+  const auto& f = check_once.objects[0];
+  const int64_t cx = std::lround(f.cx * 512), cy = std::lround(f.cy * 512);
+  const int64_t to = cx < 256 ? cx + 200 : cx - 200;
+  twice.narrow(1, to - 50, 100).copy_(twice.narrow(1, cx - 50, 100));
+  EXPECT_EQ(check_image(single, twice).failure, CheckFailure::kTwoOfAColour);
+  EXPECT_EQ(check_image(spec, image).failure, CheckFailure::kNone);
+  // A lone shape elsewhere than named.
+  const auto left = must_parse("a small red circle on the left");
+  const auto right_image =
+      render(place_scene(must_parse("a small red circle on the right"), 512, rng));
+  EXPECT_EQ(check_image(left, right_image).failure, CheckFailure::kPlace);
 }
 
 TEST(SynthWorld, EachShapeIsRecognised) {

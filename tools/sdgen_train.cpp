@@ -18,6 +18,7 @@
 //       each seed at 512x512 and runs the checker (synth_world.h); prints the
 //       pass rate.
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -463,6 +464,7 @@ int run_eval(const EvalOptions& o) {
   }
   if (!o.save.empty()) fs::create_directories(o.save);
   int passed = 0, total = 0;
+  std::array<int, sdgen::synth::kCheckFailureKinds> failures{};
   double seconds = 0;
   for (size_t p = 0; p < specs.size(); ++p) {
     int prompt_passed = 0;
@@ -481,6 +483,7 @@ int run_eval(const EvalOptions& o) {
       ++total;
       passed += check.pass ? 1 : 0;
       prompt_passed += check.pass ? 1 : 0;
+      ++failures[static_cast<size_t>(check.failure)];
       if (!o.save.empty()) {
         sdgen::write_png(
             (fs::path(o.save) / ("p" + std::to_string(p) + "_s" + std::to_string(seed) +
@@ -499,6 +502,16 @@ int run_eval(const EvalOptions& o) {
   std::printf("passed %d/%d = %.1f%%  (%d steps, %s, cfg %.1f, %.2f s per image)\n", passed, total,
               100.0 * passed / std::max(1, total), o.steps, o.sampler.c_str(), o.cfg,
               seconds / std::max(1, total));
+  // The first test each failed picture failed, by kind.
+  std::string summary;
+  for (int kind = 1; kind < sdgen::synth::kCheckFailureKinds; ++kind) {
+    if (failures[static_cast<size_t>(kind)] == 0) continue;
+    summary += (summary.empty() ? "" : ", ") +
+               std::string(sdgen::synth::check_failure_name(
+                   static_cast<sdgen::synth::CheckFailure>(kind))) +
+               " " + std::to_string(failures[static_cast<size_t>(kind)]);
+  }
+  if (!summary.empty()) std::printf("failed: %s\n", summary.c_str());
   return 0;
 }
 

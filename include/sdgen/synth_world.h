@@ -129,8 +129,25 @@ struct ObjectFinding {
   int64_t area = 0;
 };
 
+// The first test a picture failed, in the order the checker tries them.
+enum class CheckFailure {
+  kNone,
+  kBackground,     // the background is not mostly the named colour
+  kColourMissing,  // no region of a named shape's colour
+  kTwoOfAColour,   // a second region of that colour half as large or more
+  kShape,          // the region's measures say another shape
+  kSize,           // small/large not as named
+  kPlace,          // a lone shape not where the caption says
+  kRelation,       // the pair not in the named relation
+};
+inline constexpr int kCheckFailureKinds = 8;
+// "background", "colour missing", "two of a colour", "shape", "size", "place",
+// "relation" ("" for kNone).
+const char* check_failure_name(CheckFailure failure);
+
 struct CheckResult {
   bool pass = false;
+  CheckFailure failure = CheckFailure::kNone;
   std::string reason;  // why it failed ("" when it passed)
   std::vector<ObjectFinding> objects;
 };

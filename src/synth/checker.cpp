@@ -142,6 +142,28 @@ std::string fixed2(double value) {
 
 }  // namespace
 
+const char* check_failure_name(CheckFailure failure) {
+  switch (failure) {
+    case CheckFailure::kNone:
+      return "";
+    case CheckFailure::kBackground:
+      return "background";
+    case CheckFailure::kColourMissing:
+      return "colour missing";
+    case CheckFailure::kTwoOfAColour:
+      return "two of a colour";
+    case CheckFailure::kShape:
+      return "shape";
+    case CheckFailure::kSize:
+      return "size";
+    case CheckFailure::kPlace:
+      return "place";
+    case CheckFailure::kRelation:
+      return "relation";
+  }
+  return "";
+}
+
 CheckResult check_image(const SceneSpec& spec, const torch::Tensor& image) {
   if (image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != torch::kUInt8) {
     throw Error("synth: check_image wants a uint8 [H, W, 3] image");
@@ -169,8 +191,9 @@ CheckResult check_image(const SceneSpec& spec, const torch::Tensor& image) {
   }
 
   CheckResult result;
-  auto fail = [&](const std::string& reason) {
+  auto fail = [&](CheckFailure failure, const std::string& reason) {
     result.pass = false;
+    result.failure = failure;
     result.reason = reason;
     return result;
   };
@@ -178,7 +201,8 @@ CheckResult check_image(const SceneSpec& spec, const torch::Tensor& image) {
   const auto bg_index = static_cast<size_t>(
       std::find(kPalette.begin(), kPalette.end(), background) - kPalette.begin());
   if (counts[bg_index] < static_cast<int64_t>(0.4 * w * h)) {
-    return fail(std::string("background is not mostly ") + colour_name(background));
+    return fail(CheckFailure::kBackground,
+                std::string("background is not mostly ") + colour_name(background));
   }
   // A shape must cover at least a third of the area a small render has.
   const double small_area = 0.785 * std::pow(2 * kSmallRadius, 2) * w * h;
@@ -189,7 +213,8 @@ CheckResult check_image(const SceneSpec& spec, const torch::Tensor& image) {
     ObjectFinding found;
     if (region.area < small_area / 3) {
       result.objects.push_back(found);
-      return fail("no " + std::string(colour_name(object.colour)) + " shape");
+      return fail(CheckFailure::kColourMissing,
+                  "no " + std::string(colour_name(object.colour)) + " shape");
     }
     found.found = true;
     found.area = region.area;
@@ -203,18 +228,22 @@ CheckResult check_image(const SceneSpec& spec, const torch::Tensor& image) {
     found.extent = static_cast<double>(bh) / h;
     result.objects.push_back(found);
     if (second > region.area / 2) {
-      return fail("two " + std::string(colour_name(object.colour)) + " shapes");
+      return fail(CheckFailure::kTwoOfAColour,
+                  "two " + std::string(colour_name(object.colour)) + " shapes");
     }
     if (found.shape != object.shape) {
-      return fail(describe(object) + " looks like a " + shape_name(found.shape) + " (fill " +
-                  fixed2(found.fill) + ", solidity " + fixed2(found.solidity) + ")");
+      return fail(CheckFailure::kShape,
+                  describe(object) + " looks like a " + shape_name(found.shape) + " (fill " +
+                      fixed2(found.fill) + ", solidity " + fixed2(found.solidity) + ")");
     }
     // Renders: small ~0.18 of the height, large ~0.30.
     if (object.size == Size::kSmall && found.extent > 0.24) {
-      return fail(describe(object) + " is not small (extent " + fixed2(found.extent) + ")");
+      return fail(CheckFailure::kSize,
+                  describe(object) + " is not small (extent " + fixed2(found.extent) + ")");
     }
     if (object.size == Size::kLarge && found.extent < 0.24) {
-      return fail(describe(object) + " is not large (extent " + fixed2(found.extent) + ")");
+      return fail(CheckFailure::kSize,
+                  describe(object) + " is not large (extent " + fixed2(found.extent) + ")");
     }
   }
   if (spec.objects.size() == 1) {
@@ -239,18 +268,20 @@ CheckResult check_image(const SceneSpec& spec, const torch::Tensor& image) {
       case Place::kAny:
         break;
     }
-    if (!ok) return fail(describe(spec.objects[0]) + " is not where the caption says");
+    if (!ok)
+      return fail(CheckFailure::kPlace,
+                  describe(spec.objects[0]) + " is not where the caption says");
   } else {
     const auto& a = result.objects[0];
     const auto& b = result.objects[1];
     const auto [along, across] = relation_offset(spec.relation, a.cx, a.cy, b.cx, b.cy);
     if (along < 0.05 || std::abs(across) > along) {
-      return fail("the " + describe(spec.objects[0]) + " is not " +
-                  (spec.relation == Relation::kAbove    ? "above"
-                   : spec.relation == Relation::kBelow  ? "below"
-                   : spec.relation == Relation::kLeftOf ? "left of"
-                                                        : "right of") +
-                  " the " + describe(spec.objects[1]));
+      return fail(CheckFailure::kRelation, "the " + describe(spec.objects[0]) + " is not " +
+                                               (spec.relation == Relation::kAbove    ? "above"
+                                                : spec.relation == Relation::kBelow  ? "below"
+                                                : spec.relation == Relation::kLeftOf ? "left of"
+                                                                                     : "right of") +
+                                               " the " + describe(spec.objects[1]));
     }
   }
   result.pass = true;
