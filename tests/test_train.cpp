@@ -3,6 +3,7 @@
 // exactly the weights of an uninterrupted one, and what is saved loads back.
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 
 #include <gtest/gtest.h>
@@ -102,6 +103,53 @@ TEST(Train, DemoArchitectureBuildsAndRunsAt512) {
   EXPECT_EQ(image.sizes(), (std::vector<int64_t>{1, 3, 512, 512}));
 }
 
+TEST(Train, DemoSizesShapeTheTextEncoderAndUNet) {
+  // The defaults are the shipped model's architecture.
+  const auto defaults = train::demo_architecture(96, 2, 3, 0);
+  EXPECT_EQ(defaults.text.num_hidden_layers, 2);
+  EXPECT_EQ(defaults.text.hidden_size, 64);
+  EXPECT_EQ(defaults.unet.cross_attention_dim, 64);
+  EXPECT_EQ(defaults.unet.down_block_types,
+            (std::vector<std::string>{"DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D",
+                                      "CrossAttnDownBlock2D"}));
+  EXPECT_EQ(defaults.unet.up_block_types,
+            (std::vector<std::string>{"CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D",
+                                      "UpBlock2D"}));
+
+  const auto sizes = train::DemoSizes::from_json(
+      {{"text_layers", 3}, {"text_width", 32}, {"attention_levels", 3}});
+  EXPECT_EQ(train::DemoSizes::from_json(sizes.to_json()).to_json(), sizes.to_json());
+  const auto arch = train::demo_architecture(96, 2, 3, 0, sizes);
+  EXPECT_EQ(arch.text.num_hidden_layers, 3);
+  EXPECT_EQ(arch.text.hidden_size, 32);
+  EXPECT_EQ(arch.text.intermediate_size, 128);
+  EXPECT_EQ(arch.unet.cross_attention_dim, 32);
+  EXPECT_EQ(arch.unet.down_block_types,
+            (std::vector<std::string>{"DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                      "CrossAttnDownBlock2D"}));
+  EXPECT_EQ(arch.unet.up_block_types,
+            (std::vector<std::string>{"CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                      "CrossAttnUpBlock2D", "UpBlock2D"}));
+  // Built through the config round trip sdgen's loader takes.
+  torch::manual_seed(0);
+  CLIPTextModel text(CLIPTextConfig::from_json(arch.text.to_json()));
+  UNet2DConditionModel unet(UNetConfig::from_json(arch.unet.to_json()));
+  randomize_parameters(*text);
+  randomize_parameters(*unet);
+  torch::NoGradGuard no_grad;
+  const auto context = text->forward(torch::randint(0, 96, {1, 24}, torch::kInt64)).hidden;
+  ASSERT_EQ(context.sizes(), (std::vector<int64_t>{1, 24, 32}));
+  const auto eps = unet->forward(torch::randn({1, 4, 32, 32}), torch::tensor({500}), context);
+  EXPECT_EQ(eps.sizes(), (std::vector<int64_t>{1, 4, 32, 32}));
+
+  EXPECT_THROW(train::DemoSizes::from_json({{"text_layer", 3}}), Error);
+  EXPECT_THROW(train::DemoSizes::from_json({{"text_width", 30}}), Error);
+  EXPECT_THROW(train::DemoSizes::from_json({{"attention_levels", 0}}), Error);
+  EXPECT_THROW(train::DemoSizes::from_json({{"attention_levels", 5}}), Error);
+  EXPECT_THROW(train::DemoSizes::from_json({{"text_layers", "2"}}), Error);
+  EXPECT_THROW(train::DemoSizes::from_json(nlohmann::json::array()), Error);
+}
+
 TEST(Train, VAELossFalls) {
   auto arch = train::demo_architecture(96, 2, 3, 0);
   torch::manual_seed(0);
@@ -149,6 +197,21 @@ TEST(Train, DiffusionLossIsFiniteAndWeightsMove) {
   EXPECT_GT(moved(unet_before, snapshot(*unet)), 0.0);
   EXPECT_GT(moved(text_before, snapshot(*text)), 0.0);
   EXPECT_FALSE(unet->is_training());
+
+  // A caption longer than the tokenizer's context is refused, not cut short.
+  TokenizerConfig short_context;
+  short_context.model_max_length = 6;
+  const auto short_dir = dir / "short-tokenizer";
+  CLIPTokenizer::write_minimal_vocab(short_dir.string());
+  std::ofstream((short_dir / "tokenizer_config.json").string()) << short_context.to_json().dump(2);
+  const auto short_tokenizer = CLIPTokenizer::from_path(short_dir.string(), {});
+  ASSERT_EQ(short_tokenizer->max_length(), 6);
+  try {
+    train::train_diffusion(text, unet, *short_tokenizer, data, 1.0, options, [](int, double) {});
+    ADD_FAILURE() << "a caption longer than the context was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model_max_length 6"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Train, ResumeFromAMidRunCheckpointMatchesAnUninterruptedRun) {

@@ -89,6 +89,11 @@ struct AllOptions {
   double refine_lr = 1.5e-4;
   int stop_after = 0;
   bool vae_only = false;
+  // Fixed when the UNet stage is set up (0 = the work folder's, else the default).
+  int text_layers = 0;
+  int text_width = 0;
+  int attention_levels = 0;
+  int context = 0;  // tokens per prompt (the tokenizer's model_max_length)
 };
 
 void log_line(const std::string& stage, int step, int total, double loss, Clock::time_point start) {
@@ -156,16 +161,75 @@ struct Trained {
   sdgen::train::DemoArchitecture arch;
 };
 
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw sdgen::Error("cannot read " + path.string());
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw sdgen::Error(path.string() + ": " + e.what());
+  }
+}
+
+// The sizes of a work folder's text encoder and UNet: its architecture.json
+// (written when its UNet stage is set up), else the defaults (the shipped
+// model's; folders from before the file existed).
+sdgen::train::DemoSizes work_sizes(const fs::path& work) {
+  const auto path = work / "architecture.json";
+  if (!fs::exists(path)) return {};
+  try {
+    return sdgen::train::DemoSizes::from_json(read_json(path));
+  } catch (const sdgen::Error& e) {
+    throw sdgen::Error(path.string() + ": " + e.what());
+  }
+}
+
 // The tokenizer of a work folder and the architecture sized for it.
-Trained work_architecture(const fs::path& tokenizer_dir) {
+Trained work_architecture(const fs::path& work) {
   Trained t;
-  t.tokenizer = sdgen::tokenizer_from_path(tokenizer_dir.string(), {});
+  t.tokenizer = sdgen::tokenizer_from_path((work / "tokenizer").string(), {});
   auto* sp = dynamic_cast<sdgen::SentencePieceTokenizer*>(t.tokenizer.get());
   if (!sp) throw sdgen::Error("the trained tokenizer is not a SentencePiece model");
   t.arch = sdgen::train::demo_architecture(
       static_cast<int>(sp->vocab_size()), static_cast<int>(sp->bos_id()),
-      static_cast<int>(sp->eos_id()), static_cast<int>(sp->pad_id()));
+      static_cast<int>(sp->eos_id()), static_cast<int>(sp->pad_id()), work_sizes(work));
   return t;
+}
+
+// Fixes what a work folder's UNet stage is built with, before its first step:
+// the sizes (architecture.json) and the context length (the tokenizer's
+// model_max_length). Once the stage has begun, options that differ are errors.
+void set_up_unet_stage(const AllOptions& o, const fs::path& work) {
+  const auto sizes_path = work / "architecture.json";
+  const auto tokenizer_config = work / "tokenizer" / "tokenizer_config.json";
+  auto sizes = work_sizes(work);
+  auto config = read_json(tokenizer_config);
+  const int context = config.value("model_max_length", 77);
+  const bool begun = fs::exists(sizes_path) || fs::exists(work / "diffusion.ckpt") ||
+                     fs::exists(work / "text_encoder.safetensors");
+  auto check = [&](const char* option, int given, int fixed) {
+    if (begun && given != 0 && given != fixed)
+      throw sdgen::Error(std::string(option) + " " + std::to_string(given) + " differs from the " +
+                         std::to_string(fixed) + " the UNet stage of " + work.string() +
+                         " was begun with");
+  };
+  check("--text-layers", o.text_layers, sizes.text_layers);
+  check("--text-width", o.text_width, sizes.text_width);
+  check("--attention-levels", o.attention_levels, sizes.attention_levels);
+  check("--context", o.context, context);
+  if (begun) return;
+  if (o.text_layers != 0) sizes.text_layers = o.text_layers;
+  if (o.text_width != 0) sizes.text_width = o.text_width;
+  if (o.attention_levels != 0) sizes.attention_levels = o.attention_levels;
+  sizes.validate();
+  if (o.context != 0 && o.context != context) {
+    if (o.context < 8 || o.context > 77)
+      throw sdgen::Error("--context must be 8-77 (the text encoder has 77 positions), got " +
+                         std::to_string(o.context));
+    config["model_max_length"] = o.context;
+    write_text(tokenizer_config, config.dump(2));
+  }
+  write_text(sizes_path, sizes.to_json().dump(2));
 }
 
 // The diffusers folder sdgen loads (fp16 weights, configs, tokenizer files).
@@ -219,7 +283,7 @@ int run_all(const AllOptions& o, const std::string& self) {
   if (sdgen::SentencePieceTokenizer::find_model(tokenizer_dir.string()).empty()) {
     train_tokenizer(captions_path, tokenizer_dir, o.vocab_size, self);
   }
-  auto trained = work_architecture(tokenizer_dir);
+  auto trained = work_architecture(work);
   auto& tokenizer = trained.tokenizer;
   auto& arch = trained.arch;
 
@@ -268,6 +332,8 @@ int run_all(const AllOptions& o, const std::string& self) {
     std::fprintf(stderr, "sdgen-train: VAE done (--vae-only)\n");
     return 0;
   }
+  set_up_unet_stage(o, work);
+  trained = work_architecture(work);  // with the sizes and context just fixed
 
   // 4. Latents of the training set.
   const auto data = training_latents(vae, work / "latents.safetensors", o.train_images, o.seed + 2,
@@ -382,7 +448,7 @@ int run_export(const std::string& work_dir, const std::string& out_dir, bool liv
                const std::string& checkpoint) {
   sdgen::init_cpu_runtime(0);
   const fs::path work(work_dir);
-  auto trained = work_architecture(work / "tokenizer");
+  auto trained = work_architecture(work);
   trained.arch.vae.scaling_factor =
       sdgen::train::latent_scaling_factor(load_latents(work / "latents.safetensors").latents);
   sdgen::AutoencoderKL vae(trained.arch.vae);
@@ -403,7 +469,7 @@ int run_eval_vae(const std::string& vae_file, const std::string& work_dir, int c
                  const std::string& save) {
   sdgen::init_cpu_runtime(0);
   torch::NoGradGuard no_grad;
-  auto trained = work_architecture(fs::path(work_dir) / "tokenizer");
+  auto trained = work_architecture(work_dir);
   sdgen::AutoencoderKL vae(trained.arch.vae);
   load_module(*vae, vae_file, "", "vae");
   vae->eval();
@@ -555,6 +621,15 @@ int main(int argc, char** argv) {
   all_cmd->add_option("--refine-images", all.refine_images, "512x512 scenes of the second stage");
   all_cmd->add_option("--refine-lr", all.refine_lr);
   all_cmd->add_flag("--vae-only", all.vae_only, "stop after the VAE stages");
+  all_cmd->add_option("--text-layers", all.text_layers,
+                      "text transformer layers (0 = the work folder's, else 2); like the next "
+                      "three, fixed in the work folder when its UNet stage begins");
+  all_cmd->add_option("--text-width", all.text_width,
+                      "text hidden size (0 = the folder's, else 64)");
+  all_cmd->add_option("--attention-levels", all.attention_levels,
+                      "coarsest UNet levels with cross-attention, of 4 (0 = the folder's, else 2)");
+  all_cmd->add_option("--context", all.context,
+                      "tokens per prompt, model_max_length (0 = the folder's, else 77)");
   all_cmd->add_option("--stop-after", all.stop_after,
                       "stop the UNet stage (with --refine-steps: the second stage) after this step "
                       "and keep only its checkpoint (a later run resumes it, also with more "

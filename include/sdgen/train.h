@@ -35,8 +35,19 @@ struct DemoArchitecture {
   UNetConfig unet;
   VAEConfig vae;
 };
+// The sizes an experiment may change (the shipped model has the defaults).
+struct DemoSizes {
+  int text_layers = 2;       // text transformer layers
+  int text_width = 64;       // text hidden size (= the UNet's cross_attention_dim), 4 heads
+  int attention_levels = 2;  // coarsest UNet levels with cross-attention (of 4)
+  nlohmann::json to_json() const;
+  // Missing keys keep their defaults; unknown keys and bad values throw.
+  static DemoSizes from_json(const nlohmann::json& j);
+  void validate() const;  // throws sdgen::Error
+};
 // `vocab_size` and the special ids come from the trained tokenizer.
-DemoArchitecture demo_architecture(int vocab_size, int bos_id, int eos_id, int pad_id);
+DemoArchitecture demo_architecture(int vocab_size, int bos_id, int eos_id, int pad_id,
+                                   const DemoSizes& sizes = {});
 
 // uint8 [N, H, W, 3] pictures -> float [N, 3, H, W] in [-1, 1] (the VAE's input).
 torch::Tensor to_model_input(const torch::Tensor& images);
