@@ -140,7 +140,8 @@ enum class CheckFailure {
   kPlace,          // a lone shape not where the caption says
   kRelation,       // the pair not in the named relation
 };
-inline constexpr int kCheckFailureKinds = 8;
+// kRelation is the last kind.
+inline constexpr int kCheckFailureKinds = static_cast<int>(CheckFailure::kRelation) + 1;
 // "background", "colour missing", "two of a colour", "shape", "size", "place",
 // "relation" ("" for kNone).
 const char* check_failure_name(CheckFailure failure);
