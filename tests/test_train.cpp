@@ -75,6 +75,28 @@ TinyModules tiny_modules(const TinySetup& setup, uint64_t seed) {
   return m;
 }
 
+// A short run on the tiny set: batch 3, a loss logged every step.
+train::DiffusionTrainOptions short_run(int steps, int warmup) {
+  train::DiffusionTrainOptions options;
+  options.steps = steps;
+  options.batch = 3;
+  options.warmup = warmup;
+  options.log_every = 1;
+  return options;
+}
+
+// The loss of every step of train_diffusion, each checked to be finite.
+std::vector<double> step_losses(TinyModules& m, const TinySetup& setup,
+                                const train::LatentSet& data,
+                                const train::DiffusionTrainOptions& options) {
+  std::vector<double> losses;
+  train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, options,
+                         [&](int, double loss) { losses.push_back(loss); });
+  EXPECT_EQ(losses.size(), static_cast<size_t>(options.steps));
+  for (double loss : losses) EXPECT_TRUE(std::isfinite(loss));
+  return losses;
+}
+
 std::vector<torch::Tensor> snapshot(torch::nn::Module& module) {
   std::vector<torch::Tensor> out;
   for (auto& p : module.parameters()) out.push_back(p.detach().clone());
@@ -177,16 +199,8 @@ TEST(Train, DiffusionLossIsFiniteAndWeightsMove) {
   auto& unet = m.unet;
   const auto unet_before = snapshot(*unet);
   const auto text_before = snapshot(*text);
-  train::DiffusionTrainOptions options;
-  options.steps = 6;
-  options.batch = 3;
-  options.warmup = 2;
-  options.log_every = 1;
-  std::vector<double> losses;
-  train::train_diffusion(text, unet, *setup.tokenizer, data, 1.0, options,
-                         [&](int, double loss) { losses.push_back(loss); });
-  ASSERT_EQ(losses.size(), 6u);
-  for (double loss : losses) EXPECT_TRUE(std::isfinite(loss));
+  const auto options = short_run(6, 2);
+  step_losses(m, setup, data, options);
   // Both the UNet and the text encoder learn (the text encoder through the
   // UNet's cross-attention).
   auto moved = [](const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
@@ -398,18 +412,42 @@ TEST(Train, OffsetNoiseChangesTheTargets) {
   const auto data = tiny_latents();
   auto first_loss = [&](double offset) {
     auto m = tiny_modules(setup, 1);
-    train::DiffusionTrainOptions options;
-    options.steps = 2;
-    options.batch = 3;
-    options.warmup = 1;
-    options.log_every = 1;
+    auto options = short_run(2, 1);
     options.noise_offset = offset;
-    std::vector<double> losses;
-    train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, options,
-                           [&](int, double loss) { losses.push_back(loss); });
-    EXPECT_EQ(losses.size(), 2u);
-    for (double loss : losses) EXPECT_TRUE(std::isfinite(loss));
-    return losses.at(0);
+    return step_losses(m, setup, data, options).at(0);
   };
   EXPECT_NE(first_loss(0.0), first_loss(0.5));
+}
+
+TEST(Train, HighNoiseShareDrawsFromTheNoisierHalf) {
+  torch::manual_seed(3);
+  const auto t = torch::randint(0, 1000, {20000}, torch::kInt64);
+  auto high_fraction = [](const torch::Tensor& x) {
+    return (x >= 500).to(torch::kFloat64).mean().item<double>();
+  };
+  EXPECT_TRUE(torch::equal(train::bias_to_high_noise(t, 1000, 0.0), t));
+  const auto all = train::bias_to_high_noise(t, 1000, 1.0);
+  EXPECT_GE(all.min().item<int64_t>(), 500);
+  EXPECT_LE(all.max().item<int64_t>(), 999);
+  // Half redrawn from [500, 1000): 0.5 + 0.5 * 0.5 of them up there.
+  const auto half = train::bias_to_high_noise(t, 1000, 0.5);
+  EXPECT_NEAR(high_fraction(t), 0.5, 0.02);
+  EXPECT_NEAR(high_fraction(half), 0.75, 0.02);
+  EXPECT_GE(half.min().item<int64_t>(), 0);
+  // The low half keeps only original draws.
+  const auto low = half < 500;
+  EXPECT_TRUE(torch::equal(half.masked_select(low), t.masked_select(low)));
+  EXPECT_THROW(train::bias_to_high_noise(t, 1000, 1.5), Error);
+  EXPECT_THROW(train::bias_to_high_noise(t, 1000, -0.1), Error);
+
+  // train_diffusion takes the share, and refuses one out of range.
+  const auto dir = fs::path(test::temp_dir("train_high_noise"));
+  auto setup = tiny_setup(dir / "tokenizer");
+  const auto data = tiny_latents();
+  auto m = tiny_modules(setup, 1);
+  auto options = short_run(2, 1);
+  options.high_noise_share = 0.5;
+  step_losses(m, setup, data, options);
+  options.high_noise_share = 2;
+  EXPECT_THROW(train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, options), Error);
 }

@@ -81,7 +81,8 @@ struct AllOptions {
   int unet_batch = 32;
   double unet_lr = 1e-3;
   double noise_offset = 0.15;
-  bool fp32 = false;  // the decoder and UNet stages without bf16 autocast
+  double high_noise_share = 0.0;  // of the UNet stages' batches, drawn from t >= 500
+  bool fp32 = false;              // the decoder and UNet stages without bf16 autocast
   // Second UNet stage (0 = none): fine-tunes the first stage's weights on
   // scenes with PairLayout::kHalves pairs.
   int refine_steps = 0;
@@ -367,6 +368,7 @@ int run_all(const AllOptions& o, const std::string& self) {
     options.lr = lr;
     options.bf16 = !o.fp32;
     options.noise_offset = o.noise_offset;
+    options.high_noise_share = o.high_noise_share;
     options.stop_after = o.stop_after;
     options.seed = seed;
     options.checkpoint = checkpoint.string();
@@ -613,6 +615,11 @@ int main(int argc, char** argv) {
   all_cmd->add_option("--unet-lr", all.unet_lr);
   all_cmd->add_option("--noise-offset", all.noise_offset,
                       "offset noise of the UNet stage (0 = plain Gaussian noise)");
+  all_cmd
+      ->add_option("--high-noise-share", all.high_noise_share,
+                   "share of each UNet batch with its timestep drawn from the noisier half of "
+                   "the schedule (0 = uniform)")
+      ->check(CLI::Range(0.0, 1.0));
   all_cmd->add_flag("--fp32", all.fp32,
                     "train the decoder stage and the text encoder + UNet stage in fp32 "
                     "(default: bf16 autocast, fp32 weights)");

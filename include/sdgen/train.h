@@ -97,6 +97,11 @@ struct DiffusionTrainOptions {
   // the model reads the picture's mean (the background) from x_t instead of
   // the caption, and pure noise (mean 0) always gives a gray background.
   double noise_offset = 0.0;
+  // Share of each batch whose timestep is drawn from the noisier half of the
+  // schedule (t >= 500) instead of all of it; 0 = uniform t. Where a shape
+  // goes and how big it is is decided at high noise, where the epsilon loss
+  // carries little of the picture (x_0's error is scaled by the SNR there).
+  double high_noise_share = 0.0;
   uint64_t seed = 0;
   int log_every = 50;
   // Resumable training: state saved to `checkpoint` every `checkpoint_every`
@@ -110,6 +115,12 @@ struct DiffusionTrainOptions {
   // EMA stay fp32). About 2x faster on CPUs with native bf16.
   bool bf16 = false;
 };
+
+// Timesteps `t` (drawn uniformly from [0, timesteps)) with a `share` of them
+// redrawn uniformly from the noisier half, [timesteps / 2, timesteps), using
+// torch's global generator; `t` itself when share is 0. Throws unless share is
+// in [0, 1]. (DiffusionTrainOptions::high_noise_share.)
+torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share);
 
 // Trains `text_encoder` and `unet` together on `data` (latents multiplied by
 // `scaling_factor`); on return the modules hold the EMA weights.

@@ -287,6 +287,14 @@ double latent_scaling_factor(const torch::Tensor& latents) {
   return 1.0 / latents.to(torch::kFloat64).std().item<double>();
 }
 
+torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share) {
+  if (!(share >= 0 && share <= 1))
+    throw Error("high_noise_share must be in [0, 1], not " + std::to_string(share));
+  if (share == 0) return t;
+  const auto high = torch::randint(timesteps / 2, timesteps, t.sizes(), torch::kInt64);
+  return torch::where(torch::rand(t.sizes()) < share, high, t);
+}
+
 void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
                      const Tokenizer& tokenizer, const LatentSet& data, double scaling_factor,
                      const DiffusionTrainOptions& options, const LogFn& log) {
@@ -294,6 +302,8 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   if (n == 0 || static_cast<size_t>(n) != data.captions.size()) {
     throw Error("train_diffusion: empty training set or captions/latents mismatch");
   }
+  if (!(options.high_noise_share >= 0 && options.high_noise_share <= 1))
+    throw Error("train_diffusion: high_noise_share must be in [0, 1]");
   // Token rows of every caption and of the empty (unconditional) prompt.
   std::vector<int64_t> rows;
   for (const auto& caption : data.captions) {
@@ -372,11 +382,13 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     auto ids = tokens.index_select(0, index);
     const auto drop = torch::rand({options.batch}) < options.caption_dropout;
     ids = torch::where(drop.unsqueeze(1), empty.expand({options.batch, length}), ids);
-    const auto t = torch::randint(0, timesteps, {options.batch}, torch::kInt64);
+    auto t = torch::randint(0, timesteps, {options.batch}, torch::kInt64);
     auto noise = torch::randn_like(x0);
     if (options.noise_offset > 0) {
       noise = noise + options.noise_offset * torch::randn({x0.size(0), x0.size(1), 1, 1});
     }
+    // Drawn after the rest, so a share of 0 draws what earlier runs drew.
+    t = bias_to_high_noise(t, timesteps, options.high_noise_share);
     const auto a = alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
     const auto xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
 
