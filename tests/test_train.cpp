@@ -387,6 +387,8 @@ TEST(Train, CheckpointExportLoadsTheEmaWeights) {
   auto& text2 = m2.text;
   auto& unet2 = m2.unet;
   EXPECT_EQ(train::load_diffusion_checkpoint(text2, unet2, options.checkpoint), 4);
+  EXPECT_EQ(train::diffusion_checkpoint_step(options.checkpoint), 4);
+  EXPECT_THROW(train::diffusion_checkpoint_step((dir / "none.ckpt").string()), Error);
   const auto ema = snapshot(*unet2);
   for (size_t i = 0; i < ema.size(); ++i) EXPECT_TRUE(torch::equal(ema[i], trained[i]));
   train::load_diffusion_checkpoint(text2, unet2, options.checkpoint, /*ema=*/false);
@@ -402,6 +404,23 @@ TEST(Train, CheckpointExportLoadsTheEmaWeights) {
   UNet2DConditionModel wrong(wide);
   EXPECT_THROW(train::load_diffusion_checkpoint(text2, wrong, options.checkpoint), Error);
   EXPECT_THROW(train::load_diffusion_checkpoint(text2, other, (dir / "none.ckpt").string()), Error);
+
+  // A longer run on the checkpoint of the finished one continues it (how a
+  // recipe stage is extended): steps 5 and 6 only, from the saved state.
+  auto longer = options;
+  longer.steps = 6;
+  longer.log_every = 1;
+  auto m3 = tiny_modules(setup, 9);
+  std::vector<int> logged;
+  train::train_diffusion(m3.text, m3.unet, *setup.tokenizer, data, 1.0, longer,
+                         [&](int step, double) { logged.push_back(step); });
+  EXPECT_EQ(logged, (std::vector<int>{5, 6}));
+  EXPECT_EQ(train::diffusion_checkpoint_step(longer.checkpoint), 6);
+  double moved = 0;
+  const auto extended = snapshot(*m3.unet);
+  for (size_t i = 0; i < extended.size(); ++i)
+    moved += (extended[i] - trained[i]).abs().sum().item<double>();
+  EXPECT_GT(moved, 0.0);
 }
 
 // Offset noise (how the default model learnt to take its background from the

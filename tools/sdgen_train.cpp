@@ -361,6 +361,15 @@ int run_all(const AllOptions& o, const std::string& self) {
     load_module(*unet, unet_file, "", "unet");
     return true;
   };
+  // The same for a stage whose checkpoint reached `steps`: a run naming more
+  // steps continues the checkpoint instead (and replaces the weights).
+  auto load_finished_run = [&](const fs::path& text_file, const fs::path& unet_file,
+                               const fs::path& checkpoint, int steps) {
+    if (fs::exists(checkpoint) &&
+        sdgen::train::diffusion_checkpoint_step(checkpoint.string()) < steps)
+      return false;
+    return load_finished(text_file, unet_file);
+  };
   auto diffusion_options = [&](int steps, double lr, uint64_t seed, const fs::path& checkpoint) {
     sdgen::train::DiffusionTrainOptions options;
     options.steps = steps;
@@ -397,8 +406,12 @@ int run_all(const AllOptions& o, const std::string& self) {
     // first stage's factor, which the model has learnt.
     const auto refined_text = work / "text_encoder-refined.safetensors";
     const auto refined_unet = work / "unet-refined.safetensors";
-    if (!load_finished(refined_text, refined_unet)) {
-      if (!load_finished(text_path, unet_path)) {
+    const auto refine_checkpoint = work / "refine.ckpt";
+    if (!load_finished_run(refined_text, refined_unet, refine_checkpoint, o.refine_steps)) {
+      if (fs::exists(refine_checkpoint)) {  // its weights replace the modules'
+        std::fprintf(stderr, "sdgen-train: resuming the second stage at step %d\n",
+                     sdgen::train::diffusion_checkpoint_step(refine_checkpoint.string()));
+      } else if (!load_finished(text_path, unet_path)) {
         if (!fs::exists(base_checkpoint))
           throw sdgen::Error("--refine-steps: train the first UNet stage first (no " +
                              base_checkpoint.string() + ")");
@@ -410,12 +423,12 @@ int run_all(const AllOptions& o, const std::string& self) {
           training_latents(vae, work / "latents-halves.safetensors", o.refine_images, o.seed + 6,
                            sdgen::synth::PairLayout::kHalves);
       if (!train("refine", refine_data,
-                 diffusion_options(o.refine_steps, o.refine_lr, o.seed + 7, work / "refine.ckpt")))
+                 diffusion_options(o.refine_steps, o.refine_lr, o.seed + 7, refine_checkpoint)))
         return 0;
       save_module(*text_encoder, refined_text, "", torch::kFloat32);
       save_module(*unet, refined_unet, "", torch::kFloat32);
     }
-  } else if (!load_finished(text_path, unet_path)) {
+  } else if (!load_finished_run(text_path, unet_path, base_checkpoint, o.unet_steps)) {
     if (!train("unet", data,
                diffusion_options(o.unet_steps, o.unet_lr, o.seed + 4, base_checkpoint)))
       return 0;

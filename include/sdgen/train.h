@@ -128,6 +128,10 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
                      const Tokenizer& tokenizer, const LatentSet& data, double scaling_factor,
                      const DiffusionTrainOptions& options, const LogFn& log = {});
 
+// The step a train_diffusion checkpoint was saved at (its run's last step when
+// the run finished).
+int diffusion_checkpoint_step(const std::string& checkpoint);
+
 // Loads the weights of a train_diffusion checkpoint into the modules: the EMA
 // (what training returns at the end) or the live weights. Returns the step.
 int load_diffusion_checkpoint(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,

@@ -435,6 +435,15 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   unet->eval();
 }
 
+int diffusion_checkpoint_step(const std::string& checkpoint) {
+  if (!fs::exists(checkpoint)) throw Error("no training checkpoint: " + checkpoint);
+  torch::serialize::InputArchive archive;
+  archive.load_from(checkpoint);
+  torch::Tensor step;
+  archive.read("step", step);
+  return static_cast<int>(step.item<int64_t>());
+}
+
 int load_diffusion_checkpoint(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
                               const std::string& checkpoint, bool ema) {
   if (!fs::exists(checkpoint)) throw Error("no training checkpoint: " + checkpoint);
