@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 
 #include <gtest/gtest.h>
@@ -95,6 +96,16 @@ std::vector<double> step_losses(TinyModules& m, const TinySetup& setup,
   EXPECT_EQ(losses.size(), static_cast<size_t>(options.steps));
   for (double loss : losses) EXPECT_TRUE(std::isfinite(loss));
   return losses;
+}
+
+// The first step's loss of a 2-step run from the same weights, its options
+// changed by `change`.
+double first_step_loss(const TinySetup& setup, const train::LatentSet& data,
+                       const std::function<void(train::DiffusionTrainOptions&)>& change) {
+  auto m = tiny_modules(setup, 1);
+  auto options = short_run(2, 1);
+  change(options);
+  return step_losses(m, setup, data, options).at(0);
 }
 
 std::vector<torch::Tensor> snapshot(torch::nn::Module& module) {
@@ -430,10 +441,7 @@ TEST(Train, OffsetNoiseChangesTheTargets) {
   auto setup = tiny_setup(dir / "tokenizer");
   const auto data = tiny_latents();
   auto first_loss = [&](double offset) {
-    auto m = tiny_modules(setup, 1);
-    auto options = short_run(2, 1);
-    options.noise_offset = offset;
-    return step_losses(m, setup, data, options).at(0);
+    return first_step_loss(setup, data, [&](auto& o) { o.noise_offset = offset; });
   };
   EXPECT_NE(first_loss(0.0), first_loss(0.5));
 }
@@ -468,5 +476,35 @@ TEST(Train, HighNoiseShareDrawsFromTheNoisierHalf) {
   options.high_noise_share = 0.5;
   step_losses(m, setup, data, options);
   options.high_noise_share = 2;
+  EXPECT_THROW(train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, options), Error);
+}
+
+// Multi-resolution noise: same overall scale, much more power at the scale of
+// a shape (8x8-latent-pixel blocks), and off at 0.
+TEST(Train, PyramidNoiseAddsCoarseNoiseAtTheSameScale) {
+  torch::manual_seed(4);
+  const auto noise = torch::randn({8, 4, 64, 64});
+  EXPECT_TRUE(torch::equal(train::add_pyramid_noise(noise, 0.0), noise));
+  const auto pyramid = train::add_pyramid_noise(noise, 0.6);
+  ASSERT_EQ(pyramid.sizes(), noise.sizes());
+  EXPECT_NEAR(pyramid.std().item<double>(), noise.std().item<double>(), 1e-4);
+  auto block_mean_variance = [](const torch::Tensor& x) {
+    return torch::avg_pool2d(x, 8).var().item<double>();
+  };
+  EXPECT_NEAR(block_mean_variance(noise), 1.0 / 64, 0.004);  // white noise
+  EXPECT_GT(block_mean_variance(pyramid), 3 * block_mean_variance(noise));
+  EXPECT_THROW(train::add_pyramid_noise(noise, 1.0), Error);
+  EXPECT_THROW(train::add_pyramid_noise(noise, -0.5), Error);
+
+  const auto dir = fs::path(test::temp_dir("train_pyramid"));
+  auto setup = tiny_setup(dir / "tokenizer");
+  const auto data = tiny_latents();
+  auto first_loss = [&](double discount) {
+    return first_step_loss(setup, data, [&](auto& o) { o.pyramid_noise = discount; });
+  };
+  EXPECT_NE(first_loss(0.0), first_loss(0.6));
+  auto m = tiny_modules(setup, 1);
+  auto options = short_run(2, 1);
+  options.pyramid_noise = 1.5;
   EXPECT_THROW(train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, options), Error);
 }

@@ -82,6 +82,7 @@ struct AllOptions {
   double unet_lr = 1e-3;
   double noise_offset = 0.15;
   double high_noise_share = 0.0;  // of the UNet stages' batches, drawn from t >= 500
+  double pyramid_noise = 0.0;     // discount of the UNet stages' multi-resolution noise
   bool fp32 = false;              // the decoder and UNet stages without bf16 autocast
   // Second UNet stage (0 = none): fine-tunes the first stage's weights on
   // scenes with PairLayout::kHalves pairs.
@@ -378,6 +379,7 @@ int run_all(const AllOptions& o, const std::string& self) {
     options.bf16 = !o.fp32;
     options.noise_offset = o.noise_offset;
     options.high_noise_share = o.high_noise_share;
+    options.pyramid_noise = o.pyramid_noise;
     options.stop_after = o.stop_after;
     options.seed = seed;
     options.checkpoint = checkpoint.string();
@@ -633,6 +635,11 @@ int main(int argc, char** argv) {
                    "share of each UNet batch with its timestep drawn from the noisier half of "
                    "the schedule (0 = uniform)")
       ->check(CLI::Range(0.0, 1.0));
+  all_cmd
+      ->add_option("--pyramid-noise", all.pyramid_noise,
+                   "multi-resolution noise of the UNet stages: the weight of each coarser level "
+                   "is this times the finer one's (0 = off, below 1)")
+      ->check(CLI::Range(0.0, 0.99));
   all_cmd->add_flag("--fp32", all.fp32,
                     "train the decoder stage and the text encoder + UNet stage in fp32 "
                     "(default: bf16 autocast, fp32 weights)");

@@ -102,6 +102,13 @@ struct DiffusionTrainOptions {
   // goes and how big it is is decided at high noise, where the epsilon loss
   // carries little of the picture (x_0's error is scaled by the SNR there).
   double high_noise_share = 0.0;
+  // Multi-resolution ("pyramid") noise, Whitaker 2023: the noise plus noise
+  // drawn at 1/2, 1/4, ... of the latent's size, upsampled, weighted by
+  // discount^level, then rescaled to unit variance; 0 = off. SD's schedule
+  // leaves a shape's coarse outline readable in x_t even at t = 999, so the
+  // model learns to take a shape's place from the noise, not the caption
+  // (offset noise is the same fix for the picture's mean only).
+  double pyramid_noise = 0.0;
   uint64_t seed = 0;
   int log_every = 50;
   // Resumable training: state saved to `checkpoint` every `checkpoint_every`
@@ -121,6 +128,12 @@ struct DiffusionTrainOptions {
 // torch's global generator; `t` itself when share is 0. Throws unless share is
 // in [0, 1]. (DiffusionTrainOptions::high_noise_share.)
 torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share);
+
+// `noise` (N, C, H, W) plus the multi-resolution noise of
+// DiffusionTrainOptions::pyramid_noise with that discount, drawn with torch's
+// global generator, rescaled to the standard deviation of `noise`; `noise`
+// itself when discount is 0. Throws unless discount is in [0, 1).
+torch::Tensor add_pyramid_noise(const torch::Tensor& noise, double discount);
 
 // Trains `text_encoder` and `unet` together on `data` (latents multiplied by
 // `scaling_factor`); on return the modules hold the EMA weights.

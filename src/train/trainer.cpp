@@ -295,6 +295,25 @@ torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, doub
   return torch::where(torch::rand(t.sizes()) < share, high, t);
 }
 
+torch::Tensor add_pyramid_noise(const torch::Tensor& noise, double discount) {
+  if (!(discount >= 0 && discount < 1))
+    throw Error("pyramid_noise must be in [0, 1), not " + std::to_string(discount));
+  if (discount == 0) return noise;
+  const int64_t h = noise.size(2), w = noise.size(3);
+  auto out = noise.clone();
+  double weight = 1;
+  for (int64_t scale = 2; h / scale >= 1 && w / scale >= 1; scale *= 2) {
+    weight *= discount;
+    const auto coarse = torch::randn({noise.size(0), noise.size(1), h / scale, w / scale});
+    namespace F = torch::nn::functional;
+    out += weight * F::interpolate(coarse, F::InterpolateFuncOptions()
+                                               .size(std::vector<int64_t>{h, w})
+                                               .mode(torch::kBilinear)
+                                               .align_corners(false));
+  }
+  return out * (noise.std() / out.std());
+}
+
 void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
                      const Tokenizer& tokenizer, const LatentSet& data, double scaling_factor,
                      const DiffusionTrainOptions& options, const LogFn& log) {
@@ -304,6 +323,8 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   }
   if (!(options.high_noise_share >= 0 && options.high_noise_share <= 1))
     throw Error("train_diffusion: high_noise_share must be in [0, 1]");
+  if (!(options.pyramid_noise >= 0 && options.pyramid_noise < 1))
+    throw Error("train_diffusion: pyramid_noise must be in [0, 1)");
   // Token rows of every caption and of the empty (unconditional) prompt.
   std::vector<int64_t> rows;
   for (const auto& caption : data.captions) {
@@ -387,8 +408,9 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     if (options.noise_offset > 0) {
       noise = noise + options.noise_offset * torch::randn({x0.size(0), x0.size(1), 1, 1});
     }
-    // Drawn after the rest, so a share of 0 draws what earlier runs drew.
+    // Drawn after the rest, so that 0 (off) draws what earlier runs drew.
     t = bias_to_high_noise(t, timesteps, options.high_noise_share);
+    noise = add_pyramid_noise(noise, options.pyramid_noise);
     const auto a = alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
     const auto xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
 
