@@ -18,7 +18,7 @@ cmake --build "$BUILD_DIR" -j "$(nproc)" --target sdgen sdgen-train sdgen-spm >&
 
 train() { "$BUILD_DIR/sdgen-train" all --out "$OUT" --work "$WORK" --seed 0 "$@"; }
 start=$(date +%s)
-# The shipped model was trained in six runs of the recipe, reproduced here
+# The shipped model was trained in eight runs of the recipe, reproduced here
 # exactly (each resumes from the work folder):
 # 1. captions, tokenizer, the VAE (crops, fp32) and its decoder stage (whole
 #    pictures, bf16 autocast);
@@ -40,5 +40,12 @@ train --unet-steps 20000 --unet-lr 2e-4 --stop-after 10000 "$@"
 #    new scenes whose pairs straddle the picture's centre (PairLayout::kHalves),
 #    fresh optimizer, learning rate 1.5e-4 with warm-up and cosine decay.
 train --refine-steps 6000 "$@"
+# 7. the second stage continued from its last checkpoint under the schedule of
+#    a 12,000-step run, steps 6,001-9,000;
+train --refine-steps 12000 --stop-after 9000 "$@"
+# 8. steps 9,001-10,750 with multi-resolution noise (--pyramid-noise 0.6);
+#    the model is the EMA weights of that checkpoint.
+train --refine-steps 12000 --pyramid-noise 0.6 --stop-after 10750 "$@"
+"$BUILD_DIR/sdgen-train" export --work "$WORK" --checkpoint refine.ckpt --out "$OUT"
 echo "train-default-model.sh: trained in $(( $(date +%s) - start )) s" >&2
 "$BUILD_DIR/sdgen-train" eval --model "$OUT" --seeds 20 --prompts 10 --steps 20
