@@ -362,14 +362,16 @@ int run_all(const AllOptions& o, const std::string& self) {
     load_module(*unet, unet_file, "", "unet");
     return true;
   };
-  // The same for a stage whose checkpoint reached `steps`: a run naming more
-  // steps continues the checkpoint instead (and replaces the weights).
-  auto load_finished_run = [&](const fs::path& text_file, const fs::path& unet_file,
-                               const fs::path& checkpoint, int steps) {
-    if (fs::exists(checkpoint) &&
-        sdgen::train::diffusion_checkpoint_step(checkpoint.string()) < steps)
-      return false;
-    return load_finished(text_file, unet_file);
+  // The step a stage's checkpoint reached (-1 = none yet).
+  auto reached = [](const fs::path& checkpoint) {
+    return fs::exists(checkpoint) ? sdgen::train::diffusion_checkpoint_step(checkpoint.string())
+                                  : -1;
+  };
+  // The same for a stage whose checkpoint reached step `done`: a run naming
+  // more steps continues the checkpoint instead (and replaces the weights).
+  auto load_finished_run = [&](const fs::path& text_file, const fs::path& unet_file, int done,
+                               int steps) {
+    return (done < 0 || done >= steps) && load_finished(text_file, unet_file);
   };
   auto diffusion_options = [&](int steps, double lr, uint64_t seed, const fs::path& checkpoint) {
     sdgen::train::DiffusionTrainOptions options;
@@ -409,10 +411,10 @@ int run_all(const AllOptions& o, const std::string& self) {
     const auto refined_text = work / "text_encoder-refined.safetensors";
     const auto refined_unet = work / "unet-refined.safetensors";
     const auto refine_checkpoint = work / "refine.ckpt";
-    if (!load_finished_run(refined_text, refined_unet, refine_checkpoint, o.refine_steps)) {
-      if (fs::exists(refine_checkpoint)) {  // its weights replace the modules'
-        std::fprintf(stderr, "sdgen-train: resuming the second stage at step %d\n",
-                     sdgen::train::diffusion_checkpoint_step(refine_checkpoint.string()));
+    const int refine_done = reached(refine_checkpoint);
+    if (!load_finished_run(refined_text, refined_unet, refine_done, o.refine_steps)) {
+      if (refine_done >= 0) {  // its weights replace the modules'
+        std::fprintf(stderr, "sdgen-train: resuming the second stage at step %d\n", refine_done);
       } else if (!load_finished(text_path, unet_path)) {
         if (!fs::exists(base_checkpoint))
           throw sdgen::Error("--refine-steps: train the first UNet stage first (no " +
@@ -430,7 +432,7 @@ int run_all(const AllOptions& o, const std::string& self) {
       save_module(*text_encoder, refined_text, "", torch::kFloat32);
       save_module(*unet, refined_unet, "", torch::kFloat32);
     }
-  } else if (!load_finished_run(text_path, unet_path, base_checkpoint, o.unet_steps)) {
+  } else if (!load_finished_run(text_path, unet_path, reached(base_checkpoint), o.unet_steps)) {
     if (!train("unet", data,
                diffusion_options(o.unet_steps, o.unet_lr, o.seed + 4, base_checkpoint)))
       return 0;

@@ -287,17 +287,43 @@ double latent_scaling_factor(const torch::Tensor& latents) {
   return 1.0 / latents.to(torch::kFloat64).std().item<double>();
 }
 
-torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share) {
+namespace {
+
+void check_high_noise_share(double share) {
   if (!(share >= 0 && share <= 1))
     throw Error("high_noise_share must be in [0, 1], not " + std::to_string(share));
+}
+
+void check_pyramid_discount(double discount) {
+  if (!(discount >= 0 && discount < 1))
+    throw Error("pyramid_noise must be in [0, 1), not " + std::to_string(discount));
+}
+
+// A train_diffusion checkpoint, read whole; throws when there is none.
+torch::serialize::InputArchive open_checkpoint(const std::string& checkpoint) {
+  if (!fs::exists(checkpoint)) throw Error("no training checkpoint: " + checkpoint);
+  torch::serialize::InputArchive archive;
+  archive.load_from(checkpoint);
+  return archive;
+}
+
+int checkpoint_step(torch::serialize::InputArchive& archive) {
+  torch::Tensor step;
+  archive.read("step", step);
+  return static_cast<int>(step.item<int64_t>());
+}
+
+}  // namespace
+
+torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share) {
+  check_high_noise_share(share);
   if (share == 0) return t;
   const auto high = torch::randint(timesteps / 2, timesteps, t.sizes(), torch::kInt64);
   return torch::where(torch::rand(t.sizes()) < share, high, t);
 }
 
 torch::Tensor add_pyramid_noise(const torch::Tensor& noise, double discount) {
-  if (!(discount >= 0 && discount < 1))
-    throw Error("pyramid_noise must be in [0, 1), not " + std::to_string(discount));
+  check_pyramid_discount(discount);
   if (discount == 0) return noise;
   const int64_t h = noise.size(2), w = noise.size(3);
   auto out = noise.clone();
@@ -321,10 +347,8 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   if (n == 0 || static_cast<size_t>(n) != data.captions.size()) {
     throw Error("train_diffusion: empty training set or captions/latents mismatch");
   }
-  if (!(options.high_noise_share >= 0 && options.high_noise_share <= 1))
-    throw Error("train_diffusion: high_noise_share must be in [0, 1]");
-  if (!(options.pyramid_noise >= 0 && options.pyramid_noise < 1))
-    throw Error("train_diffusion: pyramid_noise must be in [0, 1)");
+  check_high_noise_share(options.high_noise_share);  // before any work
+  check_pyramid_discount(options.pyramid_noise);
   // Token rows of every caption and of the empty (unconditional) prompt.
   std::vector<int64_t> rows;
   for (const auto& caption : data.captions) {
@@ -357,11 +381,8 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   auto generator_seed = options.seed;
   int start_step = 0;
   if (!options.checkpoint.empty() && fs::exists(options.checkpoint)) {
-    torch::serialize::InputArchive archive;
-    archive.load_from(options.checkpoint);
-    torch::Tensor step_tensor;
-    archive.read("step", step_tensor);
-    start_step = static_cast<int>(step_tensor.item<int64_t>());
+    auto archive = open_checkpoint(options.checkpoint);
+    start_step = checkpoint_step(archive);
     read_indexed(archive, "param.", params, options.checkpoint);
     read_indexed(archive, "ema.", ema, options.checkpoint);
     torch::serialize::InputArchive optimizer_archive;
@@ -458,26 +479,18 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
 }
 
 int diffusion_checkpoint_step(const std::string& checkpoint) {
-  if (!fs::exists(checkpoint)) throw Error("no training checkpoint: " + checkpoint);
-  torch::serialize::InputArchive archive;
-  archive.load_from(checkpoint);
-  torch::Tensor step;
-  archive.read("step", step);
-  return static_cast<int>(step.item<int64_t>());
+  auto archive = open_checkpoint(checkpoint);
+  return checkpoint_step(archive);
 }
 
 int load_diffusion_checkpoint(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
                               const std::string& checkpoint, bool ema) {
-  if (!fs::exists(checkpoint)) throw Error("no training checkpoint: " + checkpoint);
+  auto archive = open_checkpoint(checkpoint);
   std::vector<torch::Tensor> params = diffusion_params(text_encoder, unet);
-  torch::serialize::InputArchive archive;
-  archive.load_from(checkpoint);
-  torch::Tensor step;
-  archive.read("step", step);
   read_indexed(archive, ema ? "ema." : "param.", params, checkpoint);
   text_encoder->eval();
   unet->eval();
-  return static_cast<int>(step.item<int64_t>());
+  return checkpoint_step(archive);
 }
 
 }  // namespace sdgen::train
