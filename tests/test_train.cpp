@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "sdgen/error.h"
+#include "sdgen/model.h"
 #include "sdgen/random_model.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/synth_world.h"
@@ -507,4 +508,84 @@ TEST(Train, PyramidNoiseAddsCoarseNoiseAtTheSameScale) {
   auto options = short_run(2, 1);
   options.pyramid_noise = 1.5;
   EXPECT_THROW(train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, options), Error);
+}
+
+// What `sdgen-train finetune` starts from: a written model folder opens again
+// as fp32 modules with its configs and tokenizer, its weights those written
+// (fp16), and trains on; sdgen's inference path loads what it writes.
+TEST(Train, ModelFolderOpensForMoreTraining) {
+  const auto dir = fs::path(test::temp_dir("train_model_folder"));
+  auto setup = tiny_setup(dir / "tokenizer");
+  auto m = tiny_modules(setup, 1);
+  train::DemoArchitecture arch;
+  arch.text = setup.text;
+  arch.unet = setup.unet;
+  arch.vae = train::demo_architecture(10, 0, 1, 1).vae;
+  arch.vae.scaling_factor = 0.7;
+  AutoencoderKL vae(arch.vae);
+  randomize_parameters(*vae);
+  train::write_model_folder((dir / "model").string(), arch, m.text, m.unet, vae,
+                            (dir / "tokenizer").string());
+
+  auto opened = train::load_trainable_model((dir / "model").string());
+  EXPECT_EQ(opened.arch.text.to_json(), arch.text.to_json());
+  EXPECT_EQ(opened.arch.unet.to_json(), arch.unet.to_json());
+  EXPECT_EQ(opened.arch.vae.to_json(), arch.vae.to_json());
+  EXPECT_DOUBLE_EQ(opened.arch.vae.scaling_factor, 0.7);
+  EXPECT_EQ(opened.tokenizer->encode_padded("a red circle"),
+            setup.tokenizer->encode_padded("a red circle"));
+  const auto written = snapshot(*m.unet);
+  const auto read = snapshot(*opened.unet);
+  ASSERT_EQ(read.size(), written.size());
+  for (size_t i = 0; i < read.size(); ++i) {
+    EXPECT_EQ(read[i].scalar_type(), torch::kFloat32);
+    EXPECT_TRUE(torch::equal(read[i], written[i].to(torch::kFloat16).to(torch::kFloat32)));
+  }
+  const auto text_read = snapshot(*opened.text_encoder);
+  const auto text_written = snapshot(*m.text);
+  for (size_t i = 0; i < text_read.size(); ++i)
+    EXPECT_TRUE(
+        torch::equal(text_read[i], text_written[i].to(torch::kFloat16).to(torch::kFloat32)));
+
+  // More training moves the weights; the result is a folder sdgen loads.
+  auto options = short_run(3, 1);
+  train::train_diffusion(opened.text_encoder, opened.unet, *opened.tokenizer, tiny_latents(),
+                         opened.arch.vae.scaling_factor, options);
+  double moved = 0;
+  const auto trained = snapshot(*opened.unet);
+  for (size_t i = 0; i < trained.size(); ++i)
+    moved += (trained[i] - read[i]).abs().sum().item<double>();
+  EXPECT_GT(moved, 0.0);
+  train::write_model_folder((dir / "more").string(), opened.arch, opened.text_encoder, opened.unet,
+                            opened.vae, opened.tokenizer_dir);
+  LoadOptions load;
+  load.model_path = (dir / "more").string();
+  const auto model = load_model(load);
+  EXPECT_EQ(model.layout, "diffusers");
+  EXPECT_DOUBLE_EQ(train::load_trainable_model((dir / "more").string()).arch.vae.scaling_factor,
+                   0.7);
+
+  // Writing over the folder the tokenizer is read from would copy files onto
+  // themselves: refused.
+  EXPECT_THROW(
+      train::write_model_folder((dir / "more").string(), opened.arch, opened.text_encoder,
+                                opened.unet, opened.vae, (dir / "more" / "tokenizer").string()),
+      Error);
+  // A missing part, or weights that do not fit the config, name the file.
+  fs::remove(dir / "more" / "vae" / "config.json");
+  EXPECT_THROW(train::load_trainable_model((dir / "more").string()), Error);
+  auto wide = arch.unet;
+  wide.block_out_channels = {8, 16};
+  {
+    std::ofstream config(dir / "model" / "unet" / "config.json");
+    config << wide.to_json().dump(2);
+  }
+  try {
+    train::load_trainable_model((dir / "model").string());
+    ADD_FAILURE() << "a UNet config that does not fit the weights was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("diffusion_pytorch_model.safetensors"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(train::load_trainable_model((dir / "none").string()), Error);
 }

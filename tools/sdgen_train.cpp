@@ -6,6 +6,9 @@
 //       captions -> SentencePiece tokenizer -> VAE -> latents -> text encoder +
 //       UNet [-> second stage on centred pairs, --refine-steps] -> fp16
 //       diffusers folder in --out.
+//   sdgen-train finetune --model DIR --work DIR --out DIR [--steps 4000] [--lr 1.5e-4] ...
+//       More training of a model folder's text encoder and UNet on fresh scenes
+//       (resumable; the EMA of its checkpoint is written to --out).
 //   sdgen-train render --out DIR [--count N] [--seed S]
 //       Training renders with their captions (PNG, caption in the file name list).
 //   sdgen-train export --work DIR --out DIR [--live] [--checkpoint refine.ckpt]
@@ -36,6 +39,7 @@
 #include "sdgen/random_model.h"
 #include "sdgen/runtime.h"
 #include "sdgen/safetensors.h"
+#include "sdgen/sha256.h"
 #include "sdgen/synth_world.h"
 #include "sdgen/tokenizer.h"
 #include "sdgen/train.h"
@@ -52,13 +56,7 @@ double since(Clock::time_point start) {
 }
 
 void write_text(const fs::path& path, const std::string& text) {
-  fs::create_directories(path.parent_path());
-  const auto temp = path.string() + ".tmp";
-  std::ofstream out(temp, std::ios::binary);
-  out << text;
-  out.close();
-  if (!out) throw sdgen::Error("cannot write " + path.string());
-  fs::rename(temp, path);
+  sdgen::train::write_text_file(path.string(), text);
 }
 
 struct AllOptions {
@@ -232,37 +230,6 @@ void set_up_unet_stage(const AllOptions& o, const fs::path& work) {
     write_text(tokenizer_config, config.dump(2));
   }
   write_text(sizes_path, sizes.to_json().dump(2));
-}
-
-// The diffusers folder sdgen loads (fp16 weights, configs, tokenizer files).
-void write_model_folder(const fs::path& out, const sdgen::train::DemoArchitecture& arch,
-                        sdgen::CLIPTextModel& text_encoder, sdgen::UNet2DConditionModel& unet,
-                        sdgen::AutoencoderKL& vae, const fs::path& tokenizer_dir) {
-  save_module(*text_encoder, out / "text_encoder/model.safetensors", "text_model.",
-              torch::kFloat16);
-  save_module(*unet, out / "unet/diffusion_pytorch_model.safetensors", "", torch::kFloat16);
-  save_module(*vae, out / "vae/diffusion_pytorch_model.safetensors", "", torch::kFloat16);
-  write_text(out / "text_encoder/config.json", arch.text.to_json().dump(2));
-  write_text(out / "unet/config.json", arch.unet.to_json().dump(2));
-  write_text(out / "vae/config.json", arch.vae.to_json().dump(2));
-  sdgen::SchedulerConfig scheduler;  // SD1.5's DDIM config, the schedule trained with
-  scheduler.class_name = "DDIMScheduler";
-  write_text(out / "scheduler/scheduler_config.json", scheduler.to_json().dump(2));
-  fs::create_directories(out / "tokenizer");
-  for (const auto& entry : fs::directory_iterator(tokenizer_dir)) {
-    fs::copy_file(entry.path(), out / "tokenizer" / entry.path().filename(),
-                  fs::copy_options::overwrite_existing);
-  }
-  const nlohmann::json index = {
-      {"_class_name", "StableDiffusionPipeline"},
-      {"_sdgen_note",
-       "trained by sdgen-train on the synthetic shapes world (scripts/train-default-model.sh)"},
-      {"scheduler", {"diffusers", "DDIMScheduler"}},
-      {"text_encoder", {"transformers", "CLIPTextModel"}},
-      {"tokenizer", {"sdgen", "SentencePieceTokenizer"}},
-      {"unet", {"diffusers", "UNet2DConditionModel"}},
-      {"vae", {"diffusers", "AutoencoderKL"}}};
-  write_text(out / "model_index.json", index.dump(2));
 }
 
 int run_all(const AllOptions& o, const std::string& self) {
@@ -441,8 +408,92 @@ int run_all(const AllOptions& o, const std::string& self) {
   }
 
   // 6. The diffusers folder (fp16 weights).
-  write_model_folder(out, arch, text_encoder, unet, vae, tokenizer_dir);
+  sdgen::train::write_model_folder(out.string(), arch, text_encoder, unet, vae,
+                                   tokenizer_dir.string());
   std::fprintf(stderr, "sdgen-train: wrote %s in %.0f s\n", out.c_str(), since(started));
+  return 0;
+}
+
+struct FinetuneOptions {
+  std::string model;  // the model folder training starts from
+  std::string work;
+  std::string out;
+  uint64_t seed = 0;
+  int threads = 0;
+  int steps = 4000;
+  int batch = 32;
+  double lr = 1.5e-4;
+  int warmup = 200;
+  int images = 4000;                   // 512x512 scenes encoded with the model's VAE
+  std::string pair_layout = "halves";  // of those scenes: free or halves
+  double noise_offset = 0.15;
+  double high_noise_share = 0.0;
+  double pyramid_noise = 0.0;
+  bool fp32 = false;
+  int stop_after = 0;
+};
+
+// More training of a finished model folder (text encoder + UNet, the VAE and
+// tokenizer frozen): what lets a recipe go on from the model it shipped when
+// the earlier stages' work folder is gone. Fresh scenes encoded with the
+// folder's VAE and scaled by its scaling factor, a fresh AdamW, the EMA
+// started from the folder's weights. Resumable like the other stages; the
+// work folder remembers the weights it began from and refuses other ones.
+int run_finetune(const FinetuneOptions& o) {
+  const auto started = Clock::now();
+  const fs::path work(o.work);
+  fs::create_directories(work);
+  const int threads = sdgen::init_cpu_runtime(o.threads);
+  if (o.pair_layout != "free" && o.pair_layout != "halves")
+    throw sdgen::Error("--pair-layout must be free or halves, got " + o.pair_layout);
+  if (fs::exists(o.out) && fs::exists(o.model) && fs::equivalent(o.out, o.model))
+    throw sdgen::Error("--out must be another folder than --model (" + o.model + ")");
+  auto model = sdgen::train::load_trainable_model(o.model);
+  const auto source = sdgen::sha256_file_hex(
+      (fs::path(o.model) / "unet" / "diffusion_pytorch_model.safetensors").string());
+  const auto source_path = work / "finetune-source.txt";
+  if (fs::exists(source_path)) {
+    std::ifstream in(source_path);
+    std::string recorded;
+    std::getline(in, recorded);
+    if (recorded != source)
+      throw sdgen::Error(work.string() + " was begun from a model with other UNet weights than " +
+                         o.model + " (" + source_path.string() + ")");
+  } else {
+    write_text(source_path, source + "\n");
+  }
+  const double scaling = model.arch.vae.scaling_factor;
+  std::fprintf(stderr, "sdgen-train: %d threads, fine-tuning %s (scaling_factor %.5f) in %s\n",
+               threads, o.model.c_str(), scaling, work.c_str());
+  const auto data = training_latents(model.vae, work / "latents.safetensors", o.images, o.seed + 1,
+                                     o.pair_layout == "halves" ? sdgen::synth::PairLayout::kHalves
+                                                               : sdgen::synth::PairLayout::kFree);
+  sdgen::train::DiffusionTrainOptions options;
+  options.steps = o.steps;
+  options.batch = o.batch;
+  options.lr = o.lr;
+  options.warmup = o.warmup;
+  options.bf16 = !o.fp32;
+  options.noise_offset = o.noise_offset;
+  options.high_noise_share = o.high_noise_share;
+  options.pyramid_noise = o.pyramid_noise;
+  options.stop_after = o.stop_after;
+  options.seed = o.seed + 2;
+  const auto checkpoint = work / "finetune.ckpt";
+  options.checkpoint = checkpoint.string();
+  const auto start = Clock::now();
+  sdgen::train::train_diffusion(
+      model.text_encoder, model.unet, *model.tokenizer, data, scaling, options,
+      [&](int step, double loss) { log_line("finetune", step, options.steps, loss, start); });
+  // The EMA of the checkpoint's step, also when the run stopped early (the
+  // modules then hold the live weights).
+  const int step = sdgen::train::load_diffusion_checkpoint(model.text_encoder, model.unet,
+                                                           checkpoint.string(), true);
+  sdgen::train::write_model_folder(o.out, model.arch, model.text_encoder, model.unet, model.vae,
+                                   model.tokenizer_dir);
+  std::fprintf(stderr, "sdgen-train: wrote %s (EMA weights of step %d of %d) in %.0f s%s\n",
+               o.out.c_str(), step, o.steps, since(started),
+               step < o.steps ? "; run again to resume" : "");
   return 0;
 }
 
@@ -476,7 +527,8 @@ int run_export(const std::string& work_dir, const std::string& out_dir, bool liv
   load_module(*vae, work / "vae.safetensors", "", "vae");
   const int step = sdgen::train::load_diffusion_checkpoint(text_encoder, unet,
                                                            (work / checkpoint).string(), !live);
-  write_model_folder(out_dir, trained.arch, text_encoder, unet, vae, work / "tokenizer");
+  sdgen::train::write_model_folder(out_dir, trained.arch, text_encoder, unet, vae,
+                                   (work / "tokenizer").string());
   std::fprintf(stderr, "sdgen-train: wrote %s (%s weights of step %d)\n", out_dir.c_str(),
                live ? "live" : "EMA", step);
   return 0;
@@ -667,6 +719,34 @@ int main(int argc, char** argv) {
   std::string render_out;
   int render_count = 16;
   uint64_t render_seed = 0;
+  FinetuneOptions finetune;
+  auto* finetune_cmd =
+      app.add_subcommand("finetune", "more training of a model folder's text encoder and UNet");
+  finetune_cmd->add_option("-m,--model", finetune.model, "model folder to start from")->required();
+  finetune_cmd->add_option("--work", finetune.work, "folder for latents and the checkpoint")
+      ->required();
+  finetune_cmd->add_option("-o,--out", finetune.out, "model folder to write")->required();
+  finetune_cmd->add_option("--seed", finetune.seed);
+  finetune_cmd->add_option("--threads", finetune.threads, "0 = all cores");
+  finetune_cmd->add_option("--steps", finetune.steps)->check(CLI::Range(1, 10000000));
+  finetune_cmd->add_option("--batch", finetune.batch)->check(CLI::Range(1, 4096));
+  finetune_cmd->add_option("--lr", finetune.lr)->check(CLI::Range(1e-8, 1.0));
+  finetune_cmd->add_option("--warmup", finetune.warmup)->check(CLI::Range(0, 10000000));
+  finetune_cmd->add_option("--images", finetune.images, "512x512 scenes to train on")
+      ->check(CLI::Range(1, 10000000));
+  finetune_cmd->add_option("--pair-layout", finetune.pair_layout)
+      ->check(CLI::IsMember({"free", "halves"}));
+  finetune_cmd->add_option("--noise-offset", finetune.noise_offset)->check(CLI::Range(0.0, 1.0));
+  finetune_cmd->add_option("--high-noise-share", finetune.high_noise_share)
+      ->check(CLI::Range(0.0, 1.0));
+  finetune_cmd->add_option("--pyramid-noise", finetune.pyramid_noise)->check(CLI::Range(0.0, 0.99));
+  finetune_cmd->add_flag("--fp32", finetune.fp32, "without bf16 autocast");
+  finetune_cmd
+      ->add_option("--stop-after", finetune.stop_after,
+                   "stop after this step (the checkpoint's EMA is written; run again "
+                   "to resume)")
+      ->check(CLI::NonNegativeNumber);
+
   auto* render_cmd = app.add_subcommand("render", "write training renders and captions");
   render_cmd->add_option("-o,--out", render_out)->required();
   render_cmd->add_option("--count", render_count);
@@ -706,6 +786,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (all_cmd->parsed()) return run_all(all, argv[0]);
+    if (finetune_cmd->parsed()) return run_finetune(finetune);
     if (render_cmd->parsed()) return run_render(render_out, render_count, render_seed);
     if (eval_cmd->parsed()) return run_eval(eval);
     if (export_cmd->parsed())

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -149,5 +150,32 @@ int diffusion_checkpoint_step(const std::string& checkpoint);
 // (what training returns at the end) or the live weights. Returns the step.
 int load_diffusion_checkpoint(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
                               const std::string& checkpoint, bool ema = true);
+
+// A model folder in the diffusers layout (what write_model_folder writes and
+// sdgen loads) opened for more training: its configs, its tokenizer and fp32
+// modules holding its weights. The latent scaling factor is the folder's
+// (vae/config.json), the one its UNet learnt with.
+struct TrainableModel {
+  DemoArchitecture arch;
+  std::string tokenizer_dir;  // the folder's tokenizer/, copied by write_model_folder
+  std::unique_ptr<Tokenizer> tokenizer;
+  CLIPTextModel text_encoder{nullptr};
+  UNet2DConditionModel unet{nullptr};
+  AutoencoderKL vae{nullptr};
+};
+// Throws sdgen::Error naming the file at fault (missing config or weights,
+// weights that do not fit the configs).
+TrainableModel load_trainable_model(const std::string& dir);
+
+// Writes `text` to `path` atomically (temporary file + rename), creating its folder.
+void write_text_file(const std::string& path, const std::string& text);
+
+// Writes the diffusers folder sdgen loads: fp16 weights, the configs of
+// `arch`, SD1.5's DDIM scheduler config (the schedule the model trained on),
+// the files of `tokenizer_dir` and model_index.json. Each file is written
+// atomically (temporary file + rename).
+void write_model_folder(const std::string& out, const DemoArchitecture& arch,
+                        CLIPTextModel& text_encoder, UNet2DConditionModel& unet, AutoencoderKL& vae,
+                        const std::string& tokenizer_dir);
 
 }  // namespace sdgen::train
