@@ -444,8 +444,6 @@ int run_finetune(const FinetuneOptions& o) {
   const fs::path work(o.work);
   fs::create_directories(work);
   const int threads = sdgen::init_cpu_runtime(o.threads);
-  if (o.pair_layout != "free" && o.pair_layout != "halves")
-    throw sdgen::Error("--pair-layout must be free or halves, got " + o.pair_layout);
   if (fs::exists(o.out) && fs::exists(o.model) && fs::equivalent(o.out, o.model))
     throw sdgen::Error("--out must be another folder than --model (" + o.model + ")");
   auto model = sdgen::train::load_trainable_model(o.model);
