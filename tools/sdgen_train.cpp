@@ -59,6 +59,69 @@ void write_text(const fs::path& path, const std::string& text) {
   sdgen::train::write_text_file(path.string(), text);
 }
 
+// The noise options of a text encoder + UNet run, the same flags in `all`
+// (its UNet stages) and `finetune`.
+struct NoiseOptions {
+  double offset = 0.15;
+  double high_noise_share = 0.0;  // of each batch, drawn from t >= 500
+  double pyramid = 0.0;           // discount of the multi-resolution noise
+};
+
+void add_noise_options(CLI::App* cmd, NoiseOptions& noise) {
+  cmd->add_option("--noise-offset", noise.offset,
+                  "offset noise of the UNet training (0 = plain Gaussian noise)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--high-noise-share", noise.high_noise_share,
+                  "share of each UNet batch with its timestep drawn from the noisier half of "
+                  "the schedule (0 = uniform)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--pyramid-noise", noise.pyramid,
+                  "multi-resolution noise of the UNet training: the weight of each coarser level "
+                  "is this times the finer one's (0 = off, below 1)")
+      ->check(CLI::Range(0.0, 0.99));
+}
+
+// Training precision: bf16 autocast (fp32 weights, optimizer and EMA) where
+// the CPU computes bf16 natively (avx512_bf16, AMX) or when asked for; else
+// fp32, since libtorch emulates bf16 on other CPUs: on an AVX2-only EPYC two
+// bf16 fine-tuning runs at one thread each did not reach step 50 of batch 32
+// in 10 minutes, while one fp32 run at two threads takes 3.9 s per step.
+struct Precision {
+  bool fp32 = false;  // --fp32
+  bool bf16 = false;  // --bf16
+  bool autocast() const { return !fp32 && (bf16 || sdgen::cpu_has_native_bf16()); }
+  const char* name() const { return autocast() ? "bf16 autocast" : "fp32"; }
+};
+
+void add_precision_flags(CLI::App* cmd, Precision& precision, const std::string& what) {
+  auto* fp32 = cmd->add_flag("--fp32", precision.fp32, "train " + what + " in fp32");
+  cmd->add_flag("--bf16", precision.bf16,
+                "train " + what +
+                    " under bf16 autocast, fp32 weights (default: bf16 autocast where the CPU "
+                    "has native bf16, else fp32)")
+      ->excludes(fp32);
+}
+
+// What `all`'s UNet stages and `finetune` set alike in a training run's options.
+sdgen::train::DiffusionTrainOptions diffusion_run_options(int steps, int batch, double lr,
+                                                          const Precision& precision,
+                                                          const NoiseOptions& noise, int stop_after,
+                                                          uint64_t seed,
+                                                          const fs::path& checkpoint) {
+  sdgen::train::DiffusionTrainOptions options;
+  options.steps = steps;
+  options.batch = batch;
+  options.lr = lr;
+  options.bf16 = precision.autocast();
+  options.noise_offset = noise.offset;
+  options.high_noise_share = noise.high_noise_share;
+  options.pyramid_noise = noise.pyramid;
+  options.stop_after = stop_after;
+  options.seed = seed;
+  options.checkpoint = checkpoint.string();
+  return options;
+}
+
 struct AllOptions {
   std::string out = "models/default";
   std::string work = "build/train";
@@ -78,10 +141,8 @@ struct AllOptions {
   int unet_steps = 7500;
   int unet_batch = 32;
   double unet_lr = 1e-3;
-  double noise_offset = 0.15;
-  double high_noise_share = 0.0;  // of the UNet stages' batches, drawn from t >= 500
-  double pyramid_noise = 0.0;     // discount of the UNet stages' multi-resolution noise
-  bool fp32 = false;              // the decoder and UNet stages without bf16 autocast
+  NoiseOptions noise;   // of the UNet stages
+  Precision precision;  // of the decoder and UNet stages
   // Second UNet stage (0 = none): fine-tunes the first stage's weights on
   // scenes with PairLayout::kHalves pairs.
   int refine_steps = 0;
@@ -237,7 +298,8 @@ int run_all(const AllOptions& o, const std::string& self) {
   const fs::path work(o.work), out(o.out);
   fs::create_directories(work);
   const int threads = sdgen::init_cpu_runtime(o.threads);
-  std::fprintf(stderr, "sdgen-train: %d threads, work folder %s\n", threads, work.c_str());
+  std::fprintf(stderr, "sdgen-train: %d threads, %s, work folder %s\n", threads, o.precision.name(),
+               work.c_str());
 
   // 1. Captions of training scenes (never a held-out pair).
   const auto captions_path = work / "captions.txt";
@@ -288,7 +350,7 @@ int run_all(const AllOptions& o, const std::string& self) {
     options.crop = o.decoder_crop;
     options.lr = o.decoder_lr;
     options.decoder_only = true;
-    options.bf16 = !o.fp32;
+    options.bf16 = o.precision.autocast();
     options.seed = o.seed + 5;
     const auto start = Clock::now();
     sdgen::train::train_vae(vae, options, [&](int step, double loss) {
@@ -341,18 +403,8 @@ int run_all(const AllOptions& o, const std::string& self) {
     return (done < 0 || done >= steps) && load_finished(text_file, unet_file);
   };
   auto diffusion_options = [&](int steps, double lr, uint64_t seed, const fs::path& checkpoint) {
-    sdgen::train::DiffusionTrainOptions options;
-    options.steps = steps;
-    options.batch = o.unet_batch;
-    options.lr = lr;
-    options.bf16 = !o.fp32;
-    options.noise_offset = o.noise_offset;
-    options.high_noise_share = o.high_noise_share;
-    options.pyramid_noise = o.pyramid_noise;
-    options.stop_after = o.stop_after;
-    options.seed = seed;
-    options.checkpoint = checkpoint.string();
-    return options;
+    return diffusion_run_options(steps, o.unet_batch, lr, o.precision, o.noise, o.stop_after, seed,
+                                 checkpoint);
   };
   auto train = [&](const char* stage, const sdgen::train::LatentSet& set,
                    const sdgen::train::DiffusionTrainOptions& options) {
@@ -426,10 +478,8 @@ struct FinetuneOptions {
   int warmup = 200;
   int images = 4000;                   // 512x512 scenes encoded with the model's VAE
   std::string pair_layout = "halves";  // of those scenes: free or halves
-  double noise_offset = 0.15;
-  double high_noise_share = 0.0;
-  double pyramid_noise = 0.0;
-  bool fp32 = false;
+  NoiseOptions noise;
+  Precision precision;
   int stop_after = 0;
 };
 
@@ -441,11 +491,11 @@ struct FinetuneOptions {
 // work folder remembers the weights it began from and refuses other ones.
 int run_finetune(const FinetuneOptions& o) {
   const auto started = Clock::now();
+  if (fs::exists(o.out) && fs::exists(o.model) && fs::equivalent(o.out, o.model))
+    throw sdgen::Error("--out must be another folder than --model (" + o.model + ")");
   const fs::path work(o.work);
   fs::create_directories(work);
   const int threads = sdgen::init_cpu_runtime(o.threads);
-  if (fs::exists(o.out) && fs::exists(o.model) && fs::equivalent(o.out, o.model))
-    throw sdgen::Error("--out must be another folder than --model (" + o.model + ")");
   auto model = sdgen::train::load_trainable_model(o.model);
   const auto source = sdgen::sha256_file_hex(
       (fs::path(o.model) / "unet" / "diffusion_pytorch_model.safetensors").string());
@@ -461,24 +511,15 @@ int run_finetune(const FinetuneOptions& o) {
     write_text(source_path, source + "\n");
   }
   const double scaling = model.arch.vae.scaling_factor;
-  std::fprintf(stderr, "sdgen-train: %d threads, fine-tuning %s (scaling_factor %.5f) in %s\n",
-               threads, o.model.c_str(), scaling, work.c_str());
+  std::fprintf(stderr, "sdgen-train: %d threads, %s, fine-tuning %s (scaling_factor %.5f) in %s\n",
+               threads, o.precision.name(), o.model.c_str(), scaling, work.c_str());
   const auto data = training_latents(model.vae, work / "latents.safetensors", o.images, o.seed + 1,
                                      o.pair_layout == "halves" ? sdgen::synth::PairLayout::kHalves
                                                                : sdgen::synth::PairLayout::kFree);
-  sdgen::train::DiffusionTrainOptions options;
-  options.steps = o.steps;
-  options.batch = o.batch;
-  options.lr = o.lr;
-  options.warmup = o.warmup;
-  options.bf16 = !o.fp32;
-  options.noise_offset = o.noise_offset;
-  options.high_noise_share = o.high_noise_share;
-  options.pyramid_noise = o.pyramid_noise;
-  options.stop_after = o.stop_after;
-  options.seed = o.seed + 2;
   const auto checkpoint = work / "finetune.ckpt";
-  options.checkpoint = checkpoint.string();
+  auto options = diffusion_run_options(o.steps, o.batch, o.lr, o.precision, o.noise, o.stop_after,
+                                       o.seed + 2, checkpoint);
+  options.warmup = o.warmup;
   const auto start = Clock::now();
   sdgen::train::train_diffusion(
       model.text_encoder, model.unet, *model.tokenizer, data, scaling, options,
@@ -680,21 +721,8 @@ int main(int argc, char** argv) {
   all_cmd->add_option("--unet-steps", all.unet_steps);
   all_cmd->add_option("--unet-batch", all.unet_batch);
   all_cmd->add_option("--unet-lr", all.unet_lr);
-  all_cmd->add_option("--noise-offset", all.noise_offset,
-                      "offset noise of the UNet stage (0 = plain Gaussian noise)");
-  all_cmd
-      ->add_option("--high-noise-share", all.high_noise_share,
-                   "share of each UNet batch with its timestep drawn from the noisier half of "
-                   "the schedule (0 = uniform)")
-      ->check(CLI::Range(0.0, 1.0));
-  all_cmd
-      ->add_option("--pyramid-noise", all.pyramid_noise,
-                   "multi-resolution noise of the UNet stages: the weight of each coarser level "
-                   "is this times the finer one's (0 = off, below 1)")
-      ->check(CLI::Range(0.0, 0.99));
-  all_cmd->add_flag("--fp32", all.fp32,
-                    "train the decoder stage and the text encoder + UNet stage in fp32 "
-                    "(default: bf16 autocast, fp32 weights)");
+  add_noise_options(all_cmd, all.noise);
+  add_precision_flags(all_cmd, all.precision, "the decoder stage and the UNet stages");
   all_cmd->add_option("--refine-steps", all.refine_steps,
                       "second UNet stage on pairs that straddle the centre (0 = none)");
   all_cmd->add_option("--refine-images", all.refine_images, "512x512 scenes of the second stage");
@@ -734,11 +762,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 10000000));
   finetune_cmd->add_option("--pair-layout", finetune.pair_layout)
       ->check(CLI::IsMember({"free", "halves"}));
-  finetune_cmd->add_option("--noise-offset", finetune.noise_offset)->check(CLI::Range(0.0, 1.0));
-  finetune_cmd->add_option("--high-noise-share", finetune.high_noise_share)
-      ->check(CLI::Range(0.0, 1.0));
-  finetune_cmd->add_option("--pyramid-noise", finetune.pyramid_noise)->check(CLI::Range(0.0, 0.99));
-  finetune_cmd->add_flag("--fp32", finetune.fp32, "without bf16 autocast");
+  add_noise_options(finetune_cmd, finetune.noise);
+  add_precision_flags(finetune_cmd, finetune.precision, "the text encoder and UNet");
   finetune_cmd
       ->add_option("--stop-after", finetune.stop_after,
                    "stop after this step (the checkpoint's EMA is written; run again "
