@@ -4,12 +4,42 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <string>
+
+#include "sdgen/error.h"
 
 #ifdef SDGEN_WITH_CUDA
 #include "cuda/cuda_info.h"
 #endif
 
 namespace sdgen {
+
+torch::Device device_from_name(const std::string& name) {
+  if (name == "auto")
+    return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::kCPU;
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available())
+      throw Error("--device " + name +
+                  ": CUDA is not available in this build of libtorch or on this machine; use "
+                  "--device cpu");
+    int index = 0;
+    if (name.size() > 5) {
+      size_t used = 0;
+      try {
+        index = std::stoi(name.substr(5), &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != name.size() - 5) throw Error("--device " + name + ": expected cuda:N");
+    }
+    if (index < 0 || index >= static_cast<int>(torch::cuda::device_count()))
+      throw Error("--device " + name + ": no such GPU (" +
+                  std::to_string(torch::cuda::device_count()) + " available)");
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  throw Error("--device " + name + ": expected auto, cpu, cuda or cuda:N");
+}
 
 std::string device_name(const torch::Device& device) {
 #ifdef SDGEN_WITH_CUDA

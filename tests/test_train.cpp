@@ -8,6 +8,7 @@
 #include <map>
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include "sdgen/error.h"
 #include "sdgen/model.h"
@@ -588,4 +589,55 @@ TEST(Train, ModelFolderOpensForMoreTraining) {
         << e.what();
   }
   EXPECT_THROW(train::load_trainable_model((dir / "none").string()), Error);
+}
+
+// On a GPU (skipped elsewhere; the CPU path is every other test here):
+// batches, noise and timesteps are drawn on the CPU, so a CUDA run sees what
+// a CPU run sees and its losses and weights agree to rounding; the modules
+// come back to the CPU; a checkpoint written from the GPU loads on the CPU;
+// bf16 autocast runs there; scenes encode there to the CPU's latents.
+TEST(Train, DiffusionOnCudaMatchesTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device; skipping";
+  const torch::Device cuda(torch::kCUDA, 0);
+  const auto dir = fs::path(test::temp_dir("train_cuda"));
+  auto setup = tiny_setup(dir / "tokenizer");
+  const auto data = tiny_latents();
+  auto cpu = tiny_modules(setup, 1);
+  auto gpu = tiny_modules(setup, 1);
+  auto options = short_run(3, 1);
+  const auto cpu_losses = step_losses(cpu, setup, data, options);
+  options.device = cuda;
+  options.checkpoint = (dir / "gpu.ckpt").string();
+  const auto gpu_losses = step_losses(gpu, setup, data, options);
+  ASSERT_EQ(gpu_losses.size(), cpu_losses.size());
+  for (size_t i = 0; i < cpu_losses.size(); ++i)
+    EXPECT_NEAR(gpu_losses[i], cpu_losses[i], 1e-3 * cpu_losses[i]) << "step " << i + 1;
+  const auto cpu_weights = snapshot(*cpu.unet);
+  const auto gpu_weights = snapshot(*gpu.unet);
+  for (size_t i = 0; i < gpu_weights.size(); ++i) {
+    EXPECT_TRUE(gpu_weights[i].device().is_cpu());
+    EXPECT_LT(test::max_abs_diff(gpu_weights[i], cpu_weights[i]), 1e-4);
+  }
+  auto loaded = tiny_modules(setup, 2);
+  EXPECT_EQ(train::load_diffusion_checkpoint(loaded.text, loaded.unet, options.checkpoint), 3);
+  const auto loaded_weights = snapshot(*loaded.unet);
+  for (size_t i = 0; i < gpu_weights.size(); ++i)
+    EXPECT_TRUE(torch::equal(loaded_weights[i], gpu_weights[i]));
+
+  auto bf16 = tiny_modules(setup, 1);
+  auto bf16_options = short_run(2, 1);
+  bf16_options.device = cuda;
+  bf16_options.bf16 = true;
+  const auto bf16_losses = step_losses(bf16, setup, data, bf16_options);
+  EXPECT_NEAR(bf16_losses[0], cpu_losses[0], 0.05 * cpu_losses[0]);
+
+  AutoencoderKL vae(train::demo_architecture(10, 0, 1, 1).vae);
+  torch::manual_seed(3);
+  randomize_parameters(*vae);
+  const auto on_cpu = train::encode_training_set(vae, 2, 64, 5);
+  const auto on_gpu = train::encode_training_set(vae, 2, 64, 5, {}, synth::PairLayout::kFree, cuda);
+  EXPECT_EQ(on_gpu.captions, on_cpu.captions);
+  EXPECT_TRUE(on_gpu.latents.device().is_cpu());
+  EXPECT_LT(test::max_abs_diff(on_gpu.latents, on_cpu.latents), 1e-3);
+  for (const auto& p : vae->parameters()) EXPECT_TRUE(p.device().is_cpu());
 }

@@ -1,11 +1,13 @@
 // The `sdgen-train` tool end to end on a tiny recipe: `all` writes a model
 // folder sdgen loads, `finetune` trains it on, the precision of both follows
 // the CPU (bf16 autocast only where the CPU has native bf16) unless told, and
-// bad options stop it with an error before any work.
+// bad options (a device this machine lacks among them) stop it with an error
+// before any work.
 
 #include <filesystem>
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include "sdgen/model.h"
 #include "sdgen/runtime.h"
@@ -61,6 +63,12 @@ TEST(TrainCli, TinyRecipeFinetuneAndPrecision) {
   // same checks in `all` and `finetune`), the model folder as the output.
   EXPECT_NE(finetune("both", " --fp32 --bf16"), 0);
   EXPECT_TRUE(has(out, "excludes")) << out;
+  EXPECT_NE(finetune("device", " --device tpu"), 0);
+  EXPECT_TRUE(has(out, "expected auto, cpu, cuda or cuda:N")) << out;
+  if (!torch::cuda::is_available()) {
+    EXPECT_NE(finetune("device", " --device cuda"), 0);
+    EXPECT_TRUE(has(out, "CUDA is not available")) << out;
+  }
   EXPECT_NE(finetune("pyramid", " --pyramid-noise 1.5"), 0);
   EXPECT_TRUE(has(out, "--pyramid-noise")) << out;
   EXPECT_NE(test::run(train_bin() + " all --work " + (dir / "work").string() + " --out " + model +
@@ -73,9 +81,10 @@ TEST(TrainCli, TinyRecipeFinetuneAndPrecision) {
                       &out),
             1);
   EXPECT_TRUE(has(out, "--out must be another folder")) << out;
-  for (const std::string name : {"both", "pyramid", "self"})
+  for (const std::string name : {"both", "device", "pyramid", "self"}) {
     EXPECT_FALSE(fs::exists(dir / name)) << name;
-  EXPECT_FALSE(fs::exists(dir / "work-self"));
+    EXPECT_FALSE(fs::exists(dir / ("work-" + name))) << name;
+  }
 }
 
 }  // namespace

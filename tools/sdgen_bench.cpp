@@ -55,17 +55,6 @@ struct Options {
   bool load_only = false;
 };
 
-torch::Device parse_device(const std::string& name) {
-  if (name == "auto")
-    return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::kCPU;
-  if (name == "cpu") return torch::kCPU;
-  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
-    if (!torch::cuda::is_available()) throw sdgen::Error("--device " + name + ": no CUDA here");
-    return torch::Device(name);
-  }
-  throw sdgen::Error("--device " + name + ": expected auto, cpu, cuda or cuda:N");
-}
-
 std::vector<int> parse_list(const std::string& text) {
   std::vector<int> out;
   std::stringstream s(text);
@@ -84,7 +73,7 @@ double mb(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0)
 
 int run(const Options& o) {
   sdgen::init_cpu_runtime(o.threads);
-  const torch::Device device = parse_device(o.device);
+  const torch::Device device = sdgen::device_from_name(o.device);
   const torch::ScalarType dtype = sdgen::dtype_from_name(o.dtype, sdgen::default_dtype(device));
   const auto say = [](const std::string& s) { std::cerr << "sdgen-bench: " << s << std::endl; };
 

@@ -32,6 +32,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "sdgen/device_info.h"
 #include "sdgen/error.h"
 #include "sdgen/image_io.h"
 #include "sdgen/model.h"
@@ -81,24 +82,28 @@ void add_noise_options(CLI::App* cmd, NoiseOptions& noise) {
       ->check(CLI::Range(0.0, 0.99));
 }
 
-// Training precision: bf16 autocast (fp32 weights, optimizer and EMA) where
-// the CPU computes bf16 natively (avx512_bf16, AMX) or when asked for; else
+// Training precision: bf16 autocast (fp32 weights, optimizer and EMA) on a
+// GPU, where the CPU computes bf16 natively (avx512_bf16, AMX) or when asked for; else
 // fp32, since libtorch emulates bf16 on other CPUs: on an AVX2-only EPYC two
 // bf16 fine-tuning runs at one thread each did not reach step 50 of batch 32
 // in 10 minutes, while one fp32 run at two threads takes 3.9 s per step.
 struct Precision {
   bool fp32 = false;  // --fp32
   bool bf16 = false;  // --bf16
-  bool autocast() const { return !fp32 && (bf16 || sdgen::cpu_has_native_bf16()); }
-  const char* name() const { return autocast() ? "bf16 autocast" : "fp32"; }
+  bool autocast(const torch::Device& device = torch::kCPU) const {
+    return !fp32 && (bf16 || device.is_cuda() || sdgen::cpu_has_native_bf16());
+  }
+  const char* name(const torch::Device& device = torch::kCPU) const {
+    return autocast(device) ? "bf16 autocast" : "fp32";
+  }
 };
 
 void add_precision_flags(CLI::App* cmd, Precision& precision, const std::string& what) {
   auto* fp32 = cmd->add_flag("--fp32", precision.fp32, "train " + what + " in fp32");
   cmd->add_flag("--bf16", precision.bf16,
                 "train " + what +
-                    " under bf16 autocast, fp32 weights (default: bf16 autocast where the CPU "
-                    "has native bf16, else fp32)")
+                    " under bf16 autocast, fp32 weights (default: bf16 autocast on a GPU and "
+                    "where the CPU has native bf16, else fp32)")
       ->excludes(fp32);
 }
 
@@ -201,7 +206,8 @@ sdgen::train::LatentSet load_latents(const fs::path& path) {
 // Latents of `count` training scenes from `path`, encoded and saved there first
 // when missing.
 sdgen::train::LatentSet training_latents(sdgen::AutoencoderKL& vae, const fs::path& path, int count,
-                                         uint64_t seed, sdgen::synth::PairLayout layout) {
+                                         uint64_t seed, sdgen::synth::PairLayout layout,
+                                         const torch::Device& device = torch::kCPU) {
   if (fs::exists(path)) return load_latents(path);
   const auto start = Clock::now();
   auto data = sdgen::train::encode_training_set(
@@ -210,7 +216,7 @@ sdgen::train::LatentSet training_latents(sdgen::AutoencoderKL& vae, const fs::pa
         if (done % 400 == 0)
           std::fprintf(stderr, "[latents] %d/%d  %.0f s\n", done, count, since(start));
       },
-      layout);
+      layout, device);
   std::string joined;
   for (const auto& caption : data.captions) joined += caption + "\n";
   sdgen::write_safetensors(path.string(), {{"latents", data.latents}}, {{"captions", joined}});
@@ -481,6 +487,7 @@ struct FinetuneOptions {
   NoiseOptions noise;
   Precision precision;
   int stop_after = 0;
+  std::string device = "auto";
 };
 
 // More training of a finished model folder (text encoder + UNet, the VAE and
@@ -493,9 +500,12 @@ int run_finetune(const FinetuneOptions& o) {
   const auto started = Clock::now();
   if (fs::exists(o.out) && fs::exists(o.model) && fs::equivalent(o.out, o.model))
     throw sdgen::Error("--out must be another folder than --model (" + o.model + ")");
+  const auto device = sdgen::device_from_name(o.device);
   const fs::path work(o.work);
   fs::create_directories(work);
   const int threads = sdgen::init_cpu_runtime(o.threads);
+  const auto where = device.is_cpu() ? std::to_string(threads) + " threads"
+                                     : device.str() + " (" + sdgen::device_name(device) + ")";
   auto model = sdgen::train::load_trainable_model(o.model);
   const auto source = sdgen::sha256_file_hex(
       (fs::path(o.model) / "unet" / "diffusion_pytorch_model.safetensors").string());
@@ -511,15 +521,18 @@ int run_finetune(const FinetuneOptions& o) {
     write_text(source_path, source + "\n");
   }
   const double scaling = model.arch.vae.scaling_factor;
-  std::fprintf(stderr, "sdgen-train: %d threads, %s, fine-tuning %s (scaling_factor %.5f) in %s\n",
-               threads, o.precision.name(), o.model.c_str(), scaling, work.c_str());
+  std::fprintf(stderr, "sdgen-train: %s, %s, fine-tuning %s (scaling_factor %.5f) in %s\n",
+               where.c_str(), o.precision.name(device), o.model.c_str(), scaling, work.c_str());
   const auto data = training_latents(model.vae, work / "latents.safetensors", o.images, o.seed + 1,
                                      o.pair_layout == "halves" ? sdgen::synth::PairLayout::kHalves
-                                                               : sdgen::synth::PairLayout::kFree);
+                                                               : sdgen::synth::PairLayout::kFree,
+                                     device);
   const auto checkpoint = work / "finetune.ckpt";
   auto options = diffusion_run_options(o.steps, o.batch, o.lr, o.precision, o.noise, o.stop_after,
                                        o.seed + 2, checkpoint);
   options.warmup = o.warmup;
+  options.device = device;
+  options.bf16 = o.precision.autocast(device);
   const auto start = Clock::now();
   sdgen::train::train_diffusion(
       model.text_encoder, model.unet, *model.tokenizer, data, scaling, options,
@@ -764,6 +777,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"free", "halves"}));
   add_noise_options(finetune_cmd, finetune.noise);
   add_precision_flags(finetune_cmd, finetune.precision, "the text encoder and UNet");
+  finetune_cmd->add_option("--device", finetune.device,
+                           "auto (the first GPU where CUDA is available, else the CPU), cpu, "
+                           "cuda or cuda:N: where the scenes are encoded and the text encoder "
+                           "and UNet train (data, noise and timesteps are drawn on the CPU)");
   finetune_cmd
       ->add_option("--stop-after", finetune.stop_after,
                    "stop after this step (the checkpoint's EMA is written; run again "

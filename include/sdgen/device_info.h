@@ -10,6 +10,12 @@
 
 namespace sdgen {
 
+// The device a --device flag names: "auto" (the first GPU where CUDA is
+// available, else the CPU), "cpu", "cuda" or "cuda:N". Throws Error naming
+// the flag for other names, and for a GPU that this build of libtorch or this
+// machine does not have.
+torch::Device device_from_name(const std::string& name);
+
 // "NVIDIA H200" for a CUDA device, the CPU model name for the CPU.
 std::string device_name(const torch::Device& device);
 

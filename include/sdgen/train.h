@@ -78,10 +78,12 @@ struct LatentSet {
   std::vector<std::string> captions;
 };
 // Renders `count` training scenes (synth::random_spec, never held-out pairs) at
-// `canvas` pixels, pairs placed by `layout`, and encodes them with `vae`.
+// `canvas` pixels, pairs placed by `layout`, and encodes them with `vae` (fp32)
+// on `device`; the latents are on the CPU, `vae` back on it at the end.
 LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_t seed,
                               const std::function<void(int done)>& progress = {},
-                              synth::PairLayout layout = synth::PairLayout::kFree);
+                              synth::PairLayout layout = synth::PairLayout::kFree,
+                              const torch::Device& device = torch::kCPU);
 // 1 / std of the latents (how SD's scaling_factor was chosen).
 double latent_scaling_factor(const torch::Tensor& latents);
 
@@ -119,9 +121,15 @@ struct DiffusionTrainOptions {
   // Stop after this step (0 = run all `steps`), as an interruption would;
   // the modules then keep the live (not EMA) weights. For tests.
   int stop_after = 0;
-  // Forward and backward under CPU autocast to bf16 (weights, optimizer and
-  // EMA stay fp32). About 2x faster on CPUs with native bf16.
+  // Forward and backward under autocast to bf16 (weights, optimizer and EMA
+  // stay fp32). About 2x faster on CPUs with native bf16; emulated (slower
+  // than fp32) on other CPUs.
   bool bf16 = false;
+  // Where the text encoder, UNet, optimizer and EMA live while training (the
+  // modules are moved there and back to the CPU at the end). Batches, noise
+  // and timesteps are drawn on the CPU, so a run draws the same on any device;
+  // checkpoints load on any device.
+  torch::Device device = torch::kCPU;
 };
 
 // Timesteps `t` (drawn uniformly from [0, timesteps)) with a `share` of them

@@ -20,6 +20,7 @@
 #include "progress.h"
 #include "resources.h"
 #include "sdgen/a1111.h"
+#include "sdgen/device_info.h"
 #include "sdgen/error.h"
 #include "sdgen/image_io.h"
 #include "sdgen/interrupt.h"
@@ -57,28 +58,11 @@ std::string default_model_dir() {
 }
 
 torch::Device parse_device(const std::string& name) {
-  if (name == "auto")
-    return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::kCPU;
-  if (name == "cpu") return torch::kCPU;
-  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
-    if (!torch::cuda::is_available())
-      throw CliError(kExitUsage, "--device " + name +
-                                     ": CUDA is not available in this build of libtorch "
-                                     "or on this machine; use --device cpu");
-    int index = 0;
-    if (name.size() > 5) {
-      try {
-        index = std::stoi(name.substr(5));
-      } catch (const std::exception&) {
-        throw CliError(kExitUsage, "--device " + name + ": expected cuda:N");
-      }
-    }
-    if (index < 0 || index >= static_cast<int>(torch::cuda::device_count()))
-      throw CliError(kExitUsage, "--device " + name + ": no such GPU (" +
-                                     std::to_string(torch::cuda::device_count()) + " available)");
-    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  try {
+    return device_from_name(name);
+  } catch (const Error& e) {
+    throw CliError(kExitUsage, e.what());
   }
-  throw CliError(kExitUsage, "--device " + name + ": expected auto, cpu, cuda or cuda:N");
 }
 
 torch::ScalarType parse_dtype(const std::string& name, const torch::Device& device) {

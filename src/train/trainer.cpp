@@ -32,33 +32,61 @@ void set_lr(torch::optim::AdamW& optimizer, double lr) {
   }
 }
 
-// CPU autocast to bf16 for the lifetime of the guard (thread-local in libtorch).
-class CpuAutocastBf16 {
+// Autocast to bf16 on the CPU or a CUDA device for the lifetime of the guard
+// (thread-local in libtorch).
+class AutocastBf16 {
  public:
-  explicit CpuAutocastBf16(bool enabled) : enabled_(enabled) {
-    if (!enabled_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
-    at::autocast::set_autocast_enabled(at::kCPU, true);
-#else
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    at::autocast::set_cpu_enabled(true);
-#endif
+  AutocastBf16(bool enabled, const torch::Device& device)
+      : enabled_(enabled), cuda_(device.is_cuda()) {
+    set(true);
   }
-  ~CpuAutocastBf16() {
-    if (!enabled_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(at::kCPU, false);
-#else
-    at::autocast::set_cpu_enabled(false);
-#endif
-    at::autocast::clear_cache();
+  ~AutocastBf16() {
+    set(false);
+    if (enabled_) at::autocast::clear_cache();
   }
-  CpuAutocastBf16(const CpuAutocastBf16&) = delete;
-  CpuAutocastBf16& operator=(const CpuAutocastBf16&) = delete;
+  AutocastBf16(const AutocastBf16&) = delete;
+  AutocastBf16& operator=(const AutocastBf16&) = delete;
 
  private:
+  void set(bool on) const {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    const auto type = cuda_ ? at::kCUDA : at::kCPU;
+    if (on) at::autocast::set_autocast_dtype(type, at::kBFloat16);
+    at::autocast::set_autocast_enabled(type, on);
+#else
+    if (cuda_) {
+      if (on) at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+      at::autocast::set_enabled(on);
+    } else {
+      if (on) at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+      at::autocast::set_cpu_enabled(on);
+    }
+#endif
+  }
   bool enabled_;
+  bool cuda_;
+};
+
+// Moves modules to a device for the lifetime of the guard, and back to the
+// CPU (where callers write and evaluate them) at its end, also on a throw.
+class OnDevice {
+ public:
+  OnDevice(std::vector<torch::nn::Module*> modules, const torch::Device& device)
+      : modules_(std::move(modules)), moved_(!device.is_cpu()) {
+    if (moved_)
+      for (auto* m : modules_) m->to(device);
+  }
+  ~OnDevice() {
+    if (moved_)
+      for (auto* m : modules_) m->to(torch::kCPU);
+  }
+  OnDevice(const OnDevice&) = delete;
+  OnDevice& operator=(const OnDevice&) = delete;
+
+ private:
+  std::vector<torch::nn::Module*> modules_;
+  bool moved_;
 };
 
 std::vector<torch::Tensor> trainable(torch::nn::Module& module) {
@@ -218,7 +246,7 @@ double train_vae(AutoencoderKL& vae, const VAETrainOptions& options, const LogFn
     DiagonalGaussian posterior;
     torch::Tensor reconstruction;
     {
-      CpuAutocastBf16 autocast(options.bf16);
+      AutocastBf16 autocast(options.bf16, torch::kCPU);
       if (options.decoder_only) {
         torch::NoGradGuard no_grad;
         posterior = vae->encode(x);
@@ -260,8 +288,9 @@ double train_vae(AutoencoderKL& vae, const VAETrainOptions& options, const LogFn
 
 LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_t seed,
                               const std::function<void(int done)>& progress,
-                              synth::PairLayout layout) {
+                              synth::PairLayout layout, const torch::Device& device) {
   torch::NoGradGuard no_grad;
+  OnDevice on_device({vae.ptr().get()}, device);
   vae->eval();
   std::mt19937_64 rng(seed);
   LatentSet set;
@@ -277,7 +306,7 @@ LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_
       set.captions.push_back(spec.caption());
       images[i].copy_(synth::render(synth::place_scene(spec, canvas, rng, layout)));
     }
-    set.latents.narrow(0, start, n).copy_(vae->encode(to_model_input(images)).mean);
+    set.latents.narrow(0, start, n).copy_(vae->encode(to_model_input(images).to(device)).mean);
     if (progress) progress(start + n);
   }
   return set;
@@ -299,11 +328,13 @@ void check_pyramid_discount(double discount) {
     throw Error("pyramid_noise must be in [0, 1), not " + std::to_string(discount));
 }
 
-// A train_diffusion checkpoint, read whole; throws when there is none.
-torch::serialize::InputArchive open_checkpoint(const std::string& checkpoint) {
+// A train_diffusion checkpoint, read whole, its tensors put on `device`
+// (whichever device it was written from); throws when there is none.
+torch::serialize::InputArchive open_checkpoint(const std::string& checkpoint,
+                                               const torch::Device& device = torch::kCPU) {
   if (!fs::exists(checkpoint)) throw Error("no training checkpoint: " + checkpoint);
   torch::serialize::InputArchive archive;
-  archive.load_from(checkpoint);
+  archive.load_from(checkpoint, device);
   return archive;
 }
 
@@ -371,6 +402,10 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
       make_scheduler("ddpm", schedule)->alphas_cumprod_tensor().to(torch::kFloat32);
   const int64_t timesteps = alphas_cumprod.size(0);
 
+  // Randomness is drawn on the CPU whatever the device (the same batches, noise
+  // and timesteps as a CPU run); the modules, optimizer and EMA live on it.
+  const torch::Device device = options.device;
+  OnDevice on_device({text_encoder.ptr().get(), unet.ptr().get()}, device);
   std::vector<torch::Tensor> params = diffusion_params(text_encoder, unet);
   torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(options.lr).weight_decay(0.01));
   std::vector<torch::Tensor> ema;
@@ -381,7 +416,7 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   auto generator_seed = options.seed;
   int start_step = 0;
   if (!options.checkpoint.empty() && fs::exists(options.checkpoint)) {
-    auto archive = open_checkpoint(options.checkpoint);
+    auto archive = open_checkpoint(options.checkpoint, device);
     start_step = checkpoint_step(archive);
     read_indexed(archive, "param.", params, options.checkpoint);
     read_indexed(archive, "ema.", ema, options.checkpoint);
@@ -433,13 +468,13 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     t = bias_to_high_noise(t, timesteps, options.high_noise_share);
     noise = add_pyramid_noise(noise, options.pyramid_noise);
     const auto a = alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
-    const auto xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
+    const auto xt = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(device);
 
     torch::Tensor prediction;
     {
-      CpuAutocastBf16 autocast(options.bf16);
-      const auto context = text_encoder->forward(ids).hidden;
-      prediction = unet->forward(xt, t, context).to(torch::kFloat32);
+      AutocastBf16 autocast(options.bf16, device);
+      const auto context = text_encoder->forward(ids.to(device)).hidden;
+      prediction = unet->forward(xt, t.to(device), context).to(torch::kFloat32).cpu();
     }
     auto per_sample = (prediction - noise).pow(2).mean({1, 2, 3});
     if (options.min_snr_gamma > 0) {
