@@ -7,6 +7,7 @@
 #include "sdgen/error.h"
 #include "sdgen/model.h"
 #include "sdgen/pipeline.h"
+#include "sdgen/runtime.h"
 #include "test_util.h"
 
 namespace sdgen {
@@ -63,7 +64,10 @@ TEST(Pipeline, RejectsInvalidRequests) {
 
 // The CPU dtypes against the fp32 diffusers image: how far bf16 (with an fp32
 // or bf16 VAE) and channels_last land from pipe.ddim.image_u8. Measured with
-// the fp32-statistics bf16 GroupNorm: max 5 levels, mean 0.70-0.82.
+// the fp32-statistics bf16 GroupNorm on a CPU with native bf16: max 5 levels,
+// mean 0.70-0.82. Where libtorch emulates bf16 (never the default there, only
+// --dtype bf16) its kernels round differently: an AVX2-only EPYC gave max 10-21
+// levels, mean 1.1-3.6, so the bounds there are looser.
 TEST(Pipeline, CpuDtypesAndLayoutsStayWithinAFewLevels) {
   SDGEN_REQUIRE_SHARED();
   struct Variant {
@@ -91,8 +95,9 @@ TEST(Pipeline, CpuDtypesAndLayoutsStayWithinAFewLevels) {
     const auto diff = (result.images_u8.to(torch::kFloat) - expected).abs();
     std::cout << "[parity] cpu " << v.name << " ddim pipeline: u8 max diff "
               << diff.max().item<double>() << ", mean " << diff.mean().item<double>() << "\n";
-    EXPECT_LE(diff.max().item<double>(), v.max_levels) << v.name;
-    EXPECT_LT(diff.mean().item<double>(), 2.0) << v.name;
+    const bool emulated = v.dtype == torch::kBFloat16 && !cpu_has_native_bf16();
+    EXPECT_LE(diff.max().item<double>(), emulated ? 32.0 : v.max_levels) << v.name;
+    EXPECT_LT(diff.mean().item<double>(), emulated ? 5.0 : 2.0) << v.name;
   }
 }
 
