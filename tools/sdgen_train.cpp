@@ -107,17 +107,17 @@ void add_precision_flags(CLI::App* cmd, Precision& precision, const std::string&
       ->excludes(fp32);
 }
 
-// What `all`'s UNet stages and `finetune` set alike in a training run's options.
-sdgen::train::DiffusionTrainOptions diffusion_run_options(int steps, int batch, double lr,
-                                                          const Precision& precision,
-                                                          const NoiseOptions& noise, int stop_after,
-                                                          uint64_t seed,
-                                                          const fs::path& checkpoint) {
+// What `all`'s UNet stages (on the CPU) and `finetune` set alike in a training
+// run's options; the precision follows `device`.
+sdgen::train::DiffusionTrainOptions diffusion_run_options(
+    int steps, int batch, double lr, const torch::Device& device, const Precision& precision,
+    const NoiseOptions& noise, int stop_after, uint64_t seed, const fs::path& checkpoint) {
   sdgen::train::DiffusionTrainOptions options;
   options.steps = steps;
   options.batch = batch;
   options.lr = lr;
-  options.bf16 = precision.autocast();
+  options.device = device;
+  options.bf16 = precision.autocast(device);
   options.noise_offset = noise.offset;
   options.high_noise_share = noise.high_noise_share;
   options.pyramid_noise = noise.pyramid;
@@ -409,8 +409,8 @@ int run_all(const AllOptions& o, const std::string& self) {
     return (done < 0 || done >= steps) && load_finished(text_file, unet_file);
   };
   auto diffusion_options = [&](int steps, double lr, uint64_t seed, const fs::path& checkpoint) {
-    return diffusion_run_options(steps, o.unet_batch, lr, o.precision, o.noise, o.stop_after, seed,
-                                 checkpoint);
+    return diffusion_run_options(steps, o.unet_batch, lr, torch::kCPU, o.precision, o.noise,
+                                 o.stop_after, seed, checkpoint);
   };
   auto train = [&](const char* stage, const sdgen::train::LatentSet& set,
                    const sdgen::train::DiffusionTrainOptions& options) {
@@ -528,11 +528,9 @@ int run_finetune(const FinetuneOptions& o) {
                                                                : sdgen::synth::PairLayout::kFree,
                                      device);
   const auto checkpoint = work / "finetune.ckpt";
-  auto options = diffusion_run_options(o.steps, o.batch, o.lr, o.precision, o.noise, o.stop_after,
-                                       o.seed + 2, checkpoint);
+  auto options = diffusion_run_options(o.steps, o.batch, o.lr, device, o.precision, o.noise,
+                                       o.stop_after, o.seed + 2, checkpoint);
   options.warmup = o.warmup;
-  options.device = device;
-  options.bf16 = o.precision.autocast(device);
   const auto start = Clock::now();
   sdgen::train::train_diffusion(
       model.text_encoder, model.unet, *model.tokenizer, data, scaling, options,
