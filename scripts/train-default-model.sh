@@ -67,7 +67,9 @@ finetune10() {
     --seed 10 --lr 3e-4 --warmup 100 --images 6000 --pair-layout halves --pyramid-noise 0.6 \
     --fp32 "$@"
 }
-finetune10 --steps 800 --out "$WORK/model-run10-800" "$@"
+# (--stop-after 800 changes nothing in a fresh run, but lets a re-run of the
+# script pass this call once the checkpoint is past step 800.)
+finetune10 --steps 800 --stop-after 800 --out "$WORK/model-run10-800" "$@"
 finetune10 --steps 2400 --out "$OUT" "$@"
 echo "train-default-model.sh: trained in $(( $(date +%s) - start )) s" >&2
 "$BUILD_DIR/sdgen-train" eval --model "$OUT" --seeds 20 --prompts 10 --steps 20
