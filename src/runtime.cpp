@@ -3,9 +3,11 @@
 #include "cpu_allocator.h"
 
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <malloc.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -14,11 +16,31 @@
 #include "sdgen/error.h"
 
 namespace sdgen {
+namespace {
+
+// Debian's libblas.so.3 is OpenBLAS, which keeps a pool of threads of its own
+// beside libtorch's OpenMP pool; after each call both pools spin-wait
+// (sched_yield) for the same cores. On 2 cores that made a training step of
+// the default model 1.7x slower and sampling it 1.5-2x slower than with one
+// BLAS thread (docs/performance.md). libtorch parallelizes around its BLAS
+// calls, so each caller gets one BLAS thread. OPENBLAS_NUM_THREADS, when set,
+// is left to OpenBLAS; other BLAS libraries (MKL in pip's libtorch) lack the
+// symbol and are left alone.
+void limit_openblas_threads() {
+  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr) return;
+  using SetThreads = void (*)(int);
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-reinterpret-cast): dlsym returns void*
+  const auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (set != nullptr) set(1);
+}
+
+}  // namespace
 
 int init_cpu_runtime(int threads) {
   const int n =
       threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(n);
+  limit_openblas_threads();
 #if defined(__GLIBC__)
   // Largest mmap threshold glibc accepts (32 MiB on 64-bit): blocks below it
   // come from the heap and are reused. Never trim the heap back to the kernel.

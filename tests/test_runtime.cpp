@@ -1,8 +1,12 @@
 // CPU runtime settings: the default dtype rule and the large-block cache that
 // keeps libtorch's big CPU tensors from being page-faulted again every layer.
 
+#include <ATen/Parallel.h>
 #include <c10/core/CPUAllocator.h>
+#include <dlfcn.h>
 #include <torch/version.h>
+
+#include <cstdlib>
 
 #include "cpu_allocator.h"
 #include "sdgen/runtime.h"
@@ -42,6 +46,30 @@ TEST(Runtime, LargeCpuBlocksAreReusedAndSmallOnesStayWithMalloc) {
     static_cast<char*>(p)[bytes - 1] = 1;
     allocator->raw_deallocate(p);
   }
+}
+
+// OpenBLAS's own thread pool is cut to one thread (libtorch's pool does the
+// parallel work), unless OPENBLAS_NUM_THREADS says otherwise.
+TEST(Runtime, OpenBlasGetsOneThreadUnlessItsVariableIsSet) {
+  using GetThreads = int (*)();
+  using SetThreads = void (*)(int);
+  const auto get = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  const auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (get == nullptr || set == nullptr) GTEST_SKIP() << "libtorch's BLAS here is not OpenBLAS";
+  const int torch_threads = at::get_num_threads();
+  const char* preset = std::getenv("OPENBLAS_NUM_THREADS");
+  if (preset == nullptr) {
+    set(2);
+    EXPECT_EQ(init_cpu_runtime(2), 2);
+    EXPECT_EQ(get(), 1);
+    EXPECT_EQ(at::get_num_threads(), 2);
+    ASSERT_EQ(setenv("OPENBLAS_NUM_THREADS", "2", 1), 0);
+  }
+  set(2);
+  init_cpu_runtime(2);
+  EXPECT_EQ(get(), 2) << "OPENBLAS_NUM_THREADS is the user's";
+  if (preset == nullptr) unsetenv("OPENBLAS_NUM_THREADS");
+  at::set_num_threads(torch_threads);
 }
 
 }  // namespace

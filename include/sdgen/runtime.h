@@ -12,6 +12,9 @@ namespace sdgen {
 // the process: the allocator would otherwise hand large activation buffers
 // back to the kernel after every layer and page-fault them in again on the
 // next one, which on virtual machines costs more than the arithmetic.
+// OpenBLAS, when it is libtorch's BLAS, gets one thread per caller (its own
+// pool and libtorch's would spin-wait for the same cores) unless
+// OPENBLAS_NUM_THREADS is set.
 // Returns the thread count in use.
 int init_cpu_runtime(int threads = 0);
 
