@@ -70,6 +70,12 @@ finetune10() {
 # (--stop-after 800 changes nothing in a fresh run, but lets a re-run of the
 # script pass this call once the checkpoint is past step 800.)
 finetune10 --steps 800 --stop-after 800 --out "$WORK/model-run10-800" "$@"
-finetune10 --steps 2400 --out "$OUT" "$@"
+finetune10 --steps 2400 --out "$WORK/model-run10" "$@"
+# 11. the same from that model on 6,000 new centred-pair scenes (seed 11):
+#     2,400 steps at 3e-4 (warm-up 100, cosine), fp32 at --threads 2 on an
+#     AVX2-only CPU with one OpenBLAS thread (sdgen's default since then).
+"$BUILD_DIR/sdgen-train" finetune --model "$WORK/model-run10" --work "$WORK/finetune11" \
+  --out "$OUT" --seed 11 --steps 2400 --lr 3e-4 --warmup 100 --images 6000 --pair-layout halves \
+  --pyramid-noise 0.6 --fp32 "$@"
 echo "train-default-model.sh: trained in $(( $(date +%s) - start )) s" >&2
 "$BUILD_DIR/sdgen-train" eval --model "$OUT" --seeds 20 --prompts 10 --steps 20
