@@ -18,7 +18,7 @@ cmake --build "$BUILD_DIR" -j "$(nproc)" --target sdgen sdgen-train sdgen-spm >&
 
 train() { "$BUILD_DIR/sdgen-train" all --out "$OUT" --work "$WORK" --seed 0 "$@"; }
 start=$(date +%s)
-# The shipped model was trained in ten runs of the recipe, reproduced here
+# The shipped model was trained in eleven runs of the recipe, reproduced here
 # exactly (each resumes from the work folder). Runs 1-9 ran on a CPU with native
 # bf16 (avx512_bf16); the runs below that say "bf16 autocast" use it only on
 # such a CPU (elsewhere libtorch emulates bf16, several times slower than
