@@ -58,24 +58,25 @@ train --refine-steps 12000 --pyramid-noise 0.6 --stop-after 10750 "$@"
 "$BUILD_DIR/sdgen-train" finetune --model "$WORK/model-run8" --work "$WORK/finetune" \
   --out "$WORK/model-run9" --seed 9 --steps 4000 --lr 3e-4 --images 4000 --pair-layout halves \
   --pyramid-noise 0.6 "$@"
-# 10. a finetune from that model on 6,000 new centred-pair scenes (seed 10):
-#     800 steps at 3e-4 (warm-up 100, cosine), then the same checkpoint
-#     continued under the schedule of a 2,400-step run to its end. It ran in
-#     fp32 on an AVX2-only CPU, which --fp32 keeps on any CPU.
-finetune10() {
-  "$BUILD_DIR/sdgen-train" finetune --model "$WORK/model-run9" --work "$WORK/finetune10" \
-    --seed 10 --lr 3e-4 --warmup 100 --images 6000 --pair-layout halves --pyramid-noise 0.6 \
-    --fp32 "$@"
+# Runs 10 and 11: `finetune RUN FROM SEED [options]` fine-tunes model folder
+# FROM in the work folder finetune<RUN> (kept, so that a re-run resumes) on
+# 6,000 new centred-pair scenes drawn from SEED, at 3e-4 (warm-up 100,
+# cosine), multi-resolution noise 0.6, in fp32 (they ran on an AVX2-only CPU,
+# which --fp32 keeps on any CPU).
+finetune() {
+  local run=$1 from=$2 seed=$3
+  shift 3
+  "$BUILD_DIR/sdgen-train" finetune --model "$from" --work "$WORK/finetune$run" --seed "$seed" \
+    --lr 3e-4 --warmup 100 --images 6000 --pair-layout halves --pyramid-noise 0.6 --fp32 "$@"
 }
-# (--stop-after 800 changes nothing in a fresh run, but lets a re-run of the
-# script pass this call once the checkpoint is past step 800.)
-finetune10 --steps 800 --stop-after 800 --out "$WORK/model-run10-800" "$@"
-finetune10 --steps 2400 --out "$WORK/model-run10" "$@"
-# 11. the same from that model on 6,000 new centred-pair scenes (seed 11):
-#     2,400 steps at 3e-4 (warm-up 100, cosine), fp32 at --threads 2 on an
-#     AVX2-only CPU with one OpenBLAS thread (sdgen's default since then).
-"$BUILD_DIR/sdgen-train" finetune --model "$WORK/model-run10" --work "$WORK/finetune11" \
-  --out "$OUT" --seed 11 --steps 2400 --lr 3e-4 --warmup 100 --images 6000 --pair-layout halves \
-  --pyramid-noise 0.6 --fp32 "$@"
+# 10. from the model of run 9: 800 steps, then the same checkpoint continued
+#     under the schedule of a 2,400-step run to its end. (--stop-after 800
+#     changes nothing in a fresh run, but lets a re-run of the script pass this
+#     call once the checkpoint is past step 800.)
+finetune 10 "$WORK/model-run9" 10 --steps 800 --stop-after 800 --out "$WORK/model-run10-800" "$@"
+finetune 10 "$WORK/model-run9" 10 --steps 2400 --out "$WORK/model-run10" "$@"
+# 11. from the model of run 10: 2,400 steps, at --threads 2 with one OpenBLAS
+#     thread (sdgen's default since then).
+finetune 11 "$WORK/model-run10" 11 --steps 2400 --out "$OUT" "$@"
 echo "train-default-model.sh: trained in $(( $(date +%s) - start )) s" >&2
 "$BUILD_DIR/sdgen-train" eval --model "$OUT" --seeds 20 --prompts 10 --steps 20

@@ -511,6 +511,47 @@ TEST(Train, PyramidNoiseAddsCoarseNoiseAtTheSameScale) {
   EXPECT_THROW(train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, options), Error);
 }
 
+// Pair captions said the other way round change what a step trains on, never
+// into a held-out caption: a set whose one pair caption reverses into a
+// held-out one trains as without the option (its draw comes last).
+TEST(Train, SwapPairsSaysPairCaptionsTheOtherWayButNeverHeldOut) {
+  const auto dir = fs::path(test::temp_dir("train_swap"));
+  auto setup = tiny_setup(dir / "tokenizer");
+  auto one_caption = [](const std::string& caption) {
+    torch::manual_seed(0);
+    train::LatentSet data;
+    data.latents = torch::randn({1, 4, 8, 8});
+    data.captions = {caption};
+    return data;
+  };
+  auto first_loss = [&](const train::LatentSet& data, double swap) {
+    return first_step_loss(setup, data, [&](auto& o) {
+      o.swap_pairs = swap;
+      o.caption_dropout = 0;
+    });
+  };
+  // A training pair whose reversal is a training caption too.
+  synth::SceneSpec open;
+  std::mt19937_64 rng(2);
+  do {
+    open = synth::random_spec(rng);
+  } while (open.objects.size() != 2 || synth::is_held_out(synth::reversed_pair(open)));
+  const auto swappable = one_caption(open.caption());
+  EXPECT_NE(first_loss(swappable, 0.0), first_loss(swappable, 1.0));
+  // A training pair whose reversal is held out, and a one-shape caption.
+  const auto held = synth::reversed_pair(synth::held_out_specs(1).at(0));
+  ASSERT_FALSE(synth::is_held_out(held));
+  for (const auto& caption : {held.caption(), std::string("a red circle on the left")}) {
+    const auto kept = one_caption(caption);
+    EXPECT_EQ(first_loss(kept, 0.0), first_loss(kept, 1.0)) << caption;
+  }
+  auto m = tiny_modules(setup, 1);
+  auto options = short_run(2, 1);
+  options.swap_pairs = 1.5;
+  EXPECT_THROW(train::train_diffusion(m.text, m.unet, *setup.tokenizer, swappable, 1.0, options),
+               Error);
+}
+
 // What `sdgen-train finetune` starts from: a written model folder opens again
 // as fp32 modules with its configs and tokenizer, its weights those written
 // (fp16), and trains on; sdgen's inference path loads what it writes.

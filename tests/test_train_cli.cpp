@@ -56,7 +56,9 @@ TEST(TrainCli, TinyRecipeFinetuneAndPrecision) {
   EXPECT_EQ(load_model(load).layout, "diffusers");
   ASSERT_EQ(finetune("fp32", " --fp32"), 0) << out;
   EXPECT_TRUE(has(out, "1 threads, fp32, fine-tuning")) << out;
-  ASSERT_EQ(finetune("bf16", " --bf16 --pyramid-noise 0.6 --high-noise-share 0.5"), 0) << out;
+  ASSERT_EQ(finetune("bf16", " --bf16 --pyramid-noise 0.6 --high-noise-share 0.5 --swap-pairs 0.5"),
+            0)
+      << out;
   EXPECT_TRUE(has(out, "1 threads, bf16 autocast, fine-tuning")) << out;
 
   // Refused before any work: both precisions, noise options out of range (the
@@ -71,6 +73,8 @@ TEST(TrainCli, TinyRecipeFinetuneAndPrecision) {
   }
   EXPECT_NE(finetune("pyramid", " --pyramid-noise 1.5"), 0);
   EXPECT_TRUE(has(out, "--pyramid-noise")) << out;
+  EXPECT_NE(finetune("swap", " --swap-pairs 2"), 0);
+  EXPECT_TRUE(has(out, "--swap-pairs")) << out;
   EXPECT_NE(test::run(train_bin() + " all --work " + (dir / "work").string() + " --out " + model +
                           " --noise-offset 2",
                       &out),

@@ -60,12 +60,13 @@ void write_text(const fs::path& path, const std::string& text) {
   sdgen::train::write_text_file(path.string(), text);
 }
 
-// The noise options of a text encoder + UNet run, the same flags in `all`
+// The noise and caption options of a text encoder + UNet run, the same flags in `all`
 // (its UNet stages) and `finetune`.
 struct NoiseOptions {
   double offset = 0.15;
   double high_noise_share = 0.0;  // of each batch, drawn from t >= 500
   double pyramid = 0.0;           // discount of the multi-resolution noise
+  double swap_pairs = 0.0;        // chance a pair caption is said the other way round
 };
 
 void add_noise_options(CLI::App* cmd, NoiseOptions& noise) {
@@ -80,6 +81,10 @@ void add_noise_options(CLI::App* cmd, NoiseOptions& noise) {
                   "multi-resolution noise of the UNet training: the weight of each coarser level "
                   "is this times the finer one's (0 = off, below 1)")
       ->check(CLI::Range(0.0, 0.99));
+  cmd->add_option("--swap-pairs", noise.swap_pairs,
+                  "chance that a two-shape caption is said the other way round at a UNet step "
+                  "(\"a above b\" as \"b below a\", never into a held-out caption; 0 = off)")
+      ->check(CLI::Range(0.0, 1.0));
 }
 
 // Training precision: bf16 autocast (fp32 weights, optimizer and EMA) on a
@@ -121,6 +126,7 @@ sdgen::train::DiffusionTrainOptions diffusion_run_options(
   options.noise_offset = noise.offset;
   options.high_noise_share = noise.high_noise_share;
   options.pyramid_noise = noise.pyramid;
+  options.swap_pairs = noise.swap_pairs;
   options.stop_after = stop_after;
   options.seed = seed;
   options.checkpoint = checkpoint.string();

@@ -110,6 +110,11 @@ Scene place_scene(const SceneSpec& spec, int canvas, std::mt19937_64& rng,
 // shape in the background's colour.
 SceneSpec random_spec(std::mt19937_64& rng);
 
+// The same two-shape scene said the other way round: "a above b" as "b below
+// a" (objects swapped, relation inverted, sizes and background kept). Throws
+// unless `spec` has two objects.
+SceneSpec reversed_pair(const SceneSpec& spec);
+
 // Pair captions whose (colour, shape, relation, colour, shape) combination is
 // kept out of training; the held-out evaluation prompts come from them.
 bool is_held_out(const SceneSpec& spec);

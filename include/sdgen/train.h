@@ -112,6 +112,11 @@ struct DiffusionTrainOptions {
   // model learns to take a shape's place from the noise, not the caption
   // (offset noise is the same fix for the picture's mean only).
   double pyramid_noise = 0.0;
+  // Chance that a two-shape caption is said the other way round at a step
+  // ("a above b" as "b below a", synth::reversed_pair) for the same latents;
+  // never when the reversed caption is a held-out one; 0 = off. The model
+  // then has to read the relation word to tell the two orders apart.
+  double swap_pairs = 0.0;
   uint64_t seed = 0;
   int log_every = 50;
   // Resumable training: state saved to `checkpoint` every `checkpoint_every`

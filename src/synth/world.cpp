@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <sstream>
+#include <utility>
 
 #include "sdgen/error.h"
 #include "sdgen/synth_world.h"
@@ -408,6 +409,28 @@ SceneSpec random_spec(std::mt19937_64& rng) {
     if (chance(rng, 0.5)) spec.background = pick(kBackgrounds, rng);
     return spec;
   }
+}
+
+SceneSpec reversed_pair(const SceneSpec& spec) {
+  if (spec.objects.size() != 2)
+    throw Error("synth: only a two-shape scene can be said the other way");
+  SceneSpec out = spec;
+  std::swap(out.objects[0], out.objects[1]);
+  switch (spec.relation) {
+    case Relation::kAbove:
+      out.relation = Relation::kBelow;
+      break;
+    case Relation::kBelow:
+      out.relation = Relation::kAbove;
+      break;
+    case Relation::kLeftOf:
+      out.relation = Relation::kRightOf;
+      break;
+    case Relation::kRightOf:
+      out.relation = Relation::kLeftOf;
+      break;
+  }
+  return out;
 }
 
 bool is_held_out(const SceneSpec& spec) {

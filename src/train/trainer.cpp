@@ -380,20 +380,39 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   }
   check_high_noise_share(options.high_noise_share);  // before any work
   check_pyramid_discount(options.pyramid_noise);
-  // Token rows of every caption and of the empty (unconditional) prompt.
-  std::vector<int64_t> rows;
+  if (!(options.swap_pairs >= 0 && options.swap_pairs <= 1))
+    throw Error("swap_pairs must be in [0, 1], not " + std::to_string(options.swap_pairs));
+  auto fits = [&](const std::string& caption) {
+    return tokenizer.encode(caption).size() + 2 <= static_cast<size_t>(tokenizer.max_length());
+  };
+  // Token rows of every caption (and of it said the other way round, or again
+  // itself) and of the empty (unconditional) prompt.
+  std::vector<int64_t> rows, reversed_rows;
   for (const auto& caption : data.captions) {
     // A caption cut short would teach the model a wrong picture for it.
-    const size_t length = tokenizer.encode(caption).size() + 2;
-    if (length > static_cast<size_t>(tokenizer.max_length()))
-      throw Error("train_diffusion: \"" + caption + "\" is " + std::to_string(length) +
+    if (!fits(caption))
+      throw Error("train_diffusion: \"" + caption + "\" is " +
+                  std::to_string(tokenizer.encode(caption).size() + 2) +
                   " tokens with bos and eos, more than the tokenizer's model_max_length " +
                   std::to_string(tokenizer.max_length()));
     const auto ids = tokenizer.encode_padded(caption);
     rows.insert(rows.end(), ids.begin(), ids.end());
+    if (options.swap_pairs > 0) {
+      std::string other = caption;
+      const auto spec = synth::parse_caption(caption);
+      if (spec && spec->objects.size() == 2) {
+        const auto reversed = synth::reversed_pair(*spec);
+        if (!synth::is_held_out(reversed) && fits(reversed.caption())) other = reversed.caption();
+      }
+      const auto other_ids = tokenizer.encode_padded(other);
+      reversed_rows.insert(reversed_rows.end(), other_ids.begin(), other_ids.end());
+    }
   }
   const int64_t length = tokenizer.max_length();
   const auto tokens = torch::tensor(rows, torch::kInt64).view({n, length});
+  const auto reversed_tokens = options.swap_pairs > 0
+                                   ? torch::tensor(reversed_rows, torch::kInt64).view({n, length})
+                                   : tokens;
   const auto empty = torch::tensor(tokenizer.encode_padded(""), torch::kInt64).view({1, length});
 
   // q(x_t | x_0) of the SD schedule (diffusers DDPMScheduler.add_noise).
@@ -458,7 +477,6 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     const auto x0 = data.latents.index_select(0, index) * scaling_factor;
     auto ids = tokens.index_select(0, index);
     const auto drop = torch::rand({options.batch}) < options.caption_dropout;
-    ids = torch::where(drop.unsqueeze(1), empty.expand({options.batch, length}), ids);
     auto t = torch::randint(0, timesteps, {options.batch}, torch::kInt64);
     auto noise = torch::randn_like(x0);
     if (options.noise_offset > 0) {
@@ -467,6 +485,11 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     // Drawn after the rest, so that 0 (off) draws what earlier runs drew.
     t = bias_to_high_noise(t, timesteps, options.high_noise_share);
     noise = add_pyramid_noise(noise, options.pyramid_noise);
+    if (options.swap_pairs > 0) {  // drawn last too
+      const auto swap = torch::rand({options.batch}) < options.swap_pairs;
+      ids = torch::where(swap.unsqueeze(1), reversed_tokens.index_select(0, index), ids);
+    }
+    ids = torch::where(drop.unsqueeze(1), empty.expand({options.batch, length}), ids);
     const auto a = alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
     const auto xt = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(device);
 
