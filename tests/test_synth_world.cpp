@@ -148,6 +148,14 @@ TEST(SynthWorld, CheckerRejectsContradictingPictures) {
     EXPECT_EQ(result.failure, failure) << caption << ": " << result.reason;
     EXPECT_STRNE(check_failure_name(result.failure), "") << caption;
   }
+  // A wrong relation says where the first shape is instead.
+  auto reason = [&](const std::string& caption) {
+    return check_image(must_parse(caption), image).reason;
+  };
+  EXPECT_EQ(reason("a blue square above a red circle"),
+            "the blue square is not above the red circle: it is below it");
+  EXPECT_EQ(reason("a red circle to the left of a blue square"),
+            "the red circle is not left of the blue square: it is above it");
   // Pure noise and a blank canvas hold no shapes.
   const auto noise = torch::randint(0, 256, {512, 512, 3}, torch::kUInt8);
   EXPECT_FALSE(check_image(spec, noise).pass);

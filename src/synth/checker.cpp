@@ -133,6 +133,16 @@ std::string describe(const ObjectSpec& object) {
   return std::string(colour_name(object.colour)) + " " + shape_name(object.shape);
 }
 
+// Where the first found shape lies from the second, along the axis of their
+// larger offset, for a relation failure's reason ("it is below it", or on top
+// of it when their centroids are closer than 5% of the picture).
+std::string where_first_is(const ObjectFinding& a, const ObjectFinding& b) {
+  const double dx = a.cx - b.cx, dy = a.cy - b.cy;
+  if (std::hypot(dx, dy) < 0.05) return "it is on top of it";
+  if (std::abs(dy) >= std::abs(dx)) return dy < 0 ? "it is above it" : "it is below it";
+  return dx < 0 ? "it is left of it" : "it is right of it";
+}
+
 std::string fixed2(double value) {
   std::ostringstream out;
   out.precision(2);
@@ -281,7 +291,8 @@ CheckResult check_image(const SceneSpec& spec, const torch::Tensor& image) {
                                                 : spec.relation == Relation::kBelow  ? "below"
                                                 : spec.relation == Relation::kLeftOf ? "left of"
                                                                                      : "right of") +
-                                               " the " + describe(spec.objects[1]));
+                                               " the " + describe(spec.objects[1]) + ": " +
+                                               where_first_is(a, b));
     }
   }
   result.pass = true;
