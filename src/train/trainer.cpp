@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <utility>
 
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
@@ -318,9 +319,10 @@ double latent_scaling_factor(const torch::Tensor& latents) {
 
 namespace {
 
-void check_high_noise_share(double share) {
-  if (!(share >= 0 && share <= 1))
-    throw Error("high_noise_share must be in [0, 1], not " + std::to_string(share));
+// A chance option (`name` its DiffusionTrainOptions field) must lie in [0, 1].
+void check_chance(const char* name, double chance) {
+  if (!(chance >= 0 && chance <= 1))
+    throw Error(std::string(name) + " must be in [0, 1], not " + std::to_string(chance));
 }
 
 void check_pyramid_discount(double discount) {
@@ -347,7 +349,7 @@ int checkpoint_step(torch::serialize::InputArchive& archive) {
 }  // namespace
 
 torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share) {
-  check_high_noise_share(share);
+  check_chance("high_noise_share", share);
   if (share == 0) return t;
   const auto high = torch::randint(timesteps / 2, timesteps, t.sizes(), torch::kInt64);
   return torch::where(torch::rand(t.sizes()) < share, high, t);
@@ -378,10 +380,9 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   if (n == 0 || static_cast<size_t>(n) != data.captions.size()) {
     throw Error("train_diffusion: empty training set or captions/latents mismatch");
   }
-  check_high_noise_share(options.high_noise_share);  // before any work
+  check_chance("high_noise_share", options.high_noise_share);  // before any work
   check_pyramid_discount(options.pyramid_noise);
-  if (!(options.swap_pairs >= 0 && options.swap_pairs <= 1))
-    throw Error("swap_pairs must be in [0, 1], not " + std::to_string(options.swap_pairs));
+  check_chance("swap_pairs", options.swap_pairs);
   auto fits = [&](const std::string& caption) {
     return tokenizer.encode(caption).size() + 2 <= static_cast<size_t>(tokenizer.max_length());
   };
@@ -402,7 +403,8 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
       const auto spec = synth::parse_caption(caption);
       if (spec && spec->objects.size() == 2) {
         const auto reversed = synth::reversed_pair(*spec);
-        if (!synth::is_held_out(reversed) && fits(reversed.caption())) other = reversed.caption();
+        auto text = reversed.caption();
+        if (!synth::is_held_out(reversed) && fits(text)) other = std::move(text);
       }
       const auto other_ids = tokenizer.encode_padded(other);
       reversed_rows.insert(reversed_rows.end(), other_ids.begin(), other_ids.end());
