@@ -14,6 +14,7 @@
 #include "sdgen/model.h"
 #include "sdgen/random_model.h"
 #include "sdgen/safetensors.h"
+#include "sdgen/schedulers/scheduler.h"
 #include "sdgen/synth_world.h"
 #include "sdgen/tokenizer.h"
 #include "sdgen/train.h"
@@ -550,6 +551,108 @@ TEST(Train, SwapPairsSaysPairCaptionsTheOtherWayButNeverHeldOut) {
   options.swap_pairs = 1.5;
   EXPECT_THROW(train::train_diffusion(m.text, m.unet, *setup.tokenizer, swappable, 1.0, options),
                Error);
+}
+
+// The first step's loss recomputed from its draws (the order train_diffusion
+// draws them in: batch, caption dropout, timesteps, noise), for the options'
+// prediction type and schedule, from diffusers' formulas: x_t = sqrt(a) x_0 +
+// sqrt(1 - a) noise, v = sqrt(a) noise - sqrt(1 - a) x_0 (get_velocity), SNR =
+// a / (1 - a), min-SNR-5 weight min(SNR, 5) / SNR for epsilon and
+// min(SNR + 1, 5) / (SNR + 1) for v.
+double recomputed_first_loss(const TinySetup& setup, const train::LatentSet& data,
+                             const train::DiffusionTrainOptions& o) {
+  auto m = tiny_modules(setup, 1);
+  SchedulerConfig schedule;
+  schedule.rescale_betas_zero_snr = o.zero_terminal_snr;
+  const auto alphas = make_scheduler("ddpm", schedule)->alphas_cumprod_tensor().to(torch::kFloat32);
+  torch::manual_seed(o.seed * 1000003);
+  const auto index = torch::randint(0, data.latents.size(0), {o.batch}, torch::kInt64);
+  torch::rand({o.batch});  // caption dropout, 0 in these runs
+  const auto t = torch::randint(0, 1000, {o.batch}, torch::kInt64);
+  const auto x0 = data.latents.index_select(0, index);
+  const auto noise = torch::randn_like(x0);
+  std::vector<int64_t> rows;
+  for (int64_t i = 0; i < o.batch; ++i) {
+    const auto ids = setup.tokenizer->encode_padded(data.captions.at(index[i].item<int64_t>()));
+    rows.insert(rows.end(), ids.begin(), ids.end());
+  }
+  const auto ids = torch::tensor(rows, torch::kInt64).view({o.batch, -1});
+  const auto a = alphas.index_select(0, t).view({-1, 1, 1, 1});
+  torch::NoGradGuard no_grad;
+  const auto prediction =
+      m.unet->forward(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, m.text->forward(ids).hidden);
+  const bool v = o.prediction_type == "v_prediction";
+  const auto target = v ? a.sqrt() * noise - (1 - a).sqrt() * x0 : noise;
+  const auto snr = (a / (1 - a)).view({-1});
+  const auto weight =
+      v ? torch::clamp_max(snr + 1, 5.0) / (snr + 1) : torch::clamp_max(snr, 5.0) / snr;
+  return ((prediction - target).pow(2).mean({1, 2, 3}) * weight).mean().item<double>();
+}
+
+// What the UNet learns: epsilon on SD1.5's schedule by default, v on the
+// schedule rescaled to zero terminal SNR when asked (Lin et al. 2023), whose
+// t = 999 holds no trace of the picture; the scheduler config a trained model
+// carries says which; epsilon at zero SNR and unknown targets are refused.
+TEST(Train, VPredictionOnTheZeroSnrScheduleLearnsTheVelocity) {
+  const auto dir = fs::path(test::temp_dir("train_v"));
+  auto setup = tiny_setup(dir / "tokenizer");
+  const auto data = tiny_latents();
+  train::DiffusionTrainOptions epsilon = short_run(2, 1);
+  epsilon.caption_dropout = 0;
+  auto v = epsilon;
+  v.prediction_type = "v_prediction";
+  v.zero_terminal_snr = true;
+  auto v_sd = v;
+  v_sd.zero_terminal_snr = false;
+  for (const auto& options : {epsilon, v, v_sd}) {
+    const double trained = first_step_loss(setup, data, [&](auto& o) { o = options; });
+    const double recomputed = recomputed_first_loss(setup, data, options);
+    EXPECT_NEAR(trained, recomputed, 1e-5 * recomputed)
+        << options.prediction_type << " zero SNR " << options.zero_terminal_snr;
+  }
+  EXPECT_NE(first_step_loss(setup, data, [&](auto& o) { o = v; }),
+            first_step_loss(setup, data, [&](auto& o) { o = v_sd; }));
+
+  // The scheduler config of each: SD1.5's DDIM for epsilon (what models/
+  // default has always carried), trailing timesteps from t = 999 with zero SNR.
+  EXPECT_EQ(train::trained_scheduler_config(epsilon).to_json(), SchedulerConfig{}.to_json());
+  const auto zero = train::trained_scheduler_config(v);
+  EXPECT_EQ(zero.prediction_type, "v_prediction");
+  EXPECT_TRUE(zero.rescale_betas_zero_snr);
+  EXPECT_EQ(zero.timestep_spacing, "trailing");
+  EXPECT_EQ(zero.class_name, "DDIMScheduler");
+  EXPECT_EQ(train::trained_scheduler_config(v_sd).timestep_spacing, "leading");
+  EXPECT_EQ(make_scheduler("ddim", zero)->alphas_cumprod_tensor()[999].item<double>(), 0.0);
+
+  auto bad = epsilon;
+  bad.zero_terminal_snr = true;
+  EXPECT_THROW(train::trained_scheduler_config(bad), Error);
+  auto m = tiny_modules(setup, 1);
+  EXPECT_THROW(train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, bad), Error);
+  bad = epsilon;
+  bad.prediction_type = "sample";
+  EXPECT_THROW(train::train_diffusion(m.text, m.unet, *setup.tokenizer, data, 1.0, bad), Error);
+
+  // A model folder keeps the schedule it is written with, opens with it, and
+  // sdgen's loader reads it (TrainCli samples from such a folder).
+  train::DemoArchitecture arch;
+  arch.text = setup.text;
+  arch.unet = setup.unet;
+  arch.vae = train::demo_architecture(10, 0, 1, 1).vae;
+  AutoencoderKL vae(arch.vae);
+  randomize_parameters(*vae);
+  train::write_model_folder((dir / "v").string(), arch, m.text, m.unet, vae,
+                            (dir / "tokenizer").string(), zero);
+  const auto opened = train::load_trainable_model((dir / "v").string());
+  EXPECT_EQ(opened.scheduler.prediction_type, "v_prediction");
+  EXPECT_TRUE(opened.scheduler.rescale_betas_zero_snr);
+  EXPECT_EQ(opened.scheduler.timestep_spacing, "trailing");
+  LoadOptions load;
+  load.model_path = (dir / "v").string();
+  EXPECT_EQ(load_model(load).scheduler_config.prediction_type, "v_prediction");
+  fs::remove(dir / "v" / "scheduler" / "scheduler_config.json");  // SD1.5's when missing
+  EXPECT_EQ(train::load_trainable_model((dir / "v").string()).scheduler.to_json(),
+            SchedulerConfig{}.to_json());
 }
 
 // What `sdgen-train finetune` starts from: a written model folder opens again

@@ -61,6 +61,39 @@ TEST(TrainCli, TinyRecipeFinetuneAndPrecision) {
       << out;
   EXPECT_TRUE(has(out, "1 threads, bf16 autocast, fine-tuning")) << out;
 
+  // v prediction on the zero-SNR schedule: the folder written says so, a
+  // further run from it keeps it, sdgen draws from it; a work folder resumed
+  // with another target, and epsilon at zero SNR, are refused.
+  ASSERT_EQ(finetune("v", " --prediction v_prediction --terminal-snr zero"), 0) << out;
+  EXPECT_TRUE(has(out, "v_prediction, zero terminal SNR")) << out;
+  const auto v_config =
+      read_json_file((dir / "v" / "scheduler" / "scheduler_config.json").string());
+  EXPECT_EQ(v_config.at("prediction_type"), "v_prediction");
+  EXPECT_EQ(v_config.at("rescale_betas_zero_snr"), true);
+  EXPECT_EQ(v_config.at("timestep_spacing"), "trailing");
+  ASSERT_EQ(test::run(train_bin() + " finetune --model " + (dir / "v").string() + " --work " +
+                          (dir / "work-v-more").string() + " --out " + (dir / "v-more").string() +
+                          " --steps 1 --batch 2 --images 2 --threads 1",
+                      &out),
+            0)
+      << out;
+  EXPECT_TRUE(has(out, "v_prediction, zero terminal SNR")) << out;
+  EXPECT_EQ(read_json_file((dir / "v-more" / "scheduler" / "scheduler_config.json").string())
+                .at("prediction_type"),
+            "v_prediction");
+  const auto png = (dir / "v.png").string();
+  ASSERT_EQ(test::run(test::binary_dir() + "/sdgen --model " + (dir / "v").string() +
+                          " --prompt \"a red circle\" --steps 3 --threads 1 -o " + png,
+                      &out),
+            0)
+      << out;
+  EXPECT_TRUE(fs::exists(png));
+  EXPECT_NE(finetune("v", " --prediction epsilon"), 0);
+  EXPECT_TRUE(has(out, "trains v_prediction, zero terminal SNR, not epsilon")) << out;
+  EXPECT_NE(finetune("epszero", " --prediction epsilon --terminal-snr zero"), 0);
+  EXPECT_TRUE(has(out, "needs v_prediction")) << out;
+  EXPECT_NE(finetune("vbad", " --prediction sample"), 0);
+
   // Refused before any work: both precisions, noise options out of range (the
   // same checks in `all` and `finetune`), the model folder as the output.
   EXPECT_NE(finetune("both", " --fp32 --bf16"), 0);
@@ -85,7 +118,7 @@ TEST(TrainCli, TinyRecipeFinetuneAndPrecision) {
                       &out),
             1);
   EXPECT_TRUE(has(out, "--out must be another folder")) << out;
-  for (const std::string name : {"both", "device", "pyramid", "self"}) {
+  for (const std::string name : {"both", "device", "pyramid", "self", "epszero", "vbad"}) {
     EXPECT_FALSE(fs::exists(dir / name)) << name;
     EXPECT_FALSE(fs::exists(dir / ("work-" + name))) << name;
   }

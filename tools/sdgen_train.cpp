@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 
@@ -478,6 +479,21 @@ int run_all(const AllOptions& o, const std::string& self) {
   return 0;
 }
 
+// A work folder's record of what its run is (first line of `path`): written
+// when missing, else it must equal `value` or the run is refused with
+// `mismatch(recorded)` and the file's name.
+void record_or_check(const fs::path& path, const std::string& value,
+                     const std::function<std::string(const std::string&)>& mismatch) {
+  if (!fs::exists(path)) {
+    write_text(path, value + "\n");
+    return;
+  }
+  std::ifstream in(path);
+  std::string recorded;
+  std::getline(in, recorded);
+  if (recorded != value) throw sdgen::Error(mismatch(recorded) + " (" + path.string() + ")");
+}
+
 struct FinetuneOptions {
   std::string model;  // the model folder training starts from
   std::string work;
@@ -494,6 +510,8 @@ struct FinetuneOptions {
   Precision precision;
   int stop_after = 0;
   std::string device = "auto";
+  std::string prediction;    // epsilon | v_prediction; "" = the model folder's
+  std::string terminal_snr;  // sd | zero; "" = the model folder's
 };
 
 // More training of a finished model folder (text encoder + UNet, the VAE and
@@ -508,27 +526,34 @@ int run_finetune(const FinetuneOptions& o) {
     throw sdgen::Error("--out must be another folder than --model (" + o.model + ")");
   const auto device = sdgen::device_from_name(o.device);
   const fs::path work(o.work);
-  fs::create_directories(work);
   const int threads = sdgen::init_cpu_runtime(o.threads);
   const auto where = device.is_cpu() ? std::to_string(threads) + " threads"
                                      : device.str() + " (" + sdgen::device_name(device) + ")";
   auto model = sdgen::train::load_trainable_model(o.model);
+  // What the UNet learns to predict, on which schedule: the folder's unless
+  // told (an epsilon model can be taught v on the zero-SNR schedule).
+  sdgen::train::DiffusionTrainOptions target_options;
+  target_options.prediction_type =
+      o.prediction.empty() ? model.scheduler.prediction_type : o.prediction;
+  target_options.zero_terminal_snr =
+      o.terminal_snr.empty() ? model.scheduler.rescale_betas_zero_snr : o.terminal_snr == "zero";
+  const auto scheduler = sdgen::train::trained_scheduler_config(target_options);  // or throws
+  fs::create_directories(work);
+  // A checkpoint resumed with another target would mix two trainings.
+  const auto target = target_options.prediction_type +
+                      (target_options.zero_terminal_snr ? ", zero" : ", SD1.5's") + " terminal SNR";
+  record_or_check(work / "finetune-target.txt", target, [&](const std::string& recorded) {
+    return work.string() + " trains " + recorded + ", not " + target;
+  });
   const auto source = sdgen::sha256_file_hex(
       (fs::path(o.model) / "unet" / "diffusion_pytorch_model.safetensors").string());
-  const auto source_path = work / "finetune-source.txt";
-  if (fs::exists(source_path)) {
-    std::ifstream in(source_path);
-    std::string recorded;
-    std::getline(in, recorded);
-    if (recorded != source)
-      throw sdgen::Error(work.string() + " was begun from a model with other UNet weights than " +
-                         o.model + " (" + source_path.string() + ")");
-  } else {
-    write_text(source_path, source + "\n");
-  }
+  record_or_check(work / "finetune-source.txt", source, [&](const std::string&) {
+    return work.string() + " was begun from a model with other UNet weights than " + o.model;
+  });
   const double scaling = model.arch.vae.scaling_factor;
-  std::fprintf(stderr, "sdgen-train: %s, %s, fine-tuning %s (scaling_factor %.5f) in %s\n",
-               where.c_str(), o.precision.name(device), o.model.c_str(), scaling, work.c_str());
+  std::fprintf(stderr, "sdgen-train: %s, %s, fine-tuning %s (scaling_factor %.5f; %s) in %s\n",
+               where.c_str(), o.precision.name(device), o.model.c_str(), scaling, target.c_str(),
+               work.c_str());
   const auto data = training_latents(model.vae, work / "latents.safetensors", o.images, o.seed + 1,
                                      o.pair_layout == "halves" ? sdgen::synth::PairLayout::kHalves
                                                                : sdgen::synth::PairLayout::kFree,
@@ -537,6 +562,8 @@ int run_finetune(const FinetuneOptions& o) {
   auto options = diffusion_run_options(o.steps, o.batch, o.lr, device, o.precision, o.noise,
                                        o.stop_after, o.seed + 2, checkpoint);
   options.warmup = o.warmup;
+  options.prediction_type = target_options.prediction_type;
+  options.zero_terminal_snr = target_options.zero_terminal_snr;
   const auto start = Clock::now();
   sdgen::train::train_diffusion(
       model.text_encoder, model.unet, *model.tokenizer, data, scaling, options,
@@ -546,7 +573,7 @@ int run_finetune(const FinetuneOptions& o) {
   const int step = sdgen::train::load_diffusion_checkpoint(model.text_encoder, model.unet,
                                                            checkpoint.string(), true);
   sdgen::train::write_model_folder(o.out, model.arch, model.text_encoder, model.unet, model.vae,
-                                   model.tokenizer_dir);
+                                   model.tokenizer_dir, scheduler);
   std::fprintf(stderr, "sdgen-train: wrote %s (EMA weights of step %d of %d) in %.0f s%s\n",
                o.out.c_str(), step, o.steps, since(started),
                step < o.steps ? "; run again to resume" : "");
@@ -780,6 +807,17 @@ int main(int argc, char** argv) {
   finetune_cmd->add_option("--pair-layout", finetune.pair_layout)
       ->check(CLI::IsMember({"free", "halves"}));
   add_noise_options(finetune_cmd, finetune.noise);
+  finetune_cmd
+      ->add_option("--prediction", finetune.prediction,
+                   "what the UNet learns to predict: epsilon or v_prediction (default: what the "
+                   "model folder's scheduler config says)")
+      ->check(CLI::IsMember({"epsilon", "v_prediction"}));
+  finetune_cmd
+      ->add_option("--terminal-snr", finetune.terminal_snr,
+                   "the noise schedule: sd (SD1.5's, a trace of the picture left at t = 999) or "
+                   "zero (rescaled to zero SNR there, Lin et al. 2023; needs v_prediction; "
+                   "default: the model folder's)")
+      ->check(CLI::IsMember({"sd", "zero"}));
   add_precision_flags(finetune_cmd, finetune.precision, "the text encoder and UNet");
   finetune_cmd->add_option("--device", finetune.device,
                            "auto (the first GPU where CUDA is available, else the CPU), cpu, "

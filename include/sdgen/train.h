@@ -9,8 +9,8 @@
 //   2. the training set encoded once with the frozen VAE (posterior means) and the
 //      latent scaling factor measured (1 / std, as SD's 0.18215 was chosen);
 //   3. text encoder + UNet together, epsilon prediction on the SD scaled-linear
-//      schedule, captions dropped 10% of the time for classifier-free guidance,
-//      min-SNR loss weighting, EMA of the weights.
+//      schedule (or v prediction on it rescaled to zero terminal SNR), captions dropped 10% of the
+//      time for classifier-free guidance, min-SNR loss weighting, EMA of the weights.
 // tools/sdgen_train.cpp drives it; scripts/train-default-model.sh reproduces models/default.
 
 #include <cstdint>
@@ -117,6 +117,16 @@ struct DiffusionTrainOptions {
   // never when the reversed caption is a held-out one; 0 = off. The model
   // then has to read the relation word to tell the two orders apart.
   double swap_pairs = 0.0;
+  // What the UNet predicts: "epsilon" (SD1.x) or "v_prediction" (SD2.x:
+  // v = sqrt(a) * noise - sqrt(1 - a) * x_0, diffusers get_velocity). With v
+  // the min-SNR weight is min(SNR + 1, gamma) / (SNR + 1): x_0's error weighs
+  // at least 1 at every timestep, where epsilon's weighs SNR (0.005 at t = 999).
+  std::string prediction_type = "epsilon";
+  // SD's schedule rescaled to zero SNR at its last step (Lin et al. 2023,
+  // diffusers rescale_zero_terminal_snr), so x_999 holds no trace of x_0 and
+  // the layout must come from the caption, as it does from pure noise at
+  // inference. Needs v_prediction (epsilon is undefined at SNR 0).
+  bool zero_terminal_snr = false;
   uint64_t seed = 0;
   int log_every = 50;
   // Resumable training: state saved to `checkpoint` every `checkpoint_every`
@@ -136,6 +146,13 @@ struct DiffusionTrainOptions {
   // checkpoints load on any device.
   torch::Device device = torch::kCPU;
 };
+
+// The training schedule of `options` (SD1.5's, rescaled to zero terminal SNR
+// when asked) as the DDIM scheduler config a model folder carries: its
+// prediction type, and "trailing" timesteps with zero terminal SNR (so that
+// sampling starts at t = 999, Lin et al. 2023). Throws on a bad prediction type
+// or zero terminal SNR with epsilon.
+SchedulerConfig trained_scheduler_config(const DiffusionTrainOptions& options);
 
 // Timesteps `t` (drawn uniformly from [0, timesteps)) with a `share` of them
 // redrawn uniformly from the noisier half, [timesteps / 2, timesteps), using
@@ -175,6 +192,9 @@ struct TrainableModel {
   CLIPTextModel text_encoder{nullptr};
   UNet2DConditionModel unet{nullptr};
   AutoencoderKL vae{nullptr};
+  // scheduler/scheduler_config.json (SD1.5's DDIM config when the file is
+  // missing): the prediction type and schedule the UNet learnt.
+  SchedulerConfig scheduler;
 };
 // Throws sdgen::Error naming the file at fault (missing config or weights,
 // weights that do not fit the configs).
@@ -184,11 +204,12 @@ TrainableModel load_trainable_model(const std::string& dir);
 void write_text_file(const std::string& path, const std::string& text);
 
 // Writes the diffusers folder sdgen loads: fp16 weights, the configs of
-// `arch`, SD1.5's DDIM scheduler config (the schedule the model trained on),
-// the files of `tokenizer_dir` and model_index.json. Each file is written
-// atomically (temporary file + rename).
+// `arch`, `scheduler` (the schedule the model trained on; SD1.5's DDIM config by
+// default), the files of `tokenizer_dir` and model_index.json. Each file is
+// written atomically (temporary file + rename).
 void write_model_folder(const std::string& out, const DemoArchitecture& arch,
                         CLIPTextModel& text_encoder, UNet2DConditionModel& unet, AutoencoderKL& vae,
-                        const std::string& tokenizer_dir);
+                        const std::string& tokenizer_dir,
+                        const SchedulerConfig& scheduler = SchedulerConfig{});
 
 }  // namespace sdgen::train

@@ -70,6 +70,9 @@ TrainableModel load_trainable_model(const std::string& dir) {
   m.text_encoder = CLIPTextModel(m.arch.text);
   m.unet = UNet2DConditionModel(m.arch.unet);
   m.vae = AutoencoderKL(m.arch.vae);
+  const auto scheduler_path = root / "scheduler" / "scheduler_config.json";
+  if (fs::exists(scheduler_path))
+    m.scheduler = SchedulerConfig::from_json(read_json_file(scheduler_path.string()));
   load_fp32(*m.text_encoder, root / "text_encoder" / "model.safetensors", "text_model.",
             "text encoder");
   load_fp32(*m.unet, root / "unet" / "diffusion_pytorch_model.safetensors", "", "unet");
@@ -79,7 +82,7 @@ TrainableModel load_trainable_model(const std::string& dir) {
 
 void write_model_folder(const std::string& out_dir, const DemoArchitecture& arch,
                         CLIPTextModel& text_encoder, UNet2DConditionModel& unet, AutoencoderKL& vae,
-                        const std::string& tokenizer_dir) {
+                        const std::string& tokenizer_dir, const SchedulerConfig& scheduler) {
   const fs::path out(out_dir);
   if (fs::exists(out / "tokenizer") && fs::exists(tokenizer_dir) &&
       fs::equivalent(out / "tokenizer", fs::path(tokenizer_dir)))
@@ -90,8 +93,6 @@ void write_model_folder(const std::string& out_dir, const DemoArchitecture& arch
   write_text_file((out / "text_encoder/config.json").string(), arch.text.to_json().dump(2));
   write_text_file((out / "unet/config.json").string(), arch.unet.to_json().dump(2));
   write_text_file((out / "vae/config.json").string(), arch.vae.to_json().dump(2));
-  SchedulerConfig scheduler;  // SD1.5's DDIM config, the schedule trained with
-  scheduler.class_name = "DDIMScheduler";
   write_text_file((out / "scheduler/scheduler_config.json").string(), scheduler.to_json().dump(2));
   fs::create_directories(out / "tokenizer");
   for (const auto& entry : fs::directory_iterator(tokenizer_dir)) {
@@ -102,7 +103,7 @@ void write_model_folder(const std::string& out_dir, const DemoArchitecture& arch
       {"_class_name", "StableDiffusionPipeline"},
       {"_sdgen_note",
        "trained by sdgen-train on the synthetic shapes world (scripts/train-default-model.sh)"},
-      {"scheduler", {"diffusers", "DDIMScheduler"}},
+      {"scheduler", {"diffusers", scheduler.class_name}},
       {"text_encoder", {"transformers", "CLIPTextModel"}},
       {"tokenizer", {"sdgen", "SentencePieceTokenizer"}},
       {"unet", {"diffusers", "UNet2DConditionModel"}},

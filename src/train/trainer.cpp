@@ -348,6 +348,23 @@ int checkpoint_step(torch::serialize::InputArchive& archive) {
 
 }  // namespace
 
+SchedulerConfig trained_scheduler_config(const DiffusionTrainOptions& options) {
+  if (options.prediction_type != "epsilon" && options.prediction_type != "v_prediction")
+    throw Error("prediction_type must be epsilon or v_prediction, not '" + options.prediction_type +
+                "'");
+  if (options.zero_terminal_snr && options.prediction_type != "v_prediction")
+    throw Error(
+        "zero terminal SNR needs v_prediction (epsilon cannot be predicted from pure noise)");
+  SchedulerConfig config;  // SD1.5's DDIM config: scaled_linear 0.00085 - 0.012, 1000 steps
+  config.class_name = "DDIMScheduler";
+  config.prediction_type = options.prediction_type;
+  config.rescale_betas_zero_snr = options.zero_terminal_snr;
+  // Lin et al. 2023 (diffusers' DDIMScheduler docs): with zero terminal SNR
+  // sample from t = 999, where the model learnt to start.
+  if (options.zero_terminal_snr) config.timestep_spacing = "trailing";
+  return config;
+}
+
 torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share) {
   check_chance("high_noise_share", share);
   if (share == 0) return t;
@@ -383,6 +400,8 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   check_chance("high_noise_share", options.high_noise_share);  // before any work
   check_pyramid_discount(options.pyramid_noise);
   check_chance("swap_pairs", options.swap_pairs);
+  const auto schedule = trained_scheduler_config(options);  // checks the prediction type
+  const bool v_prediction = options.prediction_type == "v_prediction";
   auto fits = [&](const std::string& caption) {
     return tokenizer.encode(caption).size() + 2 <= static_cast<size_t>(tokenizer.max_length());
   };
@@ -418,7 +437,6 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
   const auto empty = torch::tensor(tokenizer.encode_padded(""), torch::kInt64).view({1, length});
 
   // q(x_t | x_0) of the SD schedule (diffusers DDPMScheduler.add_noise).
-  SchedulerConfig schedule;  // SD1.5: scaled_linear 0.00085 - 0.012, 1000 steps
   const auto alphas_cumprod =
       make_scheduler("ddpm", schedule)->alphas_cumprod_tensor().to(torch::kFloat32);
   const int64_t timesteps = alphas_cumprod.size(0);
@@ -501,11 +519,21 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
       const auto context = text_encoder->forward(ids.to(device)).hidden;
       prediction = unet->forward(xt, t.to(device), context).to(torch::kFloat32).cpu();
     }
-    auto per_sample = (prediction - noise).pow(2).mean({1, 2, 3});
+    // diffusers DDPMScheduler.get_velocity for v.
+    const auto target = v_prediction ? a.sqrt() * noise - (1 - a).sqrt() * x0 : noise;
+    auto per_sample = (prediction - target).pow(2).mean({1, 2, 3});
     if (options.min_snr_gamma > 0) {
-      // min-SNR-gamma weighting for epsilon prediction: min(SNR, gamma) / SNR.
+      // min-SNR-gamma weighting (Hang et al. 2023): x_0's error weighed by
+      // min(SNR, gamma), i.e. epsilon's loss by min(SNR, gamma) / SNR. For v,
+      // whose loss is x_0's error times SNR + 1, min(SNR + 1, gamma) / (SNR + 1):
+      // bounded below by 1 so that the pure-noise end (SNR 0), where the layout
+      // is decided, is not weighed away.
       const auto snr = a.view({-1}) / (1 - a.view({-1}));
-      per_sample = per_sample * torch::clamp_max(snr, options.min_snr_gamma) / snr;
+      if (v_prediction) {
+        per_sample = per_sample * torch::clamp_max(snr + 1, options.min_snr_gamma) / (snr + 1);
+      } else {
+        per_sample = per_sample * torch::clamp_max(snr, options.min_snr_gamma) / snr;
+      }
     }
     const auto loss = per_sample.mean();
     optimizer.zero_grad();
