@@ -3,8 +3,9 @@
 # golden tests and the benchmark variants that show what each optimisation
 # is worth, and writes everything under OUTDIR. Made for a GPU box without
 # Debian's -dev packages: it expects third-party headers in .deps/include
-# (stb_image.h, stb_image_write.h), GoogleTest sources in .deps/googletest and
-# the reference data in .deps/shared (a copy of ../shared), all git-ignored.
+# (stb_image.h, stb_image_write.h), GoogleTest sources in .deps/googletest,
+# perhaps sentencepiece in .deps/sp and zlib in .deps/lib, and the reference
+# data in .deps/shared (a copy of ../shared), all git-ignored.
 #
 #   scripts/gpu-bench.sh OUTDIR [steps]
 set -uo pipefail
@@ -25,6 +26,13 @@ extra=()
 # No zlib development files there: use a static copy from .deps (headers in .deps/include).
 if [ ! -e /usr/include/zlib.h ] && [ -e "$root/.deps/lib/libz.a" ]; then
   extra+=(-DZLIB_INCLUDE_DIR="$root/.deps/include" -DZLIB_LIBRARY="$root/.deps/lib/libz.a")
+fi
+# Nor perhaps sentencepiece's (only sdgen-spm links it): a copy of Debian's
+# headers and libraries in .deps/sp/{include,lib}.
+if [ ! -e /usr/include/sentencepiece_processor.h ] && [ -d "$root/.deps/sp" ]; then
+  extra+=(-DSENTENCEPIECE_INCLUDE_DIR="$root/.deps/sp/include"
+    -DSENTENCEPIECE_LIBRARY="$root/.deps/sp/lib/libsentencepiece.so"
+    -DSENTENCEPIECE_TRAIN_LIBRARY="$root/.deps/sp/lib/libsentencepiece_train.so")
 fi
 configure() {
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \

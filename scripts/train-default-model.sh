@@ -6,6 +6,9 @@
 # Intermediate results go to $SDGEN_TRAIN_WORK (default build/train); a run that
 # is interrupted resumes from them (delete the folder to start over).
 # Time on this project's CI-like machine (2 cores): see models/README.md.
+# Run 13 trained on a GPU: with a CUDA libtorch (e.g. pip torch's, named by
+# CMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')"
+# and SDGEN_BUILD_DIR=build-gpu) finetune picks the GPU by itself.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${SDGEN_BUILD_DIR:-$ROOT/build}
