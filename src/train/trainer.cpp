@@ -297,6 +297,21 @@ LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_
   vae->eval();
   std::mt19937_64 rng(seed);
   LatentSet set;
+  // Every scene and caption first, in order (the same scenes whatever the
+  // threads). The captions live as long as the set: drawn between the chunks'
+  // large temporary buffers, which come from glibc's heap (init_cpu_runtime
+  // raises its mmap threshold and never trims it), they could pin the holes
+  // those buffers left, and the heap then grew by tens of MB per chunk (seen:
+  // 24 GB after 3,200 scenes, the process killed; it depended on the heap's
+  // layout, e.g. on the work folder's path).
+  std::vector<synth::Scene> scenes;
+  scenes.reserve(static_cast<size_t>(count));
+  set.captions.reserve(static_cast<size_t>(count));
+  for (int i = 0; i < count; ++i) {
+    const auto spec = synth::random_spec(rng);
+    set.captions.push_back(spec.caption());
+    scenes.push_back(synth::place_scene(spec, canvas, rng, layout));
+  }
   const int factor = vae->downsample_factor();
   set.latents = torch::empty(
       {count, vae->config().latent_channels, canvas / factor, canvas / factor}, torch::kFloat32);
@@ -304,16 +319,8 @@ LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_
   for (int start = 0; start < count; start += kChunk) {
     const int n = std::min(kChunk, count - start);
     auto images = torch::empty({n, canvas, canvas, 3}, torch::kUInt8);
-    // Scenes drawn in order (the same scenes whatever the threads), rendered
-    // in parallel: on a GPU the single-threaded renderer was the bottleneck.
-    std::vector<synth::Scene> scenes;
-    for (int i = 0; i < n; ++i) {
-      const auto spec = synth::random_spec(rng);
-      set.captions.push_back(spec.caption());
-      scenes.push_back(synth::place_scene(spec, canvas, rng, layout));
-    }
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) images[i].copy_(synth::render(scenes[i]));
+      for (int64_t i = begin; i < end; ++i) images[i].copy_(synth::render(scenes[start + i]));
     });
     set.latents.narrow(0, start, n).copy_(vae->encode(to_model_input(images).to(device)).mean);
     if (progress) progress(start + n);
