@@ -247,6 +247,7 @@ A1111Settings a1111_settings(const A1111Parameters& p) {
   get_double("CFG scale", s.cfg_scale);
   get_double("Denoising strength", s.strength);
   get_double("Eta DDIM", s.eta);
+  get_double("CFG Rescale", s.guidance_rescale);
   if (!s.eta) get_double("Eta", s.eta);
   if (const auto* v = p.find("Seed")) {
     const std::string t = strip(*v);

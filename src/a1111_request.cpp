@@ -24,6 +24,8 @@ A1111Parameters a1111_parameters_for(const GenerationRequest& r, const ImageMeta
   if (r.clip_skip > 1) p.set("Clip skip", std::to_string(r.clip_skip));
   // Extra parameters (A1111's extra_generation_params), before Version.
   if (r.eta > 0) p.set("Eta DDIM", a1111_number(r.eta));
+  // The key the A1111 CFG Rescale extension writes (it reads it back too).
+  if (r.guidance_rescale > 0) p.set("CFG Rescale", a1111_number(r.guidance_rescale));
   if (r.batch_size > 1) {
     // Images of one batch share one noise tensor (diffusers' convention), so
     // reproducing image i needs the batch: A1111's old "Batch size/pos" fields.

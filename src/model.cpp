@@ -160,6 +160,16 @@ void load_diffusers_folder(const fs::path& root, const LoadOptions& options,
                 "folder that holds model_index.json, unet/, vae/, text_encoder/, or a "
                 ".safetensors file");
   model.layout = "diffusers";
+  {
+    const auto index_path = (root / "model_index.json").string();
+    const auto index = read_json_file(index_path);
+    if (index.is_object() && index.contains("_sdgen_guidance_rescale")) {
+      const auto& v = index["_sdgen_guidance_rescale"];
+      if (!v.is_number() || !(v.get<double>() >= 0) || v.get<double>() > 1)
+        throw Error(index_path + ": \"_sdgen_guidance_rescale\" must be a number from 0 to 1");
+      model.default_guidance_rescale = v.get<double>();
+    }
+  }
   const fs::path cfg_root = options.config_dir.empty() ? root : fs::path(options.config_dir);
 
   const auto unet_cfg = UNetConfig::from_json(component_config(cfg_root / "unet", "UNet"));

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <iostream>
+#include <vector>
 
 #include <torch/cuda.h>
 
@@ -31,6 +32,8 @@ void Pipeline::validate(const GenerationRequest& r) const {
   if (r.steps < 1 || r.steps > 1000)
     throw Error("steps " + std::to_string(r.steps) + " must be between 1 and 1000");
   if (!(r.cfg_scale >= 0) || r.cfg_scale > 1000) throw Error("cfg scale must be a number >= 0");
+  if (!(r.guidance_rescale >= 0) || r.guidance_rescale > 1)
+    throw Error("guidance rescale must be between 0 and 1");
   if (r.batch_size < 1 || r.batch_size > 64)
     throw Error("batch size " + std::to_string(r.batch_size) + " must be between 1 and 64");
   const int layers = model_.text_encoder->config().num_hidden_layers;
@@ -196,13 +199,22 @@ void Pipeline::check_finite_latents(const torch::Tensor& latents, int step, int 
               (cuda ? " by step " : " at step ") + std::to_string(step) + "/" +
               std::to_string(total) + " (sampler " + sampler + ", " + dtype_name(model_.dtype) +
               " on " + model_.device.str() + "); no image written" +
-              (model_.dtype == torch::kFloat32
-                   ? "; the model's weights may be broken (NaN/Inf)"
-                   : "; try --dtype fp32"));
+              (model_.dtype == torch::kFloat32 ? "; the model's weights may be broken (NaN/Inf)"
+                                               : "; try --dtype fp32"));
 }
 
 void Pipeline::synchronize() const {
   if (model_.device.is_cuda()) torch::cuda::synchronize(model_.device.index());
+}
+
+// diffusers StableDiffusionPipeline.__call__ (guidance) and rescale_noise_cfg.
+torch::Tensor combine_guidance(const torch::Tensor& uncond, const torch::Tensor& cond,
+                               double cfg_scale, double guidance_rescale) {
+  auto guided = uncond + cfg_scale * (cond - uncond);
+  if (guidance_rescale <= 0) return guided;
+  const std::vector<int64_t> dims{1, 2, 3};
+  const auto rescaled = guided * (cond.std(dims, true, true) / guided.std(dims, true, true));
+  return guidance_rescale * rescaled + (1 - guidance_rescale) * guided;
 }
 
 torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
@@ -217,6 +229,7 @@ torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
     key.context_length = context.size(1);
     key.guided = guided;
     key.cfg_scale = r.cfg_scale;
+    key.guidance_rescale = r.guidance_rescale;
     try {
       if (!graph_ || !(graph_->key() == key)) {
         graph_.reset();  // frees the old graph's memory pool first
@@ -245,7 +258,7 @@ torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
   auto noise_pred = model_.unet->forward(model_input, t_tensor, context);
   if (guided) {
     auto chunks = noise_pred.chunk(2, 0);
-    noise_pred = chunks[0] + r.cfg_scale * (chunks[1] - chunks[0]);
+    noise_pred = combine_guidance(chunks[0], chunks[1], r.cfg_scale, r.guidance_rescale);
   }
   return noise_pred.contiguous();
 }

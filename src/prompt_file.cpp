@@ -100,6 +100,8 @@ void parse_json_entry(const std::string& text, PromptEntry& e) {
       e.steps = static_cast<int>(get_integer(v, key, 1, 1000));
     } else if (key == "cfg_scale") {
       e.cfg_scale = get_number(v, key, 0, 1000);
+    } else if (key == "guidance_rescale") {
+      e.guidance_rescale = get_number(v, key, 0, 1);
     } else if (key == "width") {
       e.width = get_size(v, key);
     } else if (key == "height") {
@@ -123,8 +125,9 @@ void parse_json_entry(const std::string& text, PromptEntry& e) {
 
 const std::vector<std::string>& prompt_file_keys() {
   static const std::vector<std::string> keys = {
-      "prompt",  "negative_prompt", "seed",       "steps",     "cfg_scale",  "width",    "height",
-      "sampler", "scheduler",       "batch_size", "clip_skip", "init_image", "strength", "output"};
+      "prompt",           "negative_prompt", "seed",       "steps",    "cfg_scale",
+      "guidance_rescale", "width",           "height",     "sampler",  "scheduler",
+      "batch_size",       "clip_skip",       "init_image", "strength", "output"};
   return keys;
 }
 

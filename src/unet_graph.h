@@ -25,9 +25,11 @@ struct UNetGraphKey {
   int64_t context_length = 0;
   bool guided = false;
   double cfg_scale = 1.0;
+  double guidance_rescale = 0.0;
   bool operator==(const UNetGraphKey& o) const {
     return batch == o.batch && height == o.height && width == o.width &&
-           context_length == o.context_length && guided == o.guided && cfg_scale == o.cfg_scale;
+           context_length == o.context_length && guided == o.guided && cfg_scale == o.cfg_scale &&
+           guidance_rescale == o.guidance_rescale;
   }
 };
 

@@ -132,6 +132,7 @@ TEST(A1111, RoundTrip) {
   GenerationRequest r = example_request();
   r.negative_prompt = "text: \"quoted\", commas";
   r.eta = 0.3;
+  r.guidance_rescale = 0.7;
   r.sampler = "ddim";
   ImageMetadata m = example_meta();
   m.sampler = "ddim";
@@ -149,6 +150,7 @@ TEST(A1111, RoundTrip) {
   EXPECT_EQ(*s.height, r.height);
   EXPECT_EQ(*s.clip_skip, r.clip_skip);
   EXPECT_EQ(*s.eta, 0.3);
+  EXPECT_EQ(*s.guidance_rescale, 0.7);
   EXPECT_EQ(*s.model_name, m.model_name);
   EXPECT_TRUE(*s.long_prompt_truncate);
   EXPECT_TRUE(s.warnings.empty());

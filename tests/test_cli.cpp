@@ -139,10 +139,26 @@ TEST(CLI, VersionAndHelp) {
   EXPECT_EQ(test::run(sdgen_bin() + " --version", &log), 0);
   EXPECT_NE(log.find("sdgen"), std::string::npos);
   EXPECT_EQ(test::run(sdgen_bin() + " --help", &log), 0);
-  for (const char* flag :
-       {"--model", "--config", "--tokenizer", "--prompt", "--negative-prompt", "--steps",
-        "--cfg-scale", "--seed", "--width", "--height", "--sampler", "--eta", "--clip-skip",
-        "--batch-size", "--device", "--dtype", "--threads", "--output", "--prediction"})
+  for (const char* flag : {"--model",
+                           "--config",
+                           "--tokenizer",
+                           "--prompt",
+                           "--negative-prompt",
+                           "--steps",
+                           "--cfg-scale",
+                           "--guidance-rescale",
+                           "--seed",
+                           "--width",
+                           "--height",
+                           "--sampler",
+                           "--eta",
+                           "--clip-skip",
+                           "--batch-size",
+                           "--device",
+                           "--dtype",
+                           "--threads",
+                           "--output",
+                           "--prediction"})
     EXPECT_NE(log.find(flag), std::string::npos) << flag;
 }
 

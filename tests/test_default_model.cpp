@@ -128,3 +128,38 @@ TEST(DefaultModel, TheBinaryUsesItWithoutModelFlag) {
   const auto check = synth::check_image(*synth::parse_caption(prompt), png.pixels);
   EXPECT_EQ(check.reason.find("background"), std::string::npos) << check.reason;
 }
+
+// The folder asks for guidance_rescale 0.7 (model_index.json): sdgen uses it
+// unless told, records it as A1111's CFG Rescale extension does, and a PNG
+// without the field re-generates without rescale (as A1111 reads it), not
+// with the model's.
+TEST(DefaultModel, ItsGuidanceRescaleIsTheDefaultAndRecorded) {
+  expect_trained_default_model();
+  if (HasFatalFailure()) return;
+  const auto dir = fs::path(test::temp_dir("default_model_rescale"));
+  auto sdgen = [&](const std::string& args, const fs::path& out) {
+    std::string output;
+    const int rc = test::run("env -u SDGEN_DEFAULT_MODEL " + test::binary_dir() + "/sdgen " + args +
+                                 " --steps 4 --dtype fp32 -q -o " + out.string() + " 2>&1",
+                             &output);
+    EXPECT_EQ(rc, 0) << args << ": " << output;
+    return read_png(out.string());
+  };
+  auto parameters = [](const PngImage& png) {
+    for (const auto& [key, value] : png.text)
+      if (key == "parameters") return value;
+    return std::string();
+  };
+  const std::string prompt = "--prompt \"a green star to the left of a red circle\" --seed 3";
+  const auto by_default = sdgen(prompt, dir / "default.png");
+  const auto off = sdgen(prompt + " --guidance-rescale 0", dir / "off.png");
+  EXPECT_NE(parameters(by_default).find("CFG Rescale: 0.7"), std::string::npos)
+      << parameters(by_default);
+  EXPECT_EQ(parameters(off).find("CFG Rescale"), std::string::npos) << parameters(off);
+  EXPECT_FALSE(torch::equal(by_default.pixels, off.pixels));
+  EXPECT_TRUE(torch::equal(
+      sdgen("--from-png " + (dir / "off.png").string(), dir / "off2.png").pixels, off.pixels));
+  EXPECT_TRUE(torch::equal(
+      sdgen("--from-png " + (dir / "default.png").string(), dir / "default2.png").pixels,
+      by_default.pixels));
+}

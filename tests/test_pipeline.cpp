@@ -1,6 +1,8 @@
 // Library-level end-to-end parity with diffusers on the tiny model: every
 // step's latents and the final images (golden pipe.* tensors).
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -59,7 +61,44 @@ TEST(Pipeline, RejectsInvalidRequests) {
   r = test::golden_request("ddim");
   r.clip_skip = 99;
   EXPECT_THROW(pipeline.validate(r), Error);
+  for (double rescale : {-0.1, 1.5}) {
+    r = test::golden_request("ddim");
+    r.guidance_rescale = rescale;
+    EXPECT_THROW(pipeline.validate(r), Error) << rescale;
+  }
   EXPECT_NO_THROW(pipeline.validate(test::golden_request("ddim")));
+}
+
+// Guidance with diffusers' guidance_rescale, recomputed here image by image
+// in double precision from rescale_noise_cfg's definition: the guided
+// prediction times std(cond) / std(guided) (unbiased, over C, H, W), mixed
+// with the plain guided one by the rescale share.
+TEST(Pipeline, GuidanceRescaleIsDiffusersRescaleNoiseCfg) {
+  torch::manual_seed(5);
+  const auto uncond = torch::randn({2, 4, 6, 5});
+  const auto cond = uncond + 0.3 * torch::randn({2, 4, 6, 5}) + 0.1;
+  const double scale = 7.5;
+  const auto plain = uncond + scale * (cond - uncond);
+  EXPECT_TRUE(torch::equal(combine_guidance(uncond, cond, scale, 0.0), plain));
+  for (double rescale : {0.7, 1.0}) {
+    const auto got = combine_guidance(uncond, cond, scale, rescale);
+    for (int64_t b = 0; b < 2; ++b) {
+      const auto g = plain[b].to(torch::kFloat64).flatten();
+      const auto c = cond[b].to(torch::kFloat64).flatten();
+      const auto n = static_cast<double>(g.numel());
+      auto unbiased_std = [n](const torch::Tensor& x) {
+        const double mean = x.sum().item<double>() / n;
+        return std::sqrt((x - mean).pow(2).sum().item<double>() / (n - 1));
+      };
+      const auto expected = rescale * g * (unbiased_std(c) / unbiased_std(g)) + (1 - rescale) * g;
+      EXPECT_LT(test::max_abs_diff(got[b].to(torch::kFloat64).flatten(), expected), 1e-5)
+          << "image " << b << ", rescale " << rescale;
+    }
+  }
+  // Fully rescaled, each image has its conditional prediction's spread.
+  const auto full = combine_guidance(uncond, cond, scale, 1.0);
+  for (int64_t b = 0; b < 2; ++b)
+    EXPECT_NEAR(full[b].std().item<double>(), cond[b].std().item<double>(), 1e-5);
 }
 
 // The CPU dtypes against the fp32 diffusers image: how far bf16 (with an fp32

@@ -20,7 +20,8 @@ TEST(PromptFile, PlainJsonCommentsAndBlankLines) {
       "\n"
       "   \t\n"
       "{\"prompt\": \"a cat\", \"negative_prompt\": \"dog\", \"seed\": 18446744073709551615, "
-      "\"steps\": 12, \"cfg_scale\": 6.5, \"width\": 640, \"height\": 384, \"sampler\": \"Euler "
+      "\"steps\": 12, \"cfg_scale\": 6.5, \"guidance_rescale\": 0.7, \"width\": 640, \"height\": "
+      "384, \"sampler\": \"Euler "
       "a\", "
       "\"scheduler\": \"Karras\", \"batch_size\": 2, \"clip_skip\": 2, \"init_image\": \"in.png\", "
       "\"strength\": 0.5, \"output\": \"x/{index}.png\"}\n"
@@ -39,6 +40,7 @@ TEST(PromptFile, PlainJsonCommentsAndBlankLines) {
   EXPECT_EQ(*e.seed, 18446744073709551615ull);
   EXPECT_EQ(*e.steps, 12);
   EXPECT_EQ(*e.cfg_scale, 6.5);
+  EXPECT_EQ(*e.guidance_rescale, 0.7);
   EXPECT_EQ(*e.width, 640);
   EXPECT_EQ(*e.height, 384);
   EXPECT_EQ(*e.sampler, "Euler a");
@@ -72,6 +74,8 @@ TEST(PromptFile, BadLinesNameTheLineAndTheKey) {
       {"{\"seed\": -1}", "\"seed\""},
       {"{\"strength\": 0}", "\"strength\""},
       {"{\"cfg_scale\": \"7\"}", "\"cfg_scale\" must be a number"},
+      {"{\"guidance_rescale\": 1.5}", "\"guidance_rescale\""},
+      {"{\"guidance_rescale\": -0.1}", "\"guidance_rescale\""},
       {"{\"scheduler\": \"exponential\"}", "\"scheduler\" must be"},
       {"{\"output\": \"\"}", "\"output\" is empty"},
       {"{} {}", "invalid JSON"},

@@ -653,7 +653,27 @@ TEST(Train, VPredictionOnTheZeroSnrScheduleLearnsTheVelocity) {
   EXPECT_EQ(opened.scheduler.timestep_spacing, "trailing");
   LoadOptions load;
   load.model_path = (dir / "v").string();
-  EXPECT_EQ(load_model(load).scheduler_config.prediction_type, "v_prediction");
+  const auto loaded = load_model(load);
+  EXPECT_EQ(loaded.scheduler_config.prediction_type, "v_prediction");
+  // Such a folder asks for guidance_rescale 0.7 (Lin et al. 2023) unless told
+  // otherwise; an epsilon folder for none; a bad value is refused by name.
+  ASSERT_TRUE(loaded.default_guidance_rescale.has_value());
+  EXPECT_DOUBLE_EQ(*loaded.default_guidance_rescale, 0.7);
+  train::write_model_folder((dir / "eps").string(), arch, m.text, m.unet, vae,
+                            (dir / "tokenizer").string(), train::trained_scheduler_config(epsilon));
+  load.model_path = (dir / "eps").string();
+  EXPECT_FALSE(load_model(load).default_guidance_rescale.has_value());
+  {
+    std::ofstream index(dir / "eps" / "model_index.json");
+    index << R"({"_class_name": "StableDiffusionPipeline", "_sdgen_guidance_rescale": 1.5})";
+  }
+  try {
+    load_model(load);
+    ADD_FAILURE() << "a guidance rescale of 1.5 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("_sdgen_guidance_rescale"), std::string::npos) << e.what();
+  }
+  load.model_path = (dir / "v").string();
   fs::remove(dir / "v" / "scheduler" / "scheduler_config.json");  // SD1.5's when missing
   EXPECT_EQ(train::load_trainable_model((dir / "v").string()).scheduler.to_json(),
             SchedulerConfig{}.to_json());

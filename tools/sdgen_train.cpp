@@ -653,6 +653,7 @@ struct EvalOptions {
   int prompts = 10;
   int steps = 20;
   double cfg = 7.5;
+  double guidance_rescale = -1;  // the model's default
   std::string sampler = "ddim";
   std::string save;
   std::string dtype = "auto";
@@ -668,6 +669,9 @@ int run_eval(const EvalOptions& o) {
   load.dtype = sdgen::dtype_from_name(o.dtype, sdgen::default_dtype(torch::kCPU));
   auto model = sdgen::load_model(load);
   sdgen::Pipeline pipeline(model);
+  // As sdgen: the model folder's guidance_rescale unless one is given.
+  const double rescale =
+      o.guidance_rescale >= 0 ? o.guidance_rescale : model.default_guidance_rescale.value_or(0.0);
   std::vector<sdgen::synth::SceneSpec> specs;
   if (o.one_shape) {
     // Captions of one shape (their combinations are all in the training set).
@@ -693,6 +697,7 @@ int run_eval(const EvalOptions& o) {
       request.prompt = specs[p].caption();
       request.steps = o.steps;
       request.cfg_scale = o.cfg;
+      request.guidance_rescale = rescale;
       request.seed = static_cast<uint64_t>(seed);
       request.sampler = o.sampler;
       const auto start = Clock::now();
@@ -719,9 +724,11 @@ int run_eval(const EvalOptions& o) {
     std::printf("%-60s %2d/%d\n", specs[p].caption().c_str(), prompt_passed, o.seeds);
     std::fflush(stdout);
   }
-  std::printf("passed %d/%d = %.1f%%  (%d steps, %s, cfg %.1f, %.2f s per image)\n", passed, total,
-              100.0 * passed / std::max(1, total), o.steps, o.sampler.c_str(), o.cfg,
-              seconds / std::max(1, total));
+  char rescaled[48] = "";
+  if (rescale > 0) std::snprintf(rescaled, sizeof rescaled, ", guidance rescale %.2f", rescale);
+  std::printf("passed %d/%d = %.1f%%  (%d steps, %s, cfg %.1f%s, %.2f s per image)\n", passed,
+              total, 100.0 * passed / std::max(1, total), o.steps, o.sampler.c_str(), o.cfg,
+              rescaled, seconds / std::max(1, total));
   // The first test each failed picture failed, by kind.
   std::string summary;
   for (int kind = 1; kind < sdgen::synth::kCheckFailureKinds; ++kind) {
@@ -858,6 +865,11 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--prompts", eval.prompts);
   eval_cmd->add_option("--steps", eval.steps);
   eval_cmd->add_option("--cfg", eval.cfg);
+  eval_cmd
+      ->add_option("--guidance-rescale", eval.guidance_rescale,
+                   "diffusers' guidance_rescale, 0 (off) to 1 (default: the model "
+                   "folder's, as sdgen)")
+      ->check(CLI::Range(0.0, 1.0));
   eval_cmd->add_option("--sampler", eval.sampler);
   eval_cmd->add_option("--dtype", eval.dtype, "auto (sdgen's CPU default), fp32 or bf16");
   eval_cmd->add_option("--save", eval.save, "folder for the generated images");

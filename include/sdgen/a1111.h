@@ -69,6 +69,7 @@ struct A1111Settings {
   std::optional<std::string> schedule;  // "karras", "normal" or "" (automatic)
   std::optional<int> steps, width, height, clip_skip, batch_size, batch_pos;
   std::optional<double> cfg_scale, strength, eta;
+  std::optional<double> guidance_rescale;  // "CFG Rescale" (the A1111 CFG Rescale extension's)
   std::optional<uint64_t> seed;
   std::optional<std::string> model_name, model_hash;
   std::optional<bool> long_prompt_truncate;

@@ -47,6 +47,10 @@ struct StableDiffusionModel {
   UNet2DConditionModel unet{nullptr};
   AutoencoderKL vae{nullptr};
   SchedulerConfig scheduler_config;
+  // The guidance_rescale a diffusers folder asks for when the user gives none
+  // (model_index.json "_sdgen_guidance_rescale", which diffusers ignores as it
+  // ignores every key starting with "_"); sdgen's own trained models set it.
+  std::optional<double> default_guidance_rescale;
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;      // text encoder and UNet
   torch::ScalarType vae_dtype = torch::kFloat32;  // VAE

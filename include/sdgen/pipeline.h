@@ -21,6 +21,11 @@ struct GenerationRequest {
   std::string negative_prompt;
   int steps = 50;
   double cfg_scale = 7.5;
+  // diffusers' guidance_rescale (Lin et al. 2023, section 3.4): the guided
+  // prediction's per-image standard deviation pulled back towards the
+  // conditional one's by this share, 0 (off, diffusers' default) to 1.
+  // Recommended with v-prediction models on a zero-terminal-SNR schedule.
+  double guidance_rescale = 0.0;
   uint64_t seed = 0;
   int width = 512;
   int height = 512;
@@ -63,6 +68,12 @@ struct GenerationResult {
 };
 
 class UNetGraph;
+
+// Classifier-free guidance of one step: uncond + cfg_scale * (cond - uncond),
+// then, when guidance_rescale > 0, diffusers' rescale_noise_cfg (each image's
+// standard deviation, unbiased over C, H, W, matched to cond's by that share).
+torch::Tensor combine_guidance(const torch::Tensor& uncond, const torch::Tensor& cond,
+                               double cfg_scale, double guidance_rescale);
 
 class Pipeline {
  public:

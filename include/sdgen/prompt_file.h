@@ -18,7 +18,7 @@ struct PromptEntry {
   std::optional<std::string> prompt, negative_prompt, sampler, scheduler, init_image, output;
   std::optional<uint64_t> seed;
   std::optional<int> steps, width, height, batch_size, clip_skip;
-  std::optional<double> cfg_scale, strength;
+  std::optional<double> cfg_scale, guidance_rescale, strength;
 };
 
 struct PromptLine {

@@ -92,6 +92,7 @@ torch::Tensor read_init_image(const std::string& path) {
 // --from-png: the PNG's parameters fill every setting not given on the command line.
 struct PngDefaults {
   int batch_pos = -1;
+  bool guidance_rescale = false;  // the PNG settled it (absent there = 0, as A1111 reads it)
   std::string model_hash, model_name;
 };
 
@@ -132,6 +133,10 @@ PngDefaults apply_png_parameters(Options& o) {
     o.long_prompt = *s.long_prompt_truncate ? "truncate" : "chunks";
   PngDefaults d;
   if (s.batch_pos && !o.was_given("batch-size")) d.batch_pos = *s.batch_pos;
+  if (!o.was_given("guidance-rescale")) {
+    o.guidance_rescale = s.guidance_rescale.value_or(0.0);
+    d.guidance_rescale = true;
+  }
   if (s.model_hash) d.model_hash = *s.model_hash;
   if (s.model_name) d.model_name = *s.model_name;
   if (s.strength && o.init_image.empty() && !o.quiet)
@@ -262,6 +267,8 @@ void Runner::check_options() {
   if (!(o_.strength > 0) || o_.strength > 1)
     throw usage(flag("strength", o_.strength) + ": must be in (0, 1]");
   if (!(o_.eta >= 0) || o_.eta > 1) throw usage(flag("eta", o_.eta) + ": must be between 0 and 1");
+  if (!(o_.guidance_rescale >= 0) || o_.guidance_rescale > 1)
+    throw usage(flag("guidance-rescale", o_.guidance_rescale) + ": must be between 0 and 1");
   if (!o_.prediction.empty() && o_.prediction != "epsilon" && o_.prediction != "eps" &&
       o_.prediction != "v" && o_.prediction != "v_prediction" && o_.prediction != "v-prediction")
     throw usage("--prediction " + o_.prediction + ": expected epsilon or v");
@@ -305,6 +312,7 @@ Job Runner::make_job(const PromptEntry& e) {
   r.negative_prompt = e.negative_prompt.value_or(o_.negative_prompt);
   r.steps = e.steps.value_or(o_.steps);
   r.cfg_scale = e.cfg_scale.value_or(o_.cfg_scale);
+  r.guidance_rescale = e.guidance_rescale.value_or(o_.guidance_rescale);
   r.width = e.width.value_or(o_.width);
   r.height = e.height.value_or(o_.height);
   r.batch_size = e.batch_size.value_or(o_.batch_size);
@@ -518,6 +526,7 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
             {"negative_prompt", r.negative_prompt},
             {"steps", r.steps},
             {"cfg_scale", r.cfg_scale},
+            {"guidance_rescale", r.guidance_rescale},
             {"width", r.width},
             {"height", r.height},
             {"sampler", job.sampler},
@@ -606,6 +615,9 @@ void Runner::load_model_and_pipeline() {
     throw CliError(kExitGeneration, load_out_of_memory_text(load));
   }
   load_s_ = seconds(t0, Clock::now());
+  if (model_->default_guidance_rescale && !o_.was_given("guidance-rescale") &&
+      !png_.guidance_rescale)
+    o_.guidance_rescale = *model_->default_guidance_rescale;
   model_hash10_ = hash.get();
   model_name_ = a1111_model_name(load.model_path);
   if (!png_.model_hash.empty() && !model_hash10_.empty() && png_.model_hash != model_hash10_ &&

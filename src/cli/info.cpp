@@ -129,22 +129,26 @@ int run_info(const Options& o) {
   const auto& text_cfg = model.text_encoder->config();
   const std::string tokenizer = tokenizer_source(o, load.model_path, folder);
 
-  nlohmann::json j = {{"model", load.model_path},
-                      {"layout", model.layout},
-                      {"family", model.family},
-                      {"prediction_type", model.scheduler_config.prediction_type},
-                      {"scheduler", model.scheduler_config.class_name},
-                      {"parameters",
-                       {{"text_encoder", n_text},
-                        {"unet", n_unet},
-                        {"vae", n_vae},
-                        {"total", n_text + n_unet + n_vae}}},
-                      {"stored_dtypes", dtypes},
-                      {"text_layers", text_cfg.num_hidden_layers},
-                      {"tokenizer", tokenizer},
-                      {"sha256", hash},
-                      {"model_hash", hash.size() == 64 ? hash.substr(0, 10) : ""},
-                      {"name", a1111_model_name(load.model_path)}};
+  nlohmann::json j = {
+      {"model", load.model_path},
+      {"layout", model.layout},
+      {"family", model.family},
+      {"prediction_type", model.scheduler_config.prediction_type},
+      {"scheduler", model.scheduler_config.class_name},
+      {"default_guidance_rescale", model.default_guidance_rescale
+                                       ? nlohmann::json(*model.default_guidance_rescale)
+                                       : nlohmann::json(nullptr)},
+      {"parameters",
+       {{"text_encoder", n_text},
+        {"unet", n_unet},
+        {"vae", n_vae},
+        {"total", n_text + n_unet + n_vae}}},
+      {"stored_dtypes", dtypes},
+      {"text_layers", text_cfg.num_hidden_layers},
+      {"tokenizer", tokenizer},
+      {"sha256", hash},
+      {"model_hash", hash.size() == 64 ? hash.substr(0, 10) : ""},
+      {"name", a1111_model_name(load.model_path)}};
   if (o.json) {
     std::cout << j.dump(2) << std::endl;
     return kExitOk;
@@ -167,6 +171,9 @@ int run_info(const Options& o) {
             << "             vae " << with_commas(n_vae) << " (" << dtype_text("vae") << ")\n"
             << "             total " << with_commas(n_text + n_unet + n_vae) << "\n";
   if (dtypes.count("other")) std::cout << "other:       " << dtype_text("other") << "\n";
+  if (model.default_guidance_rescale)
+    std::cout << "guidance:    --guidance-rescale " << *model.default_guidance_rescale
+              << " unless given (model_index.json)\n";
   std::cout << "text layers: " << text_cfg.num_hidden_layers << " (--clip-skip 1.."
             << text_cfg.num_hidden_layers << ")\n"
             << "tokenizer:   " << tokenizer << "\n"

@@ -10,8 +10,8 @@
 #include <CLI/CLI.hpp>
 
 #include "options.h"
-#include "sdgen/interrupt.h"
 #include "sdgen/error.h"
+#include "sdgen/interrupt.h"
 #include "sdgen/schedulers/scheduler.h"
 
 using sdgen::cli::CliError;
@@ -41,7 +41,9 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, "auto, cpu, cuda or cuda:N")
       ->capture_default_str()
       ->group(model_group);
-  app.add_option("--dtype", o.dtype, "auto (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16")
+  app.add_option(
+         "--dtype", o.dtype,
+         "auto (fp16 on CUDA; bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16")
       ->capture_default_str()
       ->group(model_group);
   app.add_option("-t,--threads", o.threads, "CPU threads (default: all cores)")->group(model_group);
@@ -93,6 +95,12 @@ int main(int argc, char** argv) {
       ->group(gen_group);
   app.add_option("--eta", o.eta, "DDIM eta (0 = deterministic)")
       ->capture_default_str()
+      ->group(gen_group);
+  app.add_option("--guidance-rescale", o.guidance_rescale,
+                 "diffusers' guidance_rescale, 0 to 1: pulls each guided prediction's spread "
+                 "back towards the prompt's, for v-prediction models on a zero-terminal-SNR "
+                 "schedule (default: what the model folder asks for, e.g. 0.7 for the default "
+                 "model, else 0)")
       ->group(gen_group);
   app.add_option("-i,--init-image", o.init_image,
                  "img2img: start from this PNG (RGB); its size is used unless -W/-H are given")

@@ -13,9 +13,9 @@ namespace sdgen::cli {
 // Documented in README.md ("Exit codes").
 enum ExitCode : int {
   kExitOk = 0,
-  kExitGeneration = 1,  // an image could not be generated or written
-  kExitUsage = 2,       // bad flags or values, unreadable input files, bad prompt-file lines
-  kExitModel = 3,       // the model (or its tokenizer) could not be loaded
+  kExitGeneration = 1,     // an image could not be generated or written
+  kExitUsage = 2,          // bad flags or values, unreadable input files, bad prompt-file lines
+  kExitModel = 3,          // the model (or its tokenizer) could not be loaded
   kExitInterrupted = 130,  // SIGINT or SIGTERM (Ctrl-C); images already written stay
 };
 
@@ -43,6 +43,7 @@ struct Options {
   int height = 512;
   std::string sampler = "ddim";
   double eta = 0.0;
+  double guidance_rescale = 0.0;
   std::string schedule;  // "", karras, normal
   std::string init_image;
   double strength = 0.75;

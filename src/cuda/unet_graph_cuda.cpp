@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/cuda.h>
 
+#include "sdgen/pipeline.h"
 #include "unet_graph.h"
 
 namespace sdgen {
@@ -68,7 +69,7 @@ class CudaUNetGraph : public UNetGraph {
     auto eps = unet_->forward(x, t_, context_);
     if (key_.guided) {
       auto parts = eps.chunk(2, 0);
-      eps = parts[0] + key_.cfg_scale * (parts[1] - parts[0]);
+      eps = combine_guidance(parts[0], parts[1], key_.cfg_scale, key_.guidance_rescale);
     }
     return eps;
   }

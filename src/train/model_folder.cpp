@@ -99,7 +99,7 @@ void write_model_folder(const std::string& out_dir, const DemoArchitecture& arch
     fs::copy_file(entry.path(), out / "tokenizer" / entry.path().filename(),
                   fs::copy_options::overwrite_existing);
   }
-  const nlohmann::json index = {
+  nlohmann::json index = {
       {"_class_name", "StableDiffusionPipeline"},
       {"_sdgen_note",
        "trained by sdgen-train on the synthetic shapes world (scripts/train-default-model.sh)"},
@@ -108,6 +108,9 @@ void write_model_folder(const std::string& out_dir, const DemoArchitecture& arch
       {"tokenizer", {"sdgen", "SentencePieceTokenizer"}},
       {"unet", {"diffusers", "UNet2DConditionModel"}},
       {"vae", {"diffusers", "AutoencoderKL"}}};
+  // Zero-terminal-SNR v models overexpose under plain guidance: Lin et al.
+  // 2023 (section 3.4) rescale it by 0.7, sdgen's default for such a folder.
+  if (scheduler.rescale_betas_zero_snr) index["_sdgen_guidance_rescale"] = 0.7;
   write_text_file((out / "model_index.json").string(), index.dump(2));
 }
 
