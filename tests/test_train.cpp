@@ -10,6 +10,7 @@
 #include <map>
 #include <random>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
@@ -473,6 +474,13 @@ TEST(Train, HighNoiseShareDrawsFromTheNoisierHalf) {
   EXPECT_TRUE(torch::equal(half.masked_select(low), t.masked_select(low)));
   EXPECT_THROW(train::bias_to_high_noise(t, 1000, 1.5), Error);
   EXPECT_THROW(train::bias_to_high_noise(t, 1000, -0.1), Error);
+  // A generator of its own, seeded as the global one was, draws what that drew
+  // (train_diffusion draws with one per step; earlier runs with the global one).
+  torch::manual_seed(8);
+  const auto global = train::bias_to_high_noise(t, 1000, 0.5);
+  const auto own =
+      train::bias_to_high_noise(t, 1000, 0.5, at::make_generator<at::CPUGeneratorImpl>(8));
+  EXPECT_TRUE(torch::equal(own, global));
 
   // train_diffusion takes the share, and refuses one out of range.
   const auto dir = fs::path(test::temp_dir("train_high_noise"));
@@ -502,6 +510,12 @@ TEST(Train, PyramidNoiseAddsCoarseNoiseAtTheSameScale) {
   EXPECT_GT(block_mean_variance(pyramid), 3 * block_mean_variance(noise));
   EXPECT_THROW(train::add_pyramid_noise(noise, 1.0), Error);
   EXPECT_THROW(train::add_pyramid_noise(noise, -0.5), Error);
+  torch::manual_seed(9);
+  const auto global = train::add_pyramid_noise(noise, 0.6);
+  const auto own =
+      train::add_pyramid_noise(noise, 0.6, at::make_generator<at::CPUGeneratorImpl>(9));
+  EXPECT_TRUE(torch::equal(own, global));
+  EXPECT_FALSE(torch::equal(own, pyramid));
 
   const auto dir = fs::path(test::temp_dir("train_pyramid"));
   auto setup = tiny_setup(dir / "tokenizer");
@@ -785,6 +799,81 @@ TEST(Train, TrainingScenesRenderedInParallelAreTheSequentialOnes) {
 // a CPU run sees and its losses and weights agree to rounding; the modules
 // come back to the CPU; a checkpoint written from the GPU loads on the CPU;
 // bf16 autocast runs there; scenes encode there to the CPU's latents.
+// The multi-tensor step (what a GPU run uses) against clip_grad_norm_,
+// AdamW::step and the EMA of a CPU run, on parameters of several shapes, with
+// gradients that are clipped at some steps and not at others; its optimizer
+// state saves and continues in torch's AdamW.
+TEST(Train, MultiTensorStepIsThePerParameterStep) {
+  torch::manual_seed(11);
+  const std::vector<std::vector<int64_t>> shapes = {{16, 8, 3, 3}, {16}, {7, 5}, {1}, {2, 3, 4}};
+  std::vector<torch::Tensor> per_param, multi;
+  for (const auto& shape : shapes) {
+    per_param.push_back(torch::randn(shape).requires_grad_());
+    multi.push_back(per_param.back().detach().clone().requires_grad_());
+  }
+  auto ema_per_param = per_param, ema_multi = multi;
+  for (auto& e : ema_per_param) e = e.detach().clone();
+  for (auto& e : ema_multi) e = e.detach().clone();
+  const auto options = torch::optim::AdamWOptions(1e-2).weight_decay(0.01);
+  torch::optim::AdamW classic(per_param, options);
+  torch::optim::AdamW fast(multi, options);
+  const double grad_scales[] = {0.01, 3.0, 0.2, 5.0};
+  auto max_diff = [](const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+    double diff = 0;
+    for (size_t i = 0; i < a.size(); ++i)
+      diff = std::max(diff, test::max_abs_diff(a[i].detach(), b[i].detach()));
+    return diff;
+  };
+  for (int step = 0; step < 4; ++step) {
+    for (size_t i = 0; i < per_param.size(); ++i) {
+      const auto grad = grad_scales[step] * torch::randn(per_param[i].sizes());
+      per_param[i].mutable_grad() = grad.clone();
+      multi[i].mutable_grad() = grad.clone();
+    }
+    const double norm = torch::nn::utils::clip_grad_norm_(per_param, 1.0);
+    EXPECT_NEAR(train::clip_grad_norm_multi_tensor(multi, 1.0), norm, 1e-6 * norm);
+    double grad_diff = 0, clipped_norm = 0;
+    for (size_t i = 0; i < per_param.size(); ++i) {
+      grad_diff = std::max(grad_diff, test::max_abs_diff(per_param[i].grad(), multi[i].grad()));
+      clipped_norm += multi[i].grad().pow(2).sum().item<double>();
+    }
+    EXPECT_EQ(grad_diff, 0.0) << "step " << step;
+    if (norm > 1) {
+      EXPECT_NEAR(std::sqrt(clipped_norm), 1.0, 1e-5) << "step " << step;
+    } else {
+      EXPECT_NEAR(std::sqrt(clipped_norm), norm, 1e-6) << "step " << step;
+    }
+    classic.step();
+    train::adamw_step_multi_tensor(fast);
+    EXPECT_EQ(max_diff(per_param, multi), 0.0) << "step " << step;
+    {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < per_param.size(); ++i)
+        ema_per_param[i].mul_(0.9).add_(per_param[i], 1 - 0.9);
+    }
+    train::ema_update_multi_tensor(ema_multi, multi, 0.9);
+    EXPECT_EQ(max_diff(ema_per_param, ema_multi), 0.0) << "step " << step;
+  }
+  // The multi-tensor state saves and goes on in torch's AdamW (a step count
+  // other than 4 would move the weights differently).
+  torch::serialize::OutputArchive saved;
+  fast.save(saved);
+  std::stringstream buffer;
+  saved.save_to(buffer);
+  torch::serialize::InputArchive loaded;
+  loaded.load_from(buffer);
+  torch::optim::AdamW resumed(multi, options);
+  resumed.load(loaded);
+  for (size_t i = 0; i < per_param.size(); ++i) {
+    const auto grad = torch::randn(per_param[i].sizes());
+    per_param[i].mutable_grad() = grad.clone();
+    multi[i].mutable_grad() = grad.clone();
+  }
+  classic.step();
+  resumed.step();
+  EXPECT_EQ(max_diff(per_param, multi), 0.0);
+}
+
 TEST(Train, DiffusionOnCudaMatchesTheCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device; skipping";
   const torch::Device cuda(torch::kCUDA, 0);
@@ -832,6 +921,25 @@ TEST(Train, DiffusionOnCudaMatchesTheCpu) {
   const auto loaded_weights = snapshot(*loaded.unet);
   for (size_t i = 0; i < gpu_weights.size(); ++i)
     EXPECT_TRUE(torch::equal(loaded_weights[i], gpu_weights[i]));
+  // A GPU run (multi-tensor AdamW state) interrupted after step 2 and resumed
+  // ends where the uninterrupted one did.
+  auto interrupted = options;
+  interrupted.checkpoint = (dir / "gpu-resumed.ckpt").string();
+  interrupted.stop_after = 2;
+  auto first_part = tiny_modules(setup, 1);
+  train::train_diffusion(first_part.text, first_part.unet, *setup.tokenizer, data, 1.0,
+                         interrupted);
+  interrupted.stop_after = 0;
+  auto second_part = tiny_modules(setup, 3);
+  train::train_diffusion(second_part.text, second_part.unet, *setup.tokenizer, data, 1.0,
+                         interrupted);
+  const auto resumed_weights = snapshot(*second_part.unet);
+  double resume_diff = 0;
+  for (size_t i = 0; i < gpu_weights.size(); ++i)
+    resume_diff = std::max(resume_diff, test::max_abs_diff(resumed_weights[i], gpu_weights[i]));
+  std::printf("GPU run resumed after step 2 vs uninterrupted: largest difference %.3g\n",
+              resume_diff);
+  EXPECT_LT(resume_diff, 1e-5);
 
   auto bf16 = tiny_modules(setup, 1);
   auto bf16_options = short_run(2, 1);

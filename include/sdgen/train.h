@@ -156,15 +156,36 @@ SchedulerConfig trained_scheduler_config(const DiffusionTrainOptions& options);
 
 // Timesteps `t` (drawn uniformly from [0, timesteps)) with a `share` of them
 // redrawn uniformly from the noisier half, [timesteps / 2, timesteps), using
-// torch's global generator; `t` itself when share is 0. Throws unless share is
-// in [0, 1]. (DiffusionTrainOptions::high_noise_share.)
-torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share);
+// `generator` (torch's global generator when not given); `t` itself when share
+// is 0. Throws unless share is in [0, 1]. (DiffusionTrainOptions::high_noise_share.)
+torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share,
+                                 c10::optional<at::Generator> generator = {});
 
 // `noise` (N, C, H, W) plus the multi-resolution noise of
-// DiffusionTrainOptions::pyramid_noise with that discount, drawn with torch's
-// global generator, rescaled to the standard deviation of `noise`; `noise`
-// itself when discount is 0. Throws unless discount is in [0, 1).
-torch::Tensor add_pyramid_noise(const torch::Tensor& noise, double discount);
+// DiffusionTrainOptions::pyramid_noise with that discount, drawn with
+// `generator` (torch's global generator when not given), rescaled to the
+// standard deviation of `noise`; `noise` itself when discount is 0. Throws
+// unless discount is in [0, 1).
+torch::Tensor add_pyramid_noise(const torch::Tensor& noise, double discount,
+                                c10::optional<at::Generator> generator = {});
+
+// Multi-tensor (torch::_foreach_*) forms of a training step's bookkeeping,
+// which train_diffusion uses on a GPU: one kernel launch per operation over all
+// the parameters instead of one per parameter (the per-parameter launches of
+// AdamW, clipping and the EMA took most of a step of the small default model).
+// Each computes what its per-parameter form computes, in the same order (on the
+// CPU, where the _foreach ops run tensor by tensor, bit for bit).
+//
+// torch::optim::AdamW::step() for an optimizer whose groups have no amsgrad,
+// its state (created as AdamW creates it, zeros) kept in the optimizer, so that
+// it saves, loads and continues with either form.
+void adamw_step_multi_tensor(torch::optim::AdamW& optimizer);
+// torch::nn::utils::clip_grad_norm_(params, max_norm) (2-norm); returns the
+// total norm before clipping.
+double clip_grad_norm_multi_tensor(const std::vector<torch::Tensor>& params, double max_norm);
+// ema = decay * ema + (1 - decay) * params, tensor by tensor.
+void ema_update_multi_tensor(std::vector<torch::Tensor>& ema,
+                             const std::vector<torch::Tensor>& params, double decay);
 
 // Trains `text_encoder` and `unet` together on `data` (latents multiplied by
 // `scaling_factor`); on return the modules hold the EMA weights.

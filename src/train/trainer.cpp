@@ -3,10 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <future>
 #include <random>
+#include <sstream>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
@@ -315,9 +319,12 @@ LatentSet encode_training_set(AutoencoderKL& vae, int count, int canvas, uint64_
   const int factor = vae->downsample_factor();
   set.latents = torch::empty(
       {count, vae->config().latent_channels, canvas / factor, canvas / factor}, torch::kFloat32);
-  constexpr int kChunk = 8;
-  for (int start = 0; start < count; start += kChunk) {
-    const int n = std::min(kChunk, count - start);
+  // Scenes rendered in parallel and encoded together. 8 on the CPU, whose
+  // encodings (and so the runs replayed from them) would change in rounding
+  // with the batch; a GPU's many cores take larger chunks.
+  const int chunk = device.is_cuda() ? std::max(8, 4 * at::get_num_threads()) : 8;
+  for (int start = 0; start < count; start += chunk) {
+    const int n = std::min(chunk, count - start);
     auto images = torch::empty({n, canvas, canvas, 3}, torch::kUInt8);
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) images[i].copy_(synth::render(scenes[start + i]));
@@ -380,14 +387,113 @@ SchedulerConfig trained_scheduler_config(const DiffusionTrainOptions& options) {
   return config;
 }
 
-torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share) {
-  check_chance("high_noise_share", share);
-  if (share == 0) return t;
-  const auto high = torch::randint(timesteps / 2, timesteps, t.sizes(), torch::kInt64);
-  return torch::where(torch::rand(t.sizes()) < share, high, t);
+namespace {
+
+// The key of a parameter's state in a torch::optim optimizer: the address of its
+// TensorImpl, printed (libtorch 1.x) or as is (2.x).
+template <class Key>
+Key optimizer_state_key(const torch::Tensor& p);
+
+template <>
+[[maybe_unused]] std::string optimizer_state_key<std::string>(const torch::Tensor& p) {
+  std::ostringstream key;  // what c10::guts::to_string writes
+  key << p.unsafeGetTensorImpl();
+  return key.str();
 }
 
-torch::Tensor add_pyramid_noise(const torch::Tensor& noise, double discount) {
+template <>
+[[maybe_unused]] void* optimizer_state_key<void*>(const torch::Tensor& p) {
+  return p.unsafeGetTensorImpl();
+}
+
+}  // namespace
+
+// Follows torch::optim::AdamW::step (torch/csrc/api/src/optim/adamw.cpp),
+// operation for operation, with each operation applied to all the parameters at once.
+void adamw_step_multi_tensor(torch::optim::AdamW& optimizer) {
+  torch::NoGradGuard no_grad;
+  auto& states = optimizer.state();
+  using Key = typename std::decay_t<decltype(states)>::key_type;
+  for (auto& group : optimizer.param_groups()) {
+    const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    if (options.amsgrad()) throw Error("adamw_step_multi_tensor: amsgrad is not supported");
+    std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs;
+    int64_t step = -1;
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      const auto key = optimizer_state_key<Key>(p);
+      auto found = states.find(key);
+      if (found == states.end()) {
+        auto state = std::make_unique<torch::optim::AdamWParamState>();
+        state->step(0);
+        state->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        state->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        found = states.insert_or_assign(key, std::move(state)).first;
+      }
+      auto& state = static_cast<torch::optim::AdamWParamState&>(*found->second);
+      state.step(state.step() + 1);
+      if (step < 0) step = state.step();
+      if (state.step() != step)
+        throw Error("adamw_step_multi_tensor: parameters of a group at different steps");
+      params.push_back(p);
+      grads.push_back(p.grad());
+      exp_avgs.push_back(state.exp_avg());
+      exp_avg_sqs.push_back(state.exp_avg_sq());
+    }
+    if (params.empty()) continue;
+    if (options.weight_decay() != 0)
+      at::_foreach_mul_(params, 1 - options.lr() * options.weight_decay());
+    const auto [beta1, beta2] = options.betas();
+    const double bias_correction1 = 1 - std::pow(beta1, step);
+    const double bias_correction2 = 1 - std::pow(beta2, step);
+    at::_foreach_mul_(exp_avgs, beta1);
+    at::_foreach_add_(exp_avgs, grads, 1 - beta1);
+    at::_foreach_mul_(exp_avg_sqs, beta2);
+    at::_foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2);
+    auto denom = at::_foreach_sqrt(exp_avg_sqs);
+    at::_foreach_div_(denom, std::sqrt(bias_correction2));
+    at::_foreach_add_(denom, options.eps());
+    at::_foreach_addcdiv_(params, exp_avgs, denom, -options.lr() / bias_correction1);
+  }
+}
+
+// Follows torch::nn::utils::clip_grad_norm_ (2-norm, no finiteness check).
+double clip_grad_norm_multi_tensor(const std::vector<torch::Tensor>& params, double max_norm) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : params) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  if (grads.empty()) return 0.0;
+  const auto norms = at::_foreach_norm(grads, 2);
+  const auto total = norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2);
+  const double total_norm = total.item<double>();
+  // clip_grad_norm_ multiplies by its clamped coefficient, a float tensor.
+  const float coef = torch::clamp_max(max_norm / (total + 1e-6), 1.0).item<float>();
+  at::_foreach_mul_(grads, coef);
+  return total_norm;
+}
+
+void ema_update_multi_tensor(std::vector<torch::Tensor>& ema,
+                             const std::vector<torch::Tensor>& params, double decay) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> detached;
+  detached.reserve(params.size());
+  for (const auto& p : params) detached.push_back(p.detach());
+  at::_foreach_mul_(ema, decay);
+  at::_foreach_add_(ema, detached, 1 - decay);
+}
+
+torch::Tensor bias_to_high_noise(const torch::Tensor& t, int64_t timesteps, double share,
+                                 c10::optional<at::Generator> generator) {
+  check_chance("high_noise_share", share);
+  if (share == 0) return t;
+  const auto high = torch::randint(timesteps / 2, timesteps, t.sizes(), generator, torch::kInt64);
+  return torch::where(torch::rand(t.sizes(), generator) < share, high, t);
+}
+
+torch::Tensor add_pyramid_noise(const torch::Tensor& noise, double discount,
+                                c10::optional<at::Generator> generator) {
   check_pyramid_discount(discount);
   if (discount == 0) return noise;
   const int64_t h = noise.size(2), w = noise.size(3);
@@ -395,7 +501,8 @@ torch::Tensor add_pyramid_noise(const torch::Tensor& noise, double discount) {
   double weight = 1;
   for (int64_t scale = 2; h / scale >= 1 && w / scale >= 1; scale *= 2) {
     weight *= discount;
-    const auto coarse = torch::randn({noise.size(0), noise.size(1), h / scale, w / scale});
+    const auto coarse =
+        torch::randn({noise.size(0), noise.size(1), h / scale, w / scale}, generator);
     namespace F = torch::nn::functional;
     out += weight * F::interpolate(coarse, F::InterpolateFuncOptions()
                                                .size(std::vector<int64_t>{h, w})
@@ -499,40 +606,61 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     fs::rename(temp, options.checkpoint);
   };
 
+  // On a GPU the per-parameter launches of clipping, AdamW and the EMA took
+  // most of a step; the CPU keeps the per-parameter forms of earlier runs.
+  const bool multi_tensor = device.is_cuda();
   text_encoder->train();
   unet->train();
   double window = 0;
   int window_steps = 0;
-  for (int step = start_step; step < options.steps; ++step) {
-    // Randomness per step from (seed, step), so a resumed run draws what an
-    // uninterrupted one would have.
-    torch::manual_seed(generator_seed * 1000003 + static_cast<uint64_t>(step));
-    set_lr(optimizer, scheduled_lr(options.lr, step, options.warmup, options.steps));
-    const auto index = torch::randint(0, n, {options.batch}, torch::kInt64);
-    const auto x0 = data.latents.index_select(0, index) * scaling_factor;
-    auto ids = tokens.index_select(0, index);
-    const auto drop = torch::rand({options.batch}) < options.caption_dropout;
-    auto t = torch::randint(0, timesteps, {options.batch}, torch::kInt64);
-    auto noise = torch::randn_like(x0);
+  // A step's batch: everything drawn at random, on the CPU, from a generator
+  // seeded by (seed, step), so that a resumed run draws what an uninterrupted
+  // one would have (the same draws as torch's global generator seeded so,
+  // which earlier runs used).
+  struct Batch {
+    torch::Tensor x0, ids, t, noise, a;
+  };
+  auto draw = [&](int step) {
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(generator_seed * 1000003 +
+                                                              static_cast<uint64_t>(step));
+    Batch b;
+    const auto index = torch::randint(0, n, {options.batch}, generator, torch::kInt64);
+    b.x0 = data.latents.index_select(0, index) * scaling_factor;
+    b.ids = tokens.index_select(0, index);
+    const auto drop = torch::rand({options.batch}, generator) < options.caption_dropout;
+    b.t = torch::randint(0, timesteps, {options.batch}, generator, torch::kInt64);
+    b.noise = torch::randn(b.x0.sizes(), generator);
     if (options.noise_offset > 0) {
-      noise = noise + options.noise_offset * torch::randn({x0.size(0), x0.size(1), 1, 1});
+      b.noise = b.noise +
+                options.noise_offset * torch::randn({b.x0.size(0), b.x0.size(1), 1, 1}, generator);
     }
     // Drawn after the rest, so that 0 (off) draws what earlier runs drew.
-    t = bias_to_high_noise(t, timesteps, options.high_noise_share);
-    noise = add_pyramid_noise(noise, options.pyramid_noise);
+    b.t = bias_to_high_noise(b.t, timesteps, options.high_noise_share, generator);
+    b.noise = add_pyramid_noise(b.noise, options.pyramid_noise, generator);
     if (options.swap_pairs > 0) {  // drawn last too
-      const auto swap = torch::rand({options.batch}) < options.swap_pairs;
-      ids = torch::where(swap.unsqueeze(1), reversed_tokens.index_select(0, index), ids);
+      const auto swap = torch::rand({options.batch}, generator) < options.swap_pairs;
+      b.ids = torch::where(swap.unsqueeze(1), reversed_tokens.index_select(0, index), b.ids);
     }
-    ids = torch::where(drop.unsqueeze(1), empty.expand({options.batch, length}), ids);
-    const auto a = alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
-    const auto xt = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(device);
+    b.ids = torch::where(drop.unsqueeze(1), empty.expand({options.batch, length}), b.ids);
+    b.a = alphas_cumprod.index_select(0, b.t).view({-1, 1, 1, 1});
+    return b;
+  };
+  // On a GPU the next step's batch is drawn while this one trains.
+  std::future<Batch> next;
+  for (int step = start_step; step < options.steps; ++step) {
+    set_lr(optimizer, scheduled_lr(options.lr, step, options.warmup, options.steps));
+    Batch batch = next.valid() ? next.get() : draw(step);
+    if (multi_tensor && step + 1 < options.steps)
+      next = std::async(std::launch::async, draw, step + 1);
+    // The noised latents, target and loss where the modules are.
+    const auto x0 = batch.x0.to(device), noise = batch.noise.to(device), a = batch.a.to(device);
+    const auto xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
 
     torch::Tensor prediction;
     {
       AutocastBf16 autocast(options.bf16, device);
-      const auto context = text_encoder->forward(ids.to(device)).hidden;
-      prediction = unet->forward(xt, t.to(device), context).to(torch::kFloat32).cpu();
+      const auto context = text_encoder->forward(batch.ids.to(device)).hidden;
+      prediction = unet->forward(xt, batch.t.to(device), context).to(torch::kFloat32);
     }
     // diffusers DDPMScheduler.get_velocity for v.
     const auto target = v_prediction ? a.sqrt() * noise - (1 - a).sqrt() * x0 : noise;
@@ -553,12 +681,16 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     const auto loss = per_sample.mean();
     optimizer.zero_grad();
     loss.backward();
-    torch::nn::utils::clip_grad_norm_(params, 1.0);
-    optimizer.step();
-    {
+    // Early on the average follows the weights closely (diffusers EMAModel's warm-up).
+    const double decay = std::min(options.ema_decay, (1.0 + step) / (10.0 + step));
+    if (multi_tensor) {
+      clip_grad_norm_multi_tensor(params, 1.0);
+      adamw_step_multi_tensor(optimizer);
+      ema_update_multi_tensor(ema, params, decay);
+    } else {
+      torch::nn::utils::clip_grad_norm_(params, 1.0);
+      optimizer.step();
       torch::NoGradGuard no_grad;
-      // Early on the average follows the weights closely (diffusers EMAModel's warm-up).
-      const double decay = std::min(options.ema_decay, (1.0 + step) / (10.0 + step));
       for (size_t i = 0; i < params.size(); ++i) ema[i].mul_(decay).add_(params[i], 1 - decay);
     }
     window += loss.item<double>();
