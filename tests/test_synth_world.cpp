@@ -57,6 +57,23 @@ TEST(SynthWorld, ParsesTheIssueExamplesAndRejectsOthers) {
   EXPECT_FALSE(parse_caption("a white circle"));  // not a shape colour
 }
 
+// Held-out prompts whose picture no training caption describes either way:
+// their reversed captions are held out too; asking for more than there are
+// gives each once.
+TEST(SynthWorld, HeldOutBothWaysPromptsAreHeldOutReversedToo) {
+  const auto all = held_out_specs(100000, true);
+  ASSERT_GE(all.size(), 10u);
+  EXPECT_LT(all.size(), held_out_specs(100000).size());
+  std::set<std::string> captions;
+  for (const auto& spec : all) {
+    EXPECT_TRUE(is_held_out(spec)) << spec.caption();
+    EXPECT_TRUE(is_held_out(reversed_pair(spec))) << spec.caption();
+    captions.insert(spec.caption());
+  }
+  EXPECT_EQ(captions.size(), all.size());
+  EXPECT_EQ(held_out_specs(10, true).size(), 10u);
+}
+
 TEST(SynthWorld, HeldOutPromptsNeverAppearInTraining) {
   const auto held = held_out_specs(10);
   ASSERT_EQ(held.size(), 10u);

@@ -660,6 +660,7 @@ struct EvalOptions {
   int threads = 0;
   bool training_prompts = false;
   bool one_shape = false;
+  bool reversed_too = false;
 };
 
 int run_eval(const EvalOptions& o) {
@@ -684,7 +685,7 @@ int run_eval(const EvalOptions& o) {
     std::mt19937_64 rng(12345);
     for (int i = 0; i < o.prompts; ++i) specs.push_back(sdgen::synth::random_spec(rng));
   } else {
-    specs = sdgen::synth::held_out_specs(o.prompts);
+    specs = sdgen::synth::held_out_specs(o.prompts, o.reversed_too);
   }
   if (!o.save.empty()) fs::create_directories(o.save);
   int passed = 0, total = 0;
@@ -877,6 +878,10 @@ int main(int argc, char** argv) {
   eval_cmd->add_flag("--training-prompts", eval.training_prompts,
                      "judge random training prompts instead of held-out ones");
   eval_cmd->add_flag("--one-shape", eval.one_shape, "judge one-shape training captions");
+  eval_cmd->add_flag(
+      "--reversed-held-out", eval.reversed_too,
+      "only held-out prompts whose reversed caption (the same picture said the other "
+      "way round) is held out too");
   CLI11_PARSE(app, argc, argv);
   try {
     if (all_cmd->parsed()) return run_all(all, argv[0]);

@@ -118,8 +118,11 @@ SceneSpec reversed_pair(const SceneSpec& spec);
 // Pair captions whose (colour, shape, relation, colour, shape) combination is
 // kept out of training; the held-out evaluation prompts come from them.
 bool is_held_out(const SceneSpec& spec);
-// `count` distinct held-out two-shape prompts (deterministic).
-std::vector<SceneSpec> held_out_specs(int count);
+// `count` distinct held-out two-shape prompts (deterministic; fewer when there
+// are fewer). With `reversed_too`, only those whose reversed caption
+// (reversed_pair: the same picture said the other way round) is held out as
+// well, so that no training caption describes their picture either way.
+std::vector<SceneSpec> held_out_specs(int count, bool reversed_too = false);
 
 // Renders `scene` as uint8 [canvas, canvas, 3] (RGB, 4x4 supersampled edges).
 torch::Tensor render(const Scene& scene);

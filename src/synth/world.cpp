@@ -439,7 +439,7 @@ bool is_held_out(const SceneSpec& spec) {
   return (hash >> 16) % 10 == 0;
 }
 
-std::vector<SceneSpec> held_out_specs(int count) {
+std::vector<SceneSpec> held_out_specs(int count, bool reversed_too) {
   std::vector<SceneSpec> all;
   for (Colour ca : kShapeColours) {
     for (Shape sa : kShapes) {
@@ -451,7 +451,8 @@ std::vector<SceneSpec> held_out_specs(int count) {
             SceneSpec spec;
             spec.objects = {{sa, ca, Size::kAny}, {sb, cb, Size::kAny}};
             spec.relation = relation;
-            if (is_held_out(spec)) all.push_back(spec);
+            if (is_held_out(spec) && (!reversed_too || is_held_out(reversed_pair(spec))))
+              all.push_back(spec);
           }
         }
       }
@@ -459,6 +460,12 @@ std::vector<SceneSpec> held_out_specs(int count) {
   }
   std::vector<SceneSpec> chosen;
   if (count <= 0 || all.empty()) return chosen;
+  if (static_cast<size_t>(count) >= all.size()) return all;
+  if (reversed_too) {  // a short list: evenly spread
+    for (int i = 0; i < count; ++i)
+      chosen.push_back(all[static_cast<size_t>(i) * all.size() / count]);
+    return chosen;
+  }
   // Evenly spread over the list, stepping by a stride coprime with its order
   // so that colours, shapes and relations all vary.
   const size_t stride = all.size() / static_cast<size_t>(count);
