@@ -168,8 +168,9 @@ TEST(DefaultModel, ItsGuidanceRescaleIsTheDefaultAndRecorded) {
 // (pair captions whose colour / shape / relation combination no training
 // caption has) at seeds 0 and 1, 20 DDIM steps, fp32, the model's guidance
 // rescale, judged by the checker (named shapes in the named colours, in the
-// named relation). Run 15 passes 16 of these 20 here (its 200-sample rate is
-// in models/README.md); run 13 (35% of 200) or noise fail.
+// named relation). Run 16 passes all 20 here (its 200-sample rate is in
+// models/README.md); run 15 (77% of 200) passed 16, run 13 (35%) or noise
+// fewer. The threshold is the 80% and a sample more.
 TEST(DefaultModel, HeldOutPromptsPassTheChecker) {
   expect_trained_default_model();
   if (HasFatalFailure()) return;
@@ -195,5 +196,5 @@ TEST(DefaultModel, HeldOutPromptsPassTheChecker) {
     }
   }
   std::cout << "  held-out: " << passed << " / " << total << " pass\n";
-  EXPECT_GE(passed, 14) << "of " << total << " held-out samples";
+  EXPECT_GE(passed, 17) << "of " << total << " held-out samples";
 }
