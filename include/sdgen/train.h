@@ -170,7 +170,7 @@ torch::Tensor add_pyramid_noise(const torch::Tensor& noise, double discount,
                                 c10::optional<at::Generator> generator = {});
 
 // Multi-tensor (torch::_foreach_*) forms of a training step's bookkeeping,
-// which train_diffusion uses on a GPU: one kernel launch per operation over all
+// which train_diffusion uses: on a GPU one kernel launch per operation over all
 // the parameters instead of one per parameter (the per-parameter launches of
 // AdamW, clipping and the EMA took most of a step of the small default model).
 // Each computes what its per-parameter form computes, in the same order (on the

@@ -608,9 +608,6 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     fs::rename(temp, options.checkpoint);
   };
 
-  // On a GPU the per-parameter launches of clipping, AdamW and the EMA took
-  // most of a step; the CPU keeps the per-parameter forms of earlier runs.
-  const bool multi_tensor = device.is_cuda();
   text_encoder->train();
   unet->train();
   double window = 0;
@@ -648,12 +645,12 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     return b;
   };
   // On a GPU the next step's batch is drawn while this one trains.
+  const bool prefetch = device.is_cuda();
   std::future<Batch> next;
   for (int step = start_step; step < options.steps; ++step) {
     set_lr(optimizer, scheduled_lr(options.lr, step, options.warmup, options.steps));
     Batch batch = next.valid() ? next.get() : draw(step);
-    if (multi_tensor && step + 1 < options.steps)
-      next = std::async(std::launch::async, draw, step + 1);
+    if (prefetch && step + 1 < options.steps) next = std::async(std::launch::async, draw, step + 1);
     // The noised latents, target and loss where the modules are.
     const auto x0 = batch.x0.to(device), noise = batch.noise.to(device), a = batch.a.to(device);
     const auto xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
@@ -683,18 +680,14 @@ void train_diffusion(CLIPTextModel& text_encoder, UNet2DConditionModel& unet,
     const auto loss = per_sample.mean();
     optimizer.zero_grad();
     loss.backward();
+    // Multi-tensor forms on every device: on a GPU the per-parameter launches
+    // of clipping, AdamW and the EMA took most of a step; on the CPU they
+    // compute what clip_grad_norm_, AdamW::step and the per-parameter EMA of
+    // earlier runs did, bit for bit (checkpoints of a 30-step run identical).
+    clip_grad_norm_multi_tensor(params, 1.0);
+    adamw_step_multi_tensor(optimizer);
     // Early on the average follows the weights closely (diffusers EMAModel's warm-up).
-    const double decay = std::min(options.ema_decay, (1.0 + step) / (10.0 + step));
-    if (multi_tensor) {
-      clip_grad_norm_multi_tensor(params, 1.0);
-      adamw_step_multi_tensor(optimizer);
-      ema_update_multi_tensor(ema, params, decay);
-    } else {
-      torch::nn::utils::clip_grad_norm_(params, 1.0);
-      optimizer.step();
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params.size(); ++i) ema[i].mul_(decay).add_(params[i], 1 - decay);
-    }
+    ema_update_multi_tensor(ema, params, std::min(options.ema_decay, (1.0 + step) / (10.0 + step)));
     window += loss.item<double>();
     ++window_steps;
     if ((step + 1) % options.log_every == 0 || step + 1 == options.steps) {
