@@ -17,7 +17,8 @@ if(SDGEN_FUZZ)
   add_library(sdgen_fuzz_parsers STATIC
     src/safetensors_header.cpp src/tokenizer.cpp src/tokenizer_sentencepiece.cpp
     src/config.cpp src/unicode_tables.cpp
-    src/prompt_weights.cpp src/prompt_file.cpp src/a1111.cpp src/png_reader.cpp)
+    src/prompt_weights.cpp src/prompt_file.cpp src/a1111.cpp src/png_reader.cpp
+    src/output_pattern.cpp src/formats/settings.cpp src/formats/settings_table.cpp)
   target_include_directories(sdgen_fuzz_parsers
     PUBLIC ${CMAKE_SOURCE_DIR}/include
     PRIVATE ${CMAKE_SOURCE_DIR}/src ${STB_INCLUDE_DIR})

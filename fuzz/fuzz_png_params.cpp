@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sdgen/a1111.h"
+#include "sdgen/settings.h"
 #include "sdgen/error.h"
 #include "sdgen/png_reader.h"
 
@@ -19,7 +20,7 @@ namespace {
 
 void check_parameters(const std::string& text) {
   const auto params = sdgen::parse_a1111_parameters(text);
-  (void)sdgen::a1111_settings(params);
+  (void)sdgen::read_a1111_settings(params, "fuzz");
   (void)sdgen::format_a1111_parameters(params);
   (void)sdgen::a1111_unquote(text);
   (void)sdgen::a1111_quote(text);

@@ -1,11 +1,10 @@
 #include "sdgen/a1111.h"
 
 #include <cctype>
-#include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -93,25 +92,6 @@ std::vector<std::pair<std::string, std::string>> find_params(const std::string& 
   return out;
 }
 
-std::optional<int64_t> parse_int(const std::string& s) {
-  const std::string t = strip(s);
-  if (t.empty()) return std::nullopt;
-  char* end = nullptr;
-  errno = 0;
-  const long long v = std::strtoll(t.c_str(), &end, 10);
-  if (errno != 0 || end != t.c_str() + t.size()) return std::nullopt;
-  return v;
-}
-
-std::optional<double> parse_double(const std::string& s) {
-  const std::string t = strip(s);
-  if (t.empty()) return std::nullopt;
-  char* end = nullptr;
-  const double v = std::strtod(t.c_str(), &end);
-  if (end != t.c_str() + t.size() || !(v == v)) return std::nullopt;
-  return v;
-}
-
 }  // namespace
 
 const std::string* A1111Parameters::find(const std::string& key) const {
@@ -187,27 +167,16 @@ A1111Parameters parse_a1111_parameters(const std::string& text) {
 
 std::string a1111_number(double value) {
   char buf[64];
+  // Whole numbers as they are ("10", not "1e+01", which %g's shortest form is).
+  if (std::isfinite(value) && std::floor(value) == value && std::fabs(value) < 1e15) {
+    std::snprintf(buf, sizeof buf, "%.0f", value);
+    return buf;
+  }
   for (int precision = 1; precision <= 17; ++precision) {
     std::snprintf(buf, sizeof buf, "%.*g", precision, value);
     if (std::strtod(buf, nullptr) == value) break;
   }
   return buf;
-}
-
-std::string a1111_sampler_label(const std::string& sampler) {
-  static const std::map<std::string, std::string> labels = {{"ddim", "DDIM"},
-                                                            {"ddpm", "DDPM"},
-                                                            {"pndm", "PLMS"},
-                                                            {"euler", "Euler"},
-                                                            {"euler_a", "Euler a"},
-                                                            {"heun", "Heun"},
-                                                            {"lms", "LMS"},
-                                                            {"dpmpp_2m", "DPM++ 2M"},
-                                                            {"dpmpp_2m_karras", "DPM++ 2M"},
-                                                            {"unipc", "UniPC"},
-                                                            {"lcm", "LCM"}};
-  auto it = labels.find(sampler);
-  return it == labels.end() ? sampler : it->second;
 }
 
 std::string a1111_model_name(const std::string& model_path) {
@@ -216,93 +185,6 @@ std::string a1111_model_name(const std::string& model_path) {
   std::error_code ec;
   if (fs::is_directory(p, ec)) return p.filename().string();
   return p.stem().string();
-}
-
-A1111Settings a1111_settings(const A1111Parameters& p) {
-  A1111Settings s;
-  s.prompt = p.prompt;
-  s.negative_prompt = p.negative_prompt;
-  auto get_int = [&](const char* key, std::optional<int>& target, int64_t lo, int64_t hi) {
-    if (const auto* v = p.find(key)) {
-      const auto n = parse_int(*v);
-      if (n && *n >= lo && *n <= hi)
-        target = static_cast<int>(*n);
-      else
-        s.warnings.push_back(std::string(key) + " '" + *v + "' is not a whole number in [" +
-                             std::to_string(lo) + ", " + std::to_string(hi) + "]; ignored");
-    }
-  };
-  auto get_double = [&](const char* key, std::optional<double>& target) {
-    if (const auto* v = p.find(key)) {
-      if (const auto d = parse_double(*v))
-        target = *d;
-      else
-        s.warnings.push_back(std::string(key) + " '" + *v + "' is not a number; ignored");
-    }
-  };
-  get_int("Steps", s.steps, 1, 100000);
-  get_int("Clip skip", s.clip_skip, 1, 1000);
-  get_int("Batch size", s.batch_size, 1, 1000);
-  get_int("Batch pos", s.batch_pos, 0, 999);
-  get_double("CFG scale", s.cfg_scale);
-  get_double("Denoising strength", s.strength);
-  get_double("Eta DDIM", s.eta);
-  get_double("CFG Rescale", s.guidance_rescale);
-  if (!s.eta) get_double("Eta", s.eta);
-  if (const auto* v = p.find("Seed")) {
-    const std::string t = strip(*v);
-    char* end = nullptr;
-    errno = 0;
-    const unsigned long long seed = std::strtoull(t.c_str(), &end, 10);
-    if (!t.empty() && t[0] != '-' && errno == 0 && end == t.c_str() + t.size())
-      s.seed = seed;
-    else
-      s.warnings.push_back("Seed '" + *v + "' is not a seed; ignored");
-  }
-  if (const auto* v = p.find("Size")) {
-    const auto x = v->find('x');
-    const auto w = x == std::string::npos ? std::nullopt : parse_int(v->substr(0, x));
-    const auto h = x == std::string::npos ? std::nullopt : parse_int(v->substr(x + 1));
-    if (w && h && *w > 0 && *h > 0 && *w <= 65536 && *h <= 65536) {
-      s.width = static_cast<int>(*w);
-      s.height = static_cast<int>(*h);
-    } else {
-      s.warnings.push_back("Size '" + *v + "' is not WIDTHxHEIGHT; ignored");
-    }
-  }
-  if (const auto* v = p.find("Sampler")) {
-    // A1111 labels, including the pre-1.9 ones with the schedule in the name.
-    static const std::map<std::string, std::pair<std::string, std::string>> names = {
-        {"DDIM", {"ddim", ""}},         {"DDPM", {"ddpm", ""}},
-        {"PLMS", {"pndm", ""}},         {"Euler", {"euler", ""}},
-        {"Euler a", {"euler_a", ""}},   {"Heun", {"heun", ""}},
-        {"LMS", {"lms", ""}},           {"LMS Karras", {"lms", "karras"}},
-        {"DPM++ 2M", {"dpmpp_2m", ""}}, {"DPM++ 2M Karras", {"dpmpp_2m", "karras"}},
-        {"UniPC", {"unipc", ""}},       {"LCM", {"lcm", ""}}};
-    const auto it = names.find(strip(*v));
-    if (it != names.end()) {
-      s.sampler = it->second.first;
-      if (!it->second.second.empty()) s.schedule = it->second.second;
-    } else {
-      s.sampler = strip(*v);
-    }
-  }
-  if (const auto* v = p.find("Schedule type")) {
-    const std::string t = strip(*v);
-    if (t == "Karras")
-      s.schedule = "karras";
-    else if (t == "Normal" || t == "Uniform")
-      s.schedule = "normal";
-    else if (t == "Automatic")
-      s.schedule = "";
-    else
-      s.warnings.push_back("Schedule type '" + t + "' is not supported (Karras, Normal, " +
-                           "Automatic); the sampler's own schedule is used");
-  }
-  if (const auto* v = p.find("Model")) s.model_name = *v;
-  if (const auto* v = p.find("Model hash")) s.model_hash = *v;
-  if (const auto* v = p.find("Long prompt")) s.long_prompt_truncate = strip(*v) == "truncate";
-  return s;
 }
 
 }  // namespace sdgen

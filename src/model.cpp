@@ -9,6 +9,7 @@
 #include "sdgen/layers.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/weights.h"
+#include "vae_file.h"
 
 namespace fs = std::filesystem;
 
@@ -332,6 +333,11 @@ StableDiffusionModel load_model(const LoadOptions& options) {
     load_single_file(path, options, model);
   }
   apply_prediction_override(model.scheduler_config, options.prediction_type);
+  if (!options.vae_path.empty()) {
+    model.vae_file = separate_vae_weights_file(options.vae_path);
+    model.vae = load_separate_vae(options.vae_path, model.vae->config(),
+                                  {options.device, model.vae_dtype, model.channels_last, {}});
+  }
 
   if (options.verbose)
     std::cerr << "sdgen: loaded " << model.family << " model (" << model.layout << ") from "

@@ -19,33 +19,32 @@
 namespace sdgen {
 
 void Pipeline::validate(const GenerationRequest& r) const {
+  // The table's rules first (the same limits the command line and prompt
+  // files check), as "steps 0: must be between 1 and 1000".
+  const Settings settings = settings_of_request(r);
+  for (const char* name : {"width", "height", "steps", "cfg_scale", "guidance_rescale",
+                           "batch_size", "clip_skip", "eta", "strength"}) {
+    if (std::string(name) == "strength" && !r.init_image.defined()) continue;
+    const SettingSpec& spec = setting(name);
+    const auto value = spec.get(settings);
+    try {
+      spec.check(value);
+    } catch (const SettingError& e) {
+      throw Error(spec.name + " " + value.dump() + ": " + e.what());
+    }
+  }
   // The UNet upsamples to each skip connection's size (diffusers' upsample_size),
   // so any latent size works; only the VAE factor constrains the image size.
   const int factor = model_.vae->downsample_factor();
-  for (auto [name, v] : {std::pair<const char*, int>{"width", r.width}, {"height", r.height}}) {
-    if (v <= 0 || v % factor != 0)
+  for (auto [name, v] : {std::pair<const char*, int>{"width", r.width}, {"height", r.height}})
+    if (v % factor != 0)
       throw Error(std::string(name) + " " + std::to_string(v) + " must be a positive multiple of " +
                   std::to_string(factor));
-    if (v > 8192)
-      throw Error(std::string(name) + " " + std::to_string(v) + " is too large (max 8192)");
-  }
-  if (r.steps < 1 || r.steps > 1000)
-    throw Error("steps " + std::to_string(r.steps) + " must be between 1 and 1000");
-  if (!(r.cfg_scale >= 0) || r.cfg_scale > 1000) throw Error("cfg scale must be a number >= 0");
-  if (!(r.guidance_rescale >= 0) || r.guidance_rescale > 1)
-    throw Error("guidance rescale must be between 0 and 1");
-  if (r.batch_size < 1 || r.batch_size > 64)
-    throw Error("batch size " + std::to_string(r.batch_size) + " must be between 1 and 64");
   const int layers = model_.text_encoder->config().num_hidden_layers;
-  if (r.clip_skip < 1 || r.clip_skip > layers)
+  if (r.clip_skip > layers)
     throw Error("clip skip " + std::to_string(r.clip_skip) + " must be between 1 and " +
                 std::to_string(layers));
-  if (!(r.eta >= 0) || r.eta > 1) throw Error("eta must be between 0 and 1");
-  if (r.schedule != "" && r.schedule != "karras" && r.schedule != "normal")
-    throw Error("schedule type '" + r.schedule + "' must be karras or normal");
   if (r.init_image.defined()) {
-    if (!(r.strength > 0) || r.strength > 1)
-      throw Error("strength " + std::to_string(r.strength) + " must be in (0, 1]");
     if (r.init_image.dim() != 3 || r.init_image.size(2) != 3 ||
         r.init_image.scalar_type() != torch::kUInt8)
       throw Error("init image must be an RGB uint8 image [H, W, 3]");
@@ -57,8 +56,8 @@ void Pipeline::validate(const GenerationRequest& r) const {
 
 std::unique_ptr<Scheduler> Pipeline::make_request_scheduler(const GenerationRequest& r) const {
   SchedulerConfig config = model_.scheduler_config;
-  if (!r.schedule.empty()) {
-    config.use_karras_sigmas = r.schedule == "karras";
+  if (r.schedule != SigmaSchedule::automatic) {
+    config.use_karras_sigmas = r.schedule == SigmaSchedule::karras;
     config.raw["use_karras_sigmas"] = config.use_karras_sigmas;
   }
   auto scheduler = make_scheduler(r.sampler, config);

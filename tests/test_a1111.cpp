@@ -4,6 +4,7 @@
 
 #include "sdgen/a1111.h"
 #include "sdgen/image_io.h"
+#include "sdgen/settings.h"
 #include "sdgen/sha256.h"
 #include "test_util.h"
 
@@ -12,13 +13,13 @@
 namespace sdgen {
 namespace {
 
-GenerationRequest example_request() {
-  GenerationRequest r;
+Settings example_settings() {
+  Settings r;
   r.prompt = "a cat, (sitting:1.2) on a mat";
   r.negative_prompt = "blurry, low quality";
   r.steps = 20;
-  r.sampler = "dpmpp_2m";
-  r.schedule = "karras";
+  r.sampler = Sampler::dpmpp_2m;
+  r.schedule = SigmaSchedule::karras;
   r.cfg_scale = 7;
   r.seed = 1234;
   r.width = 512;
@@ -29,7 +30,6 @@ GenerationRequest example_request() {
 
 ImageMetadata example_meta() {
   ImageMetadata m;
-  m.sampler = "dpmpp_2m";
   m.model_hash = "6ce0161689";
   m.model_name = "v1-5-pruned-emaonly";
   m.version = "0.1.0";
@@ -38,7 +38,7 @@ ImageMetadata example_meta() {
 
 TEST(A1111, WriterFieldOrderAndQuoting) {
   const std::string text =
-      format_a1111_parameters(a1111_parameters_for(example_request(), example_meta()));
+      format_a1111_parameters(a1111_parameters(example_settings(), example_meta()));
   EXPECT_EQ(text,
             "a cat, (sitting:1.2) on a mat\n"
             "Negative prompt: blurry, low quality\n"
@@ -46,20 +46,19 @@ TEST(A1111, WriterFieldOrderAndQuoting) {
             "Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, "
             "Version: sdgen 0.1.0");
 
-  GenerationRequest r = example_request();
+  Settings r = example_settings();
   r.negative_prompt = "";
-  r.sampler = "euler_a";
-  r.schedule = "";
+  r.sampler = Sampler::euler_a;
+  r.schedule = SigmaSchedule::automatic;
   r.cfg_scale = 7.5;
   r.clip_skip = 1;
   r.batch_size = 2;
-  r.init_image = torch::zeros({8, 8, 3}, torch::kUInt8);
+  r.init_image = "in.png";
   r.strength = 0.6;
   ImageMetadata m = example_meta();
-  m.sampler = "euler_a";
   m.model_name = "my, model: v2";  // quoted as A1111 quotes
   m.batch_pos = 1;
-  EXPECT_EQ(format_a1111_parameters(a1111_parameters_for(r, m)),
+  EXPECT_EQ(format_a1111_parameters(a1111_parameters(r, m)),
             "a cat, (sitting:1.2) on a mat\n"
             "Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 512x768, "
             "Model hash: 6ce0161689, Model: \"my, model: v2\", Denoising strength: 0.6, "
@@ -99,68 +98,79 @@ TEST(A1111, ReadsA1111Output) {
   ASSERT_NE(p.find("Lora hashes"), nullptr);
   EXPECT_EQ(*p.find("Lora hashes"), "add_detail: 7c6bad76eb54, more: 0123");
   EXPECT_EQ(*p.find("Version"), "v1.10.1");
-  const auto s = a1111_settings(p);
-  EXPECT_EQ(*s.steps, 28);
-  EXPECT_EQ(*s.sampler, "dpmpp_2m");
-  EXPECT_EQ(*s.schedule, "karras");
-  EXPECT_EQ(*s.cfg_scale, 6.5);
+  const auto reading = read_a1111_settings(p, "a.png");
+  EXPECT_TRUE(reading.warnings.empty());
+  EXPECT_TRUE(reading.errors.empty());
+  EXPECT_EQ(*reading.model_hash, "6ce0161689");
+  const Settings s = resolve_settings({&reading.settings});
+  EXPECT_EQ(s.steps, 28);
+  EXPECT_EQ(s.sampler, Sampler::dpmpp_2m);
+  EXPECT_EQ(s.schedule, SigmaSchedule::karras);
+  EXPECT_EQ(s.cfg_scale, 6.5);
   EXPECT_EQ(*s.seed, 3528423u);
-  EXPECT_EQ(*s.width, 512);
-  EXPECT_EQ(*s.height, 768);
-  EXPECT_EQ(*s.clip_skip, 2);
-  EXPECT_EQ(*s.strength, 0.45);
-  EXPECT_EQ(*s.model_hash, "6ce0161689");
-  EXPECT_TRUE(s.warnings.empty());
+  EXPECT_EQ(s.width, 512);
+  EXPECT_EQ(s.height, 768);
+  EXPECT_EQ(s.clip_skip, 2);
+  EXPECT_EQ(s.strength, 0.45);
 
   // Fewer than 3 fields on the last line: it is part of the prompt.
   const auto short_text = parse_a1111_parameters("a photo\nSteps: 20, Seed: 1");
   EXPECT_EQ(short_text.prompt, "a photo\nSteps: 20, Seed: 1");
   EXPECT_TRUE(short_text.fields.empty());
-  // Garbage never throws; bad numbers become warnings.
-  const auto bad =
-      a1111_settings(parse_a1111_parameters("x\nSteps: many, Seed: -3, Size: 5x, A: b"));
-  EXPECT_FALSE(bad.steps);
-  EXPECT_FALSE(bad.seed);
-  EXPECT_FALSE(bad.width);
+  // Garbage never throws; values of the wrong type become warnings, values a
+  // setting does not allow errors naming the flag and the PNG.
+  const auto bad = read_a1111_settings(
+      parse_a1111_parameters("x\nSteps: many, Seed: -3, Size: 5x, A: b"), "b.png");
+  EXPECT_FALSE(bad.settings.has("steps"));
+  EXPECT_FALSE(bad.settings.has("seed"));
+  EXPECT_FALSE(bad.settings.has("width"));
   EXPECT_EQ(bad.warnings.size(), 3u);
+  EXPECT_TRUE(bad.errors.empty());
+  const auto wrong = read_a1111_settings(
+      parse_a1111_parameters("x\nSteps: 5000, Sampler: DPM adaptive, Size: 60x64"), "w.png");
+  ASSERT_EQ(wrong.errors.size(), 3u);
+  EXPECT_EQ(wrong.errors[0], "--steps 5000 (from w.png): must be between 1 and 1000");
+  EXPECT_NE(wrong.errors[1].find("--sampler DPM adaptive (from w.png): unknown sampler"),
+            std::string::npos);
+  EXPECT_NE(wrong.errors[2].find("--width 60 (from w.png): must be a positive multiple of 8"),
+            std::string::npos);
   for (const std::string& junk :
        std::vector<std::string>{"", "\n\n", ":::", "\"", "a: \"b", std::string(1000, ',')})
     parse_a1111_parameters(junk);
 }
 
 TEST(A1111, RoundTrip) {
-  GenerationRequest r = example_request();
+  Settings r = example_settings();
   r.negative_prompt = "text: \"quoted\", commas";
   r.eta = 0.3;
   r.guidance_rescale = 0.7;
-  r.sampler = "ddim";
+  r.sampler = Sampler::ddim;
+  r.long_prompt = LongPromptMode::truncate;
+  r.batch_size = 3;
   ImageMetadata m = example_meta();
-  m.sampler = "ddim";
-  m.long_prompt_truncate = true;
-  const auto s =
-      a1111_settings(parse_a1111_parameters(format_a1111_parameters(a1111_parameters_for(r, m))));
-  EXPECT_EQ(*s.prompt, r.prompt);
-  EXPECT_EQ(*s.negative_prompt, r.negative_prompt);
-  EXPECT_EQ(*s.steps, r.steps);
-  EXPECT_EQ(*s.sampler, "ddim");
-  EXPECT_EQ(*s.schedule, "karras");
-  EXPECT_EQ(*s.cfg_scale, r.cfg_scale);
-  EXPECT_EQ(*s.seed, r.seed);
-  EXPECT_EQ(*s.width, r.width);
-  EXPECT_EQ(*s.height, r.height);
-  EXPECT_EQ(*s.clip_skip, r.clip_skip);
-  EXPECT_EQ(*s.eta, 0.3);
-  EXPECT_EQ(*s.guidance_rescale, 0.7);
-  EXPECT_EQ(*s.model_name, m.model_name);
-  EXPECT_TRUE(*s.long_prompt_truncate);
-  EXPECT_TRUE(s.warnings.empty());
+  m.batch_pos = 2;
+  const auto reading = read_a1111_settings(
+      parse_a1111_parameters(format_a1111_parameters(a1111_parameters(r, m))), "r.png");
+  EXPECT_TRUE(reading.warnings.empty());
+  EXPECT_TRUE(reading.errors.empty());
+  EXPECT_EQ(*reading.model_name, m.model_name);
+  EXPECT_EQ(*reading.batch_pos, 2);
+  const Settings s = resolve_settings({&reading.settings});
+  // Every setting A1111 records comes back as it was.
+  for (const auto& spec : settings_table())
+    if (!spec.a1111_label.empty() && spec.name != "model")
+      EXPECT_EQ(spec.get(s), spec.get(r)) << spec.name;
+  EXPECT_EQ(s.prompt, r.prompt);
+  EXPECT_EQ(s.negative_prompt, r.negative_prompt);
+  EXPECT_EQ(s.schedule, SigmaSchedule::karras);
+  EXPECT_EQ(s.long_prompt, LongPromptMode::truncate);
 }
 
 TEST(A1111, PngWithParametersStillDecodes) {
   const auto dir = test::temp_dir("a1111");
   const auto pixels = torch::randint(0, 256, {24, 40, 3}, torch::kUInt8);
   const std::string params =
-      format_a1111_parameters(a1111_parameters_for(example_request(), example_meta()));
+      format_a1111_parameters(a1111_parameters(example_settings(), example_meta()));
   write_png(dir + "/p.png", pixels, {{"parameters", params}});
   const auto png = read_png(dir + "/p.png");  // stb_image decodes the pixels
   EXPECT_TRUE(torch::equal(png.pixels, pixels));

@@ -345,15 +345,17 @@ std::vector<BadCase> cases() {
   flag("width_absurd", "-W 100000", {"--width 100000", "at most 8192"});
   flag("steps_zero", "--steps 0", {"--steps 0", "between 1 and 1000"});
   flag("steps_not_a_number", "--steps ten", {"--steps", "ten"});
-  flag("negative_guidance", "--cfg-scale -1", {"--cfg-scale -1", ">= 0"});
+  flag("negative_guidance", "--cfg-scale -1", {"--cfg-scale -1", "between 0 and 1000"});
   flag("strength_zero", "--strength 0", {"--strength 0", "(0, 1]"});
   flag("strength_above_one", "--strength 1.5", {"--strength 1.5", "(0, 1]"});
   flag("eta_above_one", "--eta 2", {"--eta 2", "between 0 and 1"});
   flag("unknown_sampler", "--sampler 'DPM adaptive'", {"--sampler", "DPM adaptive", "ddim"});
   flag("unknown_schedule", "--scheduler exponential", {"--scheduler exponential", "karras"});
   flag("unknown_prediction", "--prediction x0", {"--prediction x0", "epsilon or v"});
-  flag("batch_size_zero", "--batch-size 0", {"--batch-size 0", "1 to 64"});
-  flag("clip_skip_zero", "--clip-skip 0", {"--clip-skip 0", ">= 1"});
+  flag("batch_size_zero", "--batch-size 0", {"--batch-size 0", "between 1 and 64"});
+  flag("clip_skip_zero", "--clip-skip 0", {"--clip-skip 0", "between 1 and 1000"});
+  flag("threads_zero", "--threads 0", {"--threads 0", "between 1 and 4096"});
+  flag("threads_negative", "--threads -2", {"--threads -2", "between 1 and 4096"});
   flag("bad_shard", "--shard 2/2", {"--shard 2/2", "K must be less than N"});
   flag("fp16_on_cpu", "--device cpu --dtype fp16", {"--dtype fp16", "CPU"});
   flag("unknown_flag", "--colour red", {"--colour"});
@@ -499,7 +501,7 @@ std::vector<BadCase> cases() {
   // Blank lines and comments are skipped but keep their line numbers.
   lines("prompt_file_blank_lines_skipped",
         "\n   \n# a comment\n{\"prompt\": \"x\", \"width\": 60}\n",
-        {"p.txt line 4", "\"width\" 60 must be a multiple of 8"});
+        {"p.txt line 4", "\"width\" 60: must be a positive multiple of 8"});
   lines("prompt_file_10mb_line", std::string(10 << 20, 'a') + "\n",
         {"p.txt line 1", "10485760 bytes", "longer than"});
   add({"prompt_file_only_blank_lines",

@@ -95,8 +95,8 @@ TEST(CLIBatch, BadLinesAreReportedSkippedAndFailTheRun) {
   const std::string cmd = sdgen_cmd(dir) + "--steps 2 --seed 1 --prompt-file " + q(dir + "/p.txt");
   EXPECT_EQ(test::run(cmd + " -o " + q(dir + "/out/%d.png"), &log), 2);
   for (const char* words : {"p.txt line 2: invalid JSON", "p.txt line 4: unknown key \"colour\"",
-                            "p.txt line 5: \"width\" 60 must be a multiple of 8",
-                            "p.txt line 6: unknown scheduler 'nope'",
+                            "p.txt line 5: \"width\" 60: must be a positive multiple of 8",
+                            "p.txt line 6: \"sampler\" \"nope\": unknown sampler",
                             "0 skipped (already there), 0 failed, 4 bad lines"})
     EXPECT_NE(log.find(words), std::string::npos) << words << "\n" << log;
   // Bad lines keep their index: the good ones are 0, 2 and 6.

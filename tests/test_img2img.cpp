@@ -25,7 +25,7 @@ GenerationRequest golden_request() {
   r.steps = meta["steps"].get<int>();
   r.cfg_scale = meta["guidance"].get<double>();
   r.seed = meta["seed"].get<uint64_t>();
-  r.sampler = meta["sampler"].get<std::string>();
+  r.sampler = parse_sampler(meta["sampler"].get<std::string>());
   r.init_image = test::golden("img2img.init_u8");
   r.height = static_cast<int>(r.init_image.size(0));
   r.width = static_cast<int>(r.init_image.size(1));

@@ -6,6 +6,7 @@
 #include "sdgen/error.h"
 #include "sdgen/output_pattern.h"
 #include "sdgen/prompt_file.h"
+#include "sdgen/settings.h"
 #include "test_util.h"
 
 namespace sdgen {
@@ -29,31 +30,32 @@ TEST(PromptFile, PlainJsonCommentsAndBlankLines) {
       "(emphasis:1.2) and {braces} later");
   ASSERT_EQ(lines.size(), 7u);
   EXPECT_EQ(lines[0].kind, Kind::entry);
-  EXPECT_EQ(*lines[0].entry.prompt, "a red fox");
+  EXPECT_EQ(*lines[0].entry.settings.find("prompt"), "a red fox");
   EXPECT_EQ(lines[0].entry.line, 1);
   for (int i : {1, 2, 3}) EXPECT_EQ(lines[i].kind, Kind::skip) << i;
-  const auto& e = lines[4].entry;
   ASSERT_EQ(lines[4].kind, Kind::entry) << lines[4].error;
-  EXPECT_EQ(e.line, 5);
-  EXPECT_EQ(*e.prompt, "a cat");
-  EXPECT_EQ(*e.negative_prompt, "dog");
+  EXPECT_EQ(lines[4].entry.line, 5);
+  const Settings e = resolve_settings({&lines[4].entry.settings});
+  EXPECT_EQ(e.prompt, "a cat");
+  EXPECT_EQ(e.negative_prompt, "dog");
   EXPECT_EQ(*e.seed, 18446744073709551615ull);
-  EXPECT_EQ(*e.steps, 12);
-  EXPECT_EQ(*e.cfg_scale, 6.5);
-  EXPECT_EQ(*e.guidance_rescale, 0.7);
-  EXPECT_EQ(*e.width, 640);
-  EXPECT_EQ(*e.height, 384);
-  EXPECT_EQ(*e.sampler, "Euler a");
-  EXPECT_EQ(*e.scheduler, "karras");
-  EXPECT_EQ(*e.batch_size, 2);
-  EXPECT_EQ(*e.clip_skip, 2);
-  EXPECT_EQ(*e.init_image, "in.png");
-  EXPECT_EQ(*e.strength, 0.5);
-  EXPECT_EQ(*e.output, "x/{index}.png");
+  EXPECT_EQ(e.steps, 12);
+  EXPECT_EQ(e.cfg_scale, 6.5);
+  EXPECT_EQ(e.guidance_rescale, 0.7);
+  EXPECT_EQ(e.width, 640);
+  EXPECT_EQ(e.height, 384);
+  EXPECT_EQ(e.sampler, Sampler::euler_a);
+  EXPECT_EQ(e.schedule, SigmaSchedule::karras);
+  EXPECT_EQ(e.batch_size, 2);
+  EXPECT_EQ(e.clip_skip, 2);
+  EXPECT_EQ(e.init_image, "in.png");
+  EXPECT_EQ(e.strength, 0.5);
+  EXPECT_EQ(e.output, "x/{index}.png");
+  EXPECT_EQ(lines[4].entry.settings.values().size(), 15u);
   ASSERT_EQ(lines[5].kind, Kind::entry);
-  EXPECT_FALSE(lines[5].entry.prompt);  // falls back on --prompt
-  EXPECT_EQ(*lines[5].entry.seed, 3u);
-  EXPECT_EQ(*lines[6].entry.prompt, "(emphasis:1.2) and {braces} later");
+  EXPECT_FALSE(lines[5].entry.settings.has("prompt"));  // falls back on --prompt
+  EXPECT_EQ(*lines[5].entry.settings.find("seed"), 3u);
+  EXPECT_EQ(*lines[6].entry.settings.find("prompt"), "(emphasis:1.2) and {braces} later");
 }
 
 TEST(PromptFile, BadLinesNameTheLineAndTheKey) {
@@ -65,10 +67,10 @@ TEST(PromptFile, BadLinesNameTheLineAndTheKey) {
       {"{\"prompt\": \"x\"", "invalid JSON"},
       {"{\"prompt\": \"x\", \"colour\": 1}", "unknown key \"colour\""},
       {"{\"prompt\": 3}", "\"prompt\" must be a string"},
-      {"{\"width\": 63}", "\"width\" 63 must be a multiple of 8"},
-      {"{\"height\": 0}", "\"height\" 0 is out of range"},
-      {"{\"width\": 16384}", "out of range"},
-      {"{\"steps\": 0}", "\"steps\" 0 is out of range"},
+      {"{\"width\": 63}", "\"width\" 63: must be a positive multiple of 8"},
+      {"{\"height\": 0}", "\"height\" 0: must be a positive multiple of 8"},
+      {"{\"width\": 16384}", "at most 8192"},
+      {"{\"steps\": 0}", "\"steps\" 0: must be between 1 and 1000"},
       {"{\"steps\": 2.5}", "\"steps\" must be a whole number"},
       {"{\"batch_size\": 65}", "\"batch_size\""},
       {"{\"seed\": -1}", "\"seed\""},
@@ -76,8 +78,10 @@ TEST(PromptFile, BadLinesNameTheLineAndTheKey) {
       {"{\"cfg_scale\": \"7\"}", "\"cfg_scale\" must be a number"},
       {"{\"guidance_rescale\": 1.5}", "\"guidance_rescale\""},
       {"{\"guidance_rescale\": -0.1}", "\"guidance_rescale\""},
-      {"{\"scheduler\": \"exponential\"}", "\"scheduler\" must be"},
-      {"{\"output\": \"\"}", "\"output\" is empty"},
+      {"{\"scheduler\": \"exponential\"}", "\"scheduler\" \"exponential\": expected karras"},
+      {"{\"sampler\": \"nope\"}", "\"sampler\" \"nope\": unknown sampler (valid: ddim"},
+      {"{\"eta\": 2}", "\"eta\" 2: must be between 0 and 1"},
+      {"{\"output\": \"\"}", "\"output\" \"\": must not be empty"},
       {"{} {}", "invalid JSON"},
   };
   for (const auto& b : bad) {

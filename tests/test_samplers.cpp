@@ -55,8 +55,8 @@ TEST(Samplers, KarrasScheduleType) {
   GenerationRequest r;
   r.steps = 10;
   // "DPM++ 2M" + schedule type Karras is A1111's "DPM++ 2M Karras".
-  r.sampler = "dpmpp_2m";
-  r.schedule = "karras";
+  r.sampler = Sampler::dpmpp_2m;
+  r.schedule = SigmaSchedule::karras;
   const auto karras = pipeline.make_request_scheduler(r);
   EXPECT_EQ(karras->name(), "dpmpp_2m_karras");
   const auto expected = test::golden("sched.dpmpp_2m_karras.10.sigmas");
@@ -65,10 +65,10 @@ TEST(Samplers, KarrasScheduleType) {
     EXPECT_NEAR(karras->sigmas()[i], expected[static_cast<int64_t>(i)].item<double>(),
                 1e-6 * std::max(1.0, karras->sigmas()[i]));
   for (const std::string name : {"euler", "heun", "lms", "unipc"}) {
-    r.sampler = name;
-    r.schedule = "karras";
+    r.sampler = parse_sampler(name);
+    r.schedule = SigmaSchedule::karras;
     const auto k = pipeline.make_request_scheduler(r)->sigmas();
-    r.schedule = "normal";
+    r.schedule = SigmaSchedule::normal;
     const auto n = pipeline.make_request_scheduler(r)->sigmas();
     EXPECT_NE(k, n) << name;
     for (size_t i = 1; i + 1 < k.size(); ++i)
@@ -110,7 +110,7 @@ TEST(Samplers, Img2ImgWorksWithEverySampler) {
     r.prompt = "a red fox in the snow";
     r.steps = name == "lcm" ? 4 : 10;
     r.seed = 3;
-    r.sampler = name;
+    r.sampler = parse_sampler(name);
     r.strength = 0.6;
     r.init_image = test::golden("img2img.init_u8");
     r.width = r.height = 64;

@@ -128,7 +128,7 @@ GenerationRequest golden_request(const std::string& sampler) {
   r.seed = static_cast<uint64_t>(meta[2].item<double>());
   r.height = static_cast<int>(meta[3].item<double>());
   r.width = static_cast<int>(meta[4].item<double>());
-  r.sampler = sampler;
+  r.sampler = parse_sampler(sampler);
   return r;
 }
 

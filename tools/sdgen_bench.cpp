@@ -132,7 +132,7 @@ int run(const Options& o) {
     r.width = o.width;
     r.height = o.height;
     r.batch_size = batch;
-    r.sampler = o.sampler;
+    r.sampler = sdgen::parse_sampler(o.sampler);
     return r;
   };
 

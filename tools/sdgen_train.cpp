@@ -700,7 +700,7 @@ int run_eval(const EvalOptions& o) {
       request.cfg_scale = o.cfg;
       request.guidance_rescale = rescale;
       request.seed = static_cast<uint64_t>(seed);
-      request.sampler = o.sampler;
+      request.sampler = sdgen::parse_sampler(o.sampler);
       const auto start = Clock::now();
       const auto result = pipeline.generate(request);
       seconds += since(start);

@@ -22,7 +22,10 @@ struct LoadOptions {
   std::string model_path;  // diffusers folder or .safetensors file
   std::string
       config_dir;  // optional diffusers-style folder with */config.json (overrides inference)
-  std::string tokenizer_path;   // optional folder or bpe_simple_vocab_16e6.txt.gz
+  std::string tokenizer_path;  // optional folder or bpe_simple_vocab_16e6.txt.gz
+  // Optional separate VAE (--vae): a .safetensors file or a diffusers vae/
+  // folder that replaces the model's own VAE.
+  std::string vae_path;
   std::string prediction_type;  // "" (from the model), "epsilon" or "v_prediction"
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
@@ -39,9 +42,10 @@ struct LoadOptions {
 };
 
 struct StableDiffusionModel {
-  std::string source;  // the path given
-  std::string family;  // "SD1.x" or "SD2.x"
-  std::string layout;  // "diffusers" or "single-file"
+  std::string source;    // the path given
+  std::string family;    // "SD1.x" or "SD2.x"
+  std::string layout;    // "diffusers" or "single-file"
+  std::string vae_file;  // the separate VAE's weights file (--vae), or ""
   std::unique_ptr<Tokenizer> tokenizer;
   CLIPTextModel text_encoder{nullptr};
   UNet2DConditionModel unet{nullptr};

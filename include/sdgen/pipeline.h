@@ -13,6 +13,7 @@
 
 #include "sdgen/model.h"
 #include "sdgen/schedulers/scheduler.h"
+#include "sdgen/settings.h"
 
 namespace sdgen {
 
@@ -30,12 +31,11 @@ struct GenerationRequest {
   int width = 512;
   int height = 512;
   int batch_size = 1;  // images per prompt, generated as one batch
-  std::string sampler = "ddim";
+  Sampler sampler = Sampler::ddim;
   double eta = 0.0;   // DDIM eta
   int clip_skip = 1;  // A1111 convention: 1 = last layer, 2 = penultimate
-  // "" (the sampler's own), "karras" or "normal": the sigma schedule of
-  // sigma-based samplers (diffusers' use_karras_sigmas).
-  std::string schedule;
+  // The sigma schedule of sigma-based samplers (diffusers' use_karras_sigmas).
+  SigmaSchedule schedule = SigmaSchedule::automatic;
   // img2img: uint8 [H, W, 3] image to start from (undefined for txt2img) and
   // how much of the schedule to run over it, 0 < strength <= 1.
   torch::Tensor init_image;
@@ -67,6 +67,13 @@ struct GenerationResult {
   GenerationTimings timings;
 };
 
+// The request of `settings` (its seed, or 0 when none is set); the init
+// image is read by the caller (`init_image` stays undefined).
+GenerationRequest request_from_settings(const Settings& settings);
+// The settings a request was made with (for its A1111 parameters; the init
+// image, when there is one, is named "init image").
+Settings settings_of_request(const GenerationRequest& request);
+
 class UNetGraph;
 
 // Classifier-free guidance of one step: uncond + cfg_scale * (cond - uncond),
@@ -82,7 +89,8 @@ class Pipeline {
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
 
-  // Throws Error describing the first invalid field (sizes, steps, guidance, ...).
+  // Throws Error describing the first invalid field (sizes, steps, guidance,
+  // ...): the settings table's rules, then what this model allows.
   void validate(const GenerationRequest& request) const;
   // Tokenize + encode with A1111's prompt syntax (prompt_weights.h):
   // [N, 77 * chunks, hidden] in the model's dtype on its device. Each prompt
@@ -96,7 +104,7 @@ class Pipeline {
   // caller pads the negative and positive prompts to the larger count.
   int prompt_chunk_count(const std::string& prompt) const;
   // Prompts over 75 tokens: A1111's chunks (default) or diffusers' truncation.
-  enum class LongPrompt { chunks, truncate };
+  using LongPrompt = LongPromptMode;
   void set_long_prompt(LongPrompt mode) { long_prompt_ = mode; }
   LongPrompt long_prompt() const { return long_prompt_; }
   GenerationResult generate(const GenerationRequest& request, const StepCallback& on_step = {});

@@ -2,23 +2,21 @@
 
 // Prompt files (--prompt-file): one entry per line. A plain line is a prompt;
 // blank lines and lines starting with '#' are skipped; a line starting with
-// '{' is a JSON object that may override any generation setting. Pure
-// functions over strings (fuzzable); the CLI reads the lines.
+// '{' is a JSON object that may set any setting with a prompt-file key in the
+// settings table (sdgen/settings.def). Pure functions over strings
+// (fuzzable); the CLI reads the lines.
 
 #include <cstddef>
-#include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
+
+#include "sdgen/settings.h"
 
 namespace sdgen {
 
 struct PromptEntry {
-  int line = 0;  // 1-based line number in the file
-  std::optional<std::string> prompt, negative_prompt, sampler, scheduler, init_image, output;
-  std::optional<uint64_t> seed;
-  std::optional<int> steps, width, height, batch_size, clip_skip;
-  std::optional<double> cfg_scale, guidance_rescale, strength;
+  int line = 0;           // 1-based line number in the file
+  SettingLayer settings;  // what the line sets, checked ("prompt" for a plain line)
 };
 
 struct PromptLine {
@@ -33,11 +31,10 @@ struct PromptLine {
 // text encoding.
 constexpr size_t kMaxPromptLineBytes = 64 * 1024;
 
-// The JSON keys a line may set.
-const std::vector<std::string>& prompt_file_keys();
+// The JSON keys a line may set: prompt_file_keys() (sdgen/settings.h).
 
 // Parses one line (without its '\n'; a trailing '\r' is ignored). Checks
-// types and ranges that need no model (sizes positive multiples of 8 up to
+// each value against its setting's rule (sizes positive multiples of 8 up to
 // 8192, steps 1..1000, batch_size 1..64, ...); never throws.
 PromptLine parse_prompt_line(const std::string& line, int line_number);
 

@@ -45,7 +45,7 @@ bool has_tokenizer_files(const fs::path& dir) {
 }
 
 // The folder load_model takes the tokenizer from, in its search order.
-std::string tokenizer_source(const Options& o, const std::string& model_path, bool folder) {
+std::string tokenizer_source(const Settings& o, const std::string& model_path, bool folder) {
   if (!o.tokenizer.empty()) return o.tokenizer + " (--tokenizer)";
   std::vector<fs::path> dirs;
   if (!o.config_dir.empty()) dirs.push_back(fs::path(o.config_dir) / "tokenizer");
@@ -94,13 +94,13 @@ std::map<std::string, std::map<std::string, int>> stored_dtypes(const std::strin
 
 }  // namespace
 
-int run_info(const Options& o) {
+int run_info(const Settings& o) {
   init_cpu_runtime(o.threads);
   LoadOptions load;
   load.model_path = o.model.empty() ? std::string(SDGEN_DEFAULT_MODEL_DIR) : o.model;
   load.config_dir = o.config_dir;
   load.tokenizer_path = o.tokenizer;
-  load.prediction_type = o.prediction;
+  load.prediction_type = to_string(o.prediction);
   // The architecture and counts do not depend on the device: load on the CPU
   // in the stored precision's float32 (cheap for inspection).
   load.device = torch::kCPU;
@@ -182,7 +182,7 @@ int run_info(const Options& o) {
   return kExitOk;
 }
 
-int run_show_params(const Options& o) {
+int run_show_params(const Settings& o) {
   PngImage png;
   try {
     png = read_png(o.show_params);

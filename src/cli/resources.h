@@ -1,7 +1,7 @@
 #pragma once
 
 // Resource safety of generation runs (memory checks before allocating,
-// out-of-memory errors, Ctrl-C), kept out of batch.cpp's flow.
+// out-of-memory errors, Ctrl-C), kept out of the runner's flow (runner.cpp).
 
 #include <exception>
 #include <string>

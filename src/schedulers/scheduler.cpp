@@ -305,52 +305,44 @@ int Scheduler::index_for_timestep(double timestep) const {
   return indices.size() > 1 ? indices[1] : indices[0];
 }
 
-std::vector<std::string> scheduler_names() {
-  return {"ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lms",
-          "pndm", "lcm",  "euler",    "euler_a",         "heun"};
+std::vector<std::string> scheduler_names() { return sampler_names(); }
+
+std::unique_ptr<Scheduler> make_scheduler(Sampler sampler, const SchedulerConfig& config) {
+  switch (sampler) {
+    case Sampler::ddim:
+      return std::make_unique<DDIMScheduler>(config);
+    case Sampler::ddpm:
+      return std::make_unique<DDPMScheduler>(config);
+    case Sampler::euler:
+      return std::make_unique<EulerDiscreteScheduler>(config);
+    case Sampler::euler_a:
+      return std::make_unique<EulerAncestralDiscreteScheduler>(config);
+    case Sampler::heun:
+      return std::make_unique<HeunDiscreteScheduler>(config);
+    case Sampler::lms:
+      return std::make_unique<LMSDiscreteScheduler>(config);
+    case Sampler::pndm:
+      return std::make_unique<PNDMScheduler>(config);
+    case Sampler::lcm:
+      return std::make_unique<LCMScheduler>(config);
+    case Sampler::unipc:
+      return std::make_unique<UniPCMultistepScheduler>(config);
+    case Sampler::dpmpp_2m:
+    case Sampler::dpmpp_2m_karras:
+      // "DPM++ 2M Karras" asks for Karras sigmas by name; plain "DPM++ 2M" keeps
+      // the config's choice (--scheduler karras, or the model's own config).
+      return std::make_unique<DPMSolverMultistepScheduler>(
+          DPMSolverMultistepScheduler::dpmpp_2m_config(
+              config, sampler == Sampler::dpmpp_2m_karras || config.use_karras_sigmas));
+  }
+  throw Error("unknown sampler");
 }
 
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config) {
-  std::string key = to_lower(name);
-  // Accept diffusers class names too ("DDIMScheduler" -> "ddim").
-  const std::string suffix = "scheduler";
-  if (key.size() > suffix.size() &&
-      key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0) {
-    key.erase(key.size() - suffix.size());
-  }
-  if (key == "ddim") return std::make_unique<DDIMScheduler>(config);
-  if (key == "ddpm") return std::make_unique<DDPMScheduler>(config);
-  // Euler, Euler ancestral ("Euler a") and Heun, by canonical, A1111 or diffusers class name.
-  if (key == "euler" || key == "eulerdiscrete") {
-    return std::make_unique<EulerDiscreteScheduler>(config);
-  }
-  if (key == "euler_a" || key == "euler a" || key == "eulerancestraldiscrete") {
-    return std::make_unique<EulerAncestralDiscreteScheduler>(config);
-  }
-  if (key == "heun" || key == "heundiscrete") {
-    return std::make_unique<HeunDiscreteScheduler>(config);
-  }
-  // LMS, PLMS and LCM, by canonical, A1111 or diffusers class name.
-  if (key == "lms" || key == "lmsdiscrete") return std::make_unique<LMSDiscreteScheduler>(config);
-  if (key == "pndm" || key == "plms") return std::make_unique<PNDMScheduler>(config);
-  if (key == "lcm") return std::make_unique<LCMScheduler>(config);
-  // DPM-Solver++ 2M ("DPM++ 2M" / "DPM++ 2M Karras" in A1111); the class name
-  // keeps the config's own solver settings.
-  if (key == "dpmsolvermultistep") return std::make_unique<DPMSolverMultistepScheduler>(config);
-  if (key == "dpmpp_2m" || key == "dpm++ 2m" || key == "dpmpp_2m_karras" ||
-      key == "dpm++ 2m karras") {
-    // "DPM++ 2M Karras" asks for Karras sigmas by name; plain "DPM++ 2M" keeps
-    // the config's choice (--scheduler karras, or the model's own config).
-    const bool karras = key.find("karras") != std::string::npos || config.use_karras_sigmas;
-    return std::make_unique<DPMSolverMultistepScheduler>(
-        DPMSolverMultistepScheduler::dpmpp_2m_config(config, karras));
-  }
-  if (key == "unipc" || key == "unipcmultistep") {
-    return std::make_unique<UniPCMultistepScheduler>(config);
-  }
-  std::string valid;
-  for (const auto& n : scheduler_names()) valid += (valid.empty() ? "" : ", ") + n;
-  throw Error("unknown scheduler '" + name + "' (valid: " + valid + ")");
+  // The diffusers class keeps the config's own solver settings.
+  if (to_lower(name) == "dpmsolvermultistepscheduler" || to_lower(name) == "dpmsolvermultistep")
+    return std::make_unique<DPMSolverMultistepScheduler>(config);
+  return make_scheduler(parse_sampler(name), config);
 }
 
 }  // namespace sdgen

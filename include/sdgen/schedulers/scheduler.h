@@ -18,6 +18,7 @@
 
 #include "sdgen/config.h"
 #include "sdgen/rng.h"
+#include "sdgen/settings.h"
 
 namespace sdgen {
 
@@ -109,10 +110,13 @@ torch::Tensor betas_for_alpha_bar(int num_diffusion_timesteps, double max_beta =
 // diffusers rescale_zero_terminal_snr (arXiv 2305.08891, Algorithm 1).
 torch::Tensor rescale_zero_terminal_snr(const torch::Tensor& betas);
 
-// Names accepted by make_scheduler (lower-case canonical names).
+// Names accepted by make_scheduler (lower-case canonical names): the sampler
+// registry's (sdgen/settings.h).
 std::vector<std::string> scheduler_names();
-// `name` is case-insensitive (a diffusers class name such as "DDIMScheduler"
-// also works); throws Error listing the valid names if unknown.
+std::unique_ptr<Scheduler> make_scheduler(Sampler sampler, const SchedulerConfig& config);
+// `name`: any name of the sampler registry, case-insensitive (sdgen, A1111 or
+// diffusers class names); "DPMSolverMultistepScheduler" keeps the config's own
+// solver settings. Throws Error listing the valid names if unknown.
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config);
 
 }  // namespace sdgen

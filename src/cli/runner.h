@@ -1,0 +1,94 @@
+#pragma once
+
+// A generation run: one prompt (-p) or a prompt file (--prompt-file), with one
+// model load for the whole run, output naming, --skip-existing, --shard,
+// A1111 metadata, --from-png, progress and --json. runner.cpp has the run and
+// the model load, runner_entry.cpp one prompt-file entry.
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "options.h"
+#include "progress.h"
+#include "sdgen/model.h"
+#include "sdgen/output_pattern.h"
+#include "sdgen/pipeline.h"
+#include "sdgen/prompt_file.h"
+#include "sdgen/settings.h"
+
+namespace sdgen::cli {
+
+using Clock = std::chrono::steady_clock;
+inline double seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// An RGB uint8 [H, W, 3] init image; throws Error naming the file.
+torch::Tensor read_init_image(const std::string& path);
+
+// One prompt-file entry turned into a request (seed of its first image).
+struct Job {
+  Settings settings;  // the layers resolved, with the request's size and seed
+  GenerationRequest request;
+  bool pattern_from_entry = false;
+};
+
+class Runner {
+ public:
+  explicit Runner(const CommandLine& command_line) : cli_(command_line.layer) {}
+  int run();
+
+ private:
+  // The layers in order: model folder <- --from-png <- command line <- `line`.
+  std::vector<const SettingLayer*> layers(const SettingLayer* line = nullptr) const {
+    return {&model_layer_, &png_layer_, &cli_, line};
+  }
+  void read_lines(std::unique_ptr<class LineSource>& source, int64_t& total_images,
+                  bool& need_model);
+  void check_output_before_load();
+  void load_model_and_pipeline();
+  void identify_vae();
+  Job make_job(const PromptEntry& e);
+  std::vector<std::string> output_paths(const Job& job, int64_t index_base, int count, int line,
+                                        uint64_t seed, int image_count) const;
+  void run_entry(const PromptEntry& e, int64_t index_base, int entry_images);
+  void write_image(const Job& job, const GenerationResult& result, int pos, int64_t index, int line,
+                   const std::string& path, double total_s);
+  void report(int code, const std::string& where, const std::string& message);
+  std::string where(int line) const {
+    if (run_.prompt_file.empty()) return "";
+    return (run_.prompt_file == "-" ? std::string("<stdin>") : run_.prompt_file) + " line " +
+           std::to_string(line) + ": ";
+  }
+  int entry_image_count(const PromptEntry* e) const;
+
+  SettingLayer cli_;
+  SettingLayer png_layer_{"--from-png"};
+  SettingLayer model_layer_{"the model"};
+  Settings run_;  // the layers without a line: the run's own settings
+  torch::Device device_ = torch::kCPU;
+  torch::ScalarType dtype_ = torch::kFloat32;
+  Shard shard_;
+  uint64_t run_seed_ = 0;
+  int only_pos_ = -1;  // --from-png of one image of a batch
+  std::string png_model_hash_, png_model_name_, png_vae_hash_, png_vae_name_;
+  std::unique_ptr<StableDiffusionModel> model_;
+  std::unique_ptr<Pipeline> pipeline_;
+  std::unique_ptr<Progress> progress_;
+  std::string model_path_, model_hash10_, model_name_;
+  std::string vae_hash10_, vae_name_;  // --vae (A1111's "VAE hash" and "VAE")
+  double load_s_ = 0;
+  std::map<std::string, int64_t> written_;  // output path -> image index, this run
+  std::map<std::string, torch::Tensor> init_images_;
+  int64_t images_written_ = 0, images_skipped_ = 0, images_failed_ = 0, bad_lines_ = 0;
+  int first_error_code_ = kExitOk;
+  bool stop_ = false;
+  bool file_mode_ = false;
+};
+
+}  // namespace sdgen::cli
