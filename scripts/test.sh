@@ -2,8 +2,18 @@
 # Builds sdgen and runs the whole test suite (installs missing packages first).
 # Reference data is read from ../shared (or $SDGEN_SHARED_DIR); tests that need
 # it are skipped with a message when it is absent.
+#
+#   scripts/test.sh [--fast] [cmake arguments...]
+#
+# --fast: the build and the ctest suite only, without the ASan/UBSan and fuzz
+# stages (as SDGEN_SKIP_HARDENING=1). Every other argument goes to cmake.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+CMAKE_ARGS=()
+for arg in "$@"; do
+  if [ "$arg" = --fast ]; then SDGEN_SKIP_HARDENING=1; else CMAKE_ARGS+=("$arg"); fi
+done
 
 scripts/install-deps.sh
 
@@ -14,20 +24,21 @@ LAUNCHER=()
 if command -v ccache >/dev/null; then LAUNCHER=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
 
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DSDGEN_SHARED_DIR="$SHARED_DIR" "${LAUNCHER[@]}" "$@"
+  -DSDGEN_SHARED_DIR="$SHARED_DIR" "${LAUNCHER[@]}" "${CMAKE_ARGS[@]}"
 cmake --build "$BUILD_DIR" -j "$JOBS"
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
 
 # Hardening (issue 7): every fuzz target for a short, fixed time (CI runs it;
-# skip locally with SDGEN_SKIP_HARDENING=1), and the fast tests (parsers,
-# loaders, the bad-input table, the tiny-model pipeline and the binary end to
-# end) built with ASan + UBSan in their own build folder: measured 7.5 min of
-# tests on 2 cores plus the build; SDGEN_SANITIZE_CI=0 skips them.
+# skip locally with --fast or SDGEN_SKIP_HARDENING=1), and the fast tests
+# (parsers, loaders, the bad-input table, the tiny-model pipeline and the
+# binary end to end) built with ASan + UBSan in their own build folder:
+# measured 7.5 min of tests on 2 cores plus the build; SDGEN_SANITIZE_CI=0
+# skips them.
 if [ "${SDGEN_SKIP_HARDENING:-0}" != 1 ]; then
   if [ "${SDGEN_SANITIZE_CI:-1}" = 1 ]; then
     ASAN_DIR=${SDGEN_ASAN_BUILD_DIR:-build-asan}
     cmake -S . -B "$ASAN_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSDGEN_SANITIZE=ON \
-      -DSDGEN_SHARED_DIR="$SHARED_DIR" "${LAUNCHER[@]}" "$@"
+      -DSDGEN_SHARED_DIR="$SHARED_DIR" "${LAUNCHER[@]}" "${CMAKE_ARGS[@]}"
     cmake --build "$ASAN_DIR" --target sanitize-tests -j "$JOBS"
     # Leak checking off (libtorch keeps process-lifetime allocations); memory
     # errors and undefined behaviour stay fatal.
