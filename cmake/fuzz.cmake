@@ -16,6 +16,7 @@ if(SDGEN_FUZZ)
   # The parsers, instrumented for coverage but without libFuzzer's main.
   add_library(sdgen_fuzz_parsers STATIC
     src/safetensors_header.cpp src/tokenizer.cpp src/tokenizer_sentencepiece.cpp
+    src/sentencepiece_model.cpp
     src/config.cpp src/unicode_tables.cpp
     src/prompt_weights.cpp src/prompt_file.cpp src/a1111.cpp src/png_reader.cpp
     src/output_pattern.cpp src/formats/settings.cpp src/formats/settings_table.cpp)

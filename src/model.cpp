@@ -1,6 +1,5 @@
 #include "sdgen/model.h"
 
-#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
@@ -17,22 +16,23 @@ namespace sdgen {
 
 namespace {
 
-// The weights file of one diffusers component folder.
-std::string find_component_weights(const fs::path& dir, const std::vector<std::string>& names) {
-  for (const auto& n : names)
-    if (fs::exists(dir / n)) return (dir / n).string();
+// The weights file of one diffusers component folder (ComponentFiles::weights),
+// or Error naming the folder when it is missing.
+const std::string& require_weights(const ComponentFiles& files) {
+  const fs::path file(files.weights);
+  if (fs::exists(file)) return files.weights;
+  const fs::path dir = file.parent_path();
   for (const auto& n : {"diffusion_pytorch_model.bin", "pytorch_model.bin"})
     if (fs::exists(dir / n))
       throw Error((dir / n).string() +
                   ": pickle checkpoints (.bin) are not supported because loading them can run "
                   "code; convert the model to .safetensors");
-  throw Error(dir.string() + ": no weights found (looked for " + names.front() + ")");
+  throw Error(dir.string() + ": no weights found (looked for " + file.filename().string() + ")");
 }
 
-nlohmann::json component_config(const fs::path& dir, const std::string& what) {
-  const fs::path p = dir / "config.json";
-  if (!fs::exists(p)) throw Error(p.string() + ": missing " + what + " config");
-  return read_json_file(p.string());
+nlohmann::json component_config(const ComponentFiles& files, const std::string& what) {
+  if (!fs::exists(files.config)) throw Error(files.config + ": missing " + what + " config");
+  return read_json_file(files.config);
 }
 
 // Text-encoder files store keys with or without transformers' "text_model." prefix.
@@ -82,33 +82,19 @@ TokenizerConfig tokenizer_config_in(const fs::path& dir, TokenizerConfig fallbac
   return fallback;
 }
 
-bool has_tokenizer_files(const fs::path& dir) {
-  return (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")) ||
-         fs::exists(dir / "bpe_simple_vocab_16e6.txt.gz") ||
-         !SentencePieceTokenizer::find_model(dir.string()).empty();
-}
-
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string& explicit_path,
-                                          const std::vector<fs::path>& model_dirs,
+// The tokenizer resolve_model_files chose (ModelFiles::tokenizer).
+std::unique_ptr<Tokenizer> load_tokenizer(const ModelFiles& files,
                                           const TokenizerConfig& fallback) {
-  if (!explicit_path.empty()) {
-    const fs::path p(explicit_path);
-    if (!fs::exists(p)) throw Error(explicit_path + ": tokenizer path not found");
+  if (files.tokenizer_given) {
+    const fs::path p(files.tokenizer);
+    if (!fs::exists(p)) throw Error(files.tokenizer + ": tokenizer path not found");
     const fs::path dir = fs::is_directory(p) ? p : p.parent_path();
-    return tokenizer_from_path(explicit_path, tokenizer_config_in(dir, fallback));
+    return tokenizer_from_path(files.tokenizer, tokenizer_config_in(dir, fallback));
   }
-  std::vector<std::string> looked;
-  for (const auto& d : model_dirs) {
-    looked.push_back(d.string());
-    if (has_tokenizer_files(d))
-      return tokenizer_from_path(d.string(), tokenizer_config_in(d, fallback));
-  }
-  for (const auto& d : tokenizer_search_paths()) {
-    looked.push_back(d);
-    if (has_tokenizer_files(d)) return tokenizer_from_path(d, tokenizer_config_in(d, fallback));
-  }
+  if (!files.tokenizer.empty())
+    return tokenizer_from_path(files.tokenizer, tokenizer_config_in(files.tokenizer, fallback));
   std::string where;
-  for (const auto& l : looked) where += (where.empty() ? "" : ", ") + l;
+  for (const auto& l : files.tokenizer_candidates) where += (where.empty() ? "" : ", ") + l;
   throw Error(
       "no CLIP tokenizer files (vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz) "
       "nor a SentencePiece model (spiece.model or tokenizer.model) found; looked in: " +
@@ -153,16 +139,17 @@ SchedulerConfig default_scheduler_config() {
   return c;
 }
 
-void load_diffusers_folder(const fs::path& root, const LoadOptions& options,
+// The scheduler config of the config folder, else the built-in one.
+SchedulerConfig scheduler_config_of(const ModelFiles& files) {
+  return files.scheduler_config.empty()
+             ? default_scheduler_config()
+             : SchedulerConfig::from_json(read_json_file(files.scheduler_config));
+}
+
+void load_diffusers_folder(const ModelFiles& files, const LoadOptions& options,
                            StableDiffusionModel& model) {
-  if (!fs::exists(root / "model_index.json"))
-    throw Error(root.string() +
-                " is a folder without model_index.json, so not a diffusers model; give the "
-                "folder that holds model_index.json, unet/, vae/, text_encoder/, or a "
-                ".safetensors file");
-  model.layout = "diffusers";
   {
-    const auto index_path = (root / "model_index.json").string();
+    const auto& index_path = files.model_index;
     const auto index = read_json_file(index_path);
     if (index.is_object() && index.contains("_sdgen_guidance_rescale")) {
       const auto& v = index["_sdgen_guidance_rescale"];
@@ -171,55 +158,40 @@ void load_diffusers_folder(const fs::path& root, const LoadOptions& options,
       model.default_guidance_rescale = v.get<double>();
     }
   }
-  const fs::path cfg_root = options.config_dir.empty() ? root : fs::path(options.config_dir);
-
-  const auto unet_cfg = UNetConfig::from_json(component_config(cfg_root / "unet", "UNet"));
-  const auto vae_cfg = VAEConfig::from_json(component_config(cfg_root / "vae", "VAE"));
+  const auto unet_cfg = UNetConfig::from_json(component_config(files.unet, "UNet"));
+  const auto vae_cfg = VAEConfig::from_json(component_config(files.vae, "VAE"));
   const auto clip_cfg =
-      CLIPTextConfig::from_json(component_config(cfg_root / "text_encoder", "text encoder"));
+      CLIPTextConfig::from_json(component_config(files.text_encoder, "text encoder"));
   model.family = unet_cfg.cross_attention_dim >= 1024 ? "SD2.x" : "SD1.x";
-
-  const fs::path sched = cfg_root / "scheduler" / "scheduler_config.json";
-  model.scheduler_config = fs::exists(sched)
-                               ? SchedulerConfig::from_json(read_json_file(sched.string()))
-                               : default_scheduler_config();
+  model.scheduler_config = scheduler_config_of(files);
 
   TokenizerConfig tok_fallback;
   if (model.family == "SD2.x") tok_fallback.pad_token = "!";
-  model.tokenizer = load_tokenizer(options.tokenizer_path,
-                                   {cfg_root / "tokenizer", root / "tokenizer"}, tok_fallback);
+  model.tokenizer = load_tokenizer(files, tok_fallback);
   check_tokenizer_fits(*model.tokenizer, clip_cfg);
 
   {
-    SafeTensorsFile f(find_component_weights(root / "text_encoder", {"model.safetensors"}));
+    SafeTensorsFile f(require_weights(files.text_encoder));
     model.text_encoder = CLIPTextModel(clip_cfg);
     place_and_load(model.text_encoder, text_encoder_tensors(tensors_with_prefix(f, "")),
                    "text_encoder (" + f.path() + ")", options);
   }
   {
-    SafeTensorsFile f(
-        find_component_weights(root / "unet", {"diffusion_pytorch_model.safetensors"}));
+    SafeTensorsFile f(require_weights(files.unet));
     model.unet = UNet2DConditionModel(unet_cfg);
     place_and_load(model.unet, tensors_with_prefix(f, ""), "unet (" + f.path() + ")", options);
   }
   {
-    SafeTensorsFile f(
-        find_component_weights(root / "vae", {"diffusion_pytorch_model.safetensors"}));
+    SafeTensorsFile f(require_weights(files.vae));
     model.vae = AutoencoderKL(vae_cfg);
     place_and_load(model.vae, tensors_with_prefix(f, ""), "vae (" + f.path() + ")", options,
                    options.vae_dtype);
   }
 }
 
-void load_single_file(const fs::path& path, const LoadOptions& options,
+void load_single_file(const ModelFiles& files, const LoadOptions& options,
                       StableDiffusionModel& model) {
-  std::string ext = path.extension().string();
-  for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin")
-    throw Error(path.string() +
-                ": pickle checkpoints are not supported because loading them can run code; "
-                "convert the model to .safetensors");
-  model.layout = "single-file";
+  const fs::path path(files.model_path);
   SafeTensorsFile file(path.string());
   const TensorMap all = tensors_with_prefix(file, "");
   ModelFamily family;
@@ -233,28 +205,21 @@ void load_single_file(const fs::path& path, const LoadOptions& options,
   UNetConfig unet_cfg;
   VAEConfig vae_cfg;
   CLIPTextConfig clip_cfg;
-  std::vector<fs::path> tokenizer_dirs;
   TokenizerConfig tok_fallback;
   if (family == ModelFamily::SD2) tok_fallback.pad_token = "!";
-  if (!options.config_dir.empty()) {
-    const fs::path cfg(options.config_dir);
-    if (!fs::is_directory(cfg)) throw Error(options.config_dir + ": --config must be a folder");
-    unet_cfg = UNetConfig::from_json(component_config(cfg / "unet", "UNet"));
-    vae_cfg = VAEConfig::from_json(component_config(cfg / "vae", "VAE"));
-    clip_cfg = CLIPTextConfig::from_json(component_config(cfg / "text_encoder", "text encoder"));
-    const fs::path sched = cfg / "scheduler" / "scheduler_config.json";
-    model.scheduler_config = fs::exists(sched)
-                                 ? SchedulerConfig::from_json(read_json_file(sched.string()))
-                                 : default_scheduler_config();
-    tokenizer_dirs.push_back(cfg / "tokenizer");
+  if (!files.unet.config.empty()) {
+    if (!fs::is_directory(options.config_dir))
+      throw Error(options.config_dir + ": --config must be a folder");
+    unet_cfg = UNetConfig::from_json(component_config(files.unet, "UNet"));
+    vae_cfg = VAEConfig::from_json(component_config(files.vae, "VAE"));
+    clip_cfg = CLIPTextConfig::from_json(component_config(files.text_encoder, "text encoder"));
   } else {
     unet_cfg = infer_unet_config(all, family);
     vae_cfg = infer_vae_config(all);
     clip_cfg = infer_clip_config(all, family);
-    model.scheduler_config = default_scheduler_config();
   }
-  tokenizer_dirs.push_back(path.parent_path() / "tokenizer");
-  model.tokenizer = load_tokenizer(options.tokenizer_path, tokenizer_dirs, tok_fallback);
+  model.scheduler_config = scheduler_config_of(files);
+  model.tokenizer = load_tokenizer(files, tok_fallback);
   check_tokenizer_fits(*model.tokenizer, clip_cfg);
 
   ConvertedWeights converted = convert_single_file(all, family, unet_cfg, vae_cfg, clip_cfg);
@@ -280,29 +245,6 @@ void load_single_file(const fs::path& path, const LoadOptions& options,
 
 }  // namespace
 
-std::vector<std::string> tokenizer_search_paths() {
-  std::vector<std::string> out;
-  if (const char* env = std::getenv("SDGEN_TOKENIZER")) out.push_back(env);
-  const char* home = std::getenv("HOME");
-  if (const char* xdg = std::getenv("XDG_DATA_HOME")) {
-    out.push_back(std::string(xdg) + "/sdgen/clip");
-  } else if (home) {
-    out.push_back(std::string(home) + "/.local/share/sdgen/clip");
-  }
-  out.push_back("/usr/local/share/sdgen/clip");
-  out.push_back("/usr/share/sdgen/clip");
-  // A Hugging Face cache that already holds the CLIP tokenizer SD1.x uses.
-  if (home) {
-    const fs::path snaps =
-        fs::path(home) / ".cache/huggingface/hub/models--openai--clip-vit-large-patch14/snapshots";
-    std::error_code ec;
-    if (fs::is_directory(snaps, ec))
-      for (const auto& entry : fs::directory_iterator(snaps, ec))
-        out.push_back(entry.path().string());
-  }
-  return out;
-}
-
 StableDiffusionModel load_model(const LoadOptions& options) {
   torch::NoGradGuard no_grad;
   StableDiffusionModel model;
@@ -320,17 +262,12 @@ StableDiffusionModel load_model(const LoadOptions& options) {
     at::globalContext().setAllowTF32CuDNN(false);
     at::globalContext().setAllowTF32CuBLAS(false);
   }
-  const fs::path path(options.model_path);
-  std::error_code ec;
-  if (options.model_path.empty()) throw Error("no model given (--model PATH)");
-  if (!fs::exists(path, ec))
-    throw Error(options.model_path +
-                ": model not found (give a diffusers folder or a "
-                ".safetensors checkpoint)");
-  if (fs::is_directory(path, ec)) {
-    load_diffusers_folder(path, options, model);
+  const ModelFiles files = resolve_model_files(options);
+  model.layout = layout_name(files.layout);
+  if (files.layout == ModelLayout::diffusers) {
+    load_diffusers_folder(files, options, model);
   } else {
-    load_single_file(path, options, model);
+    load_single_file(files, options, model);
   }
   apply_prediction_override(model.scheduler_config, options.prediction_type);
   if (!options.vae_path.empty()) {

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <vector>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/cuda.h>
 
 #include "unet_graph.h"
@@ -143,9 +144,9 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
     scheduler->set_begin_index(static_cast<int>(first_step));
     // prepare_latents: posterior sample (drawn first), scaled, repeated for
     // the batch, then noised to the first timestep with a second draw.
-    auto image = preprocess_image(r.init_image, r.height, r.width).to(model_.vae_dtype);
+    auto image = preprocess_image(r.init_image, r.height, r.width).to(vae_dtype_);
     if (model_.channels_last) image = image.contiguous(torch::MemoryFormat::ChannelsLast);
-    const auto posterior = model_.vae->encode(image);
+    const auto posterior = vae_->encode(image);
     const auto eps = generator.randn(posterior.mean.sizes()).to(model_.device, model_.dtype);
     auto init = (posterior.mean.to(model_.dtype) + posterior.std.to(model_.dtype) * eps) *
                 model_.vae->config().scaling_factor;
@@ -180,7 +181,12 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
   return out;
 }
 
-Pipeline::Pipeline(StableDiffusionModel& model) : model_(model) {}
+Pipeline::Pipeline(const StableDiffusionModel& model)
+    : model_(model),
+      text_encoder_(model.text_encoder),
+      unet_(model.unet),
+      vae_(model.vae),
+      vae_dtype_(model.vae_dtype) {}
 Pipeline::~Pipeline() = default;
 
 // Non-finite latents (an fp16/bf16 overflow, a broken checkpoint) would decode
@@ -232,7 +238,7 @@ torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
     try {
       if (!graph_ || !(graph_->key() == key)) {
         graph_.reset();  // frees the old graph's memory pool first
-        graph_ = capture_unet_graph(model_.unet, key, context, model_.channels_last);
+        graph_ = capture_unet_graph(unet_, key, context, model_.channels_last);
         graph_context_set_ = true;
       }
       if (graph_) {
@@ -254,7 +260,7 @@ torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
   if (model_.channels_last) model_input = model_input.contiguous(torch::MemoryFormat::ChannelsLast);
   auto t_tensor = torch::full({model_input.size(0)}, t,
                               torch::TensorOptions().dtype(torch::kFloat32).device(model_.device));
-  auto noise_pred = model_.unet->forward(model_input, t_tensor, context);
+  auto noise_pred = unet_->forward(model_input, t_tensor, context);
   if (guided) {
     auto chunks = noise_pred.chunk(2, 0);
     noise_pred = combine_guidance(chunks[0], chunks[1], r.cfg_scale, r.guidance_rescale);
@@ -262,19 +268,45 @@ torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
   return noise_pred.contiguous();
 }
 
+namespace {
+
+// A float32 copy of `vae` (same device, config and eval mode): each parameter
+// and buffer converted as Module::to(kFloat32) converts them (set_data with
+// Tensor::to, which keeps the memory format), so that the copy computes what
+// the model's VAE would after ->to(kFloat32), without changing it.
+AutoencoderKL fp32_copy(const AutoencoderKL& vae) {
+  torch::NoGradGuard no_grad;
+  // Building the module draws initial weights from libtorch's default CPU
+  // generator; they are replaced below, so leave that generator as it was.
+  auto generator = at::detail::getDefaultCPUGenerator();
+  const torch::Tensor generator_state = generator.get_state();
+  AutoencoderKL copy(vae->config());
+  generator.set_state(generator_state);
+  const auto parameters = vae->named_parameters();
+  for (auto& p : copy->named_parameters())
+    p.value().set_data(parameters[p.key()].to(torch::kFloat32));
+  const auto buffers = vae->named_buffers();
+  for (auto& b : copy->named_buffers()) b.value().set_data(buffers[b.key()].to(torch::kFloat32));
+  copy->train(vae->is_training());
+  return copy;
+}
+
+}  // namespace
+
 torch::Tensor Pipeline::decode_latents(const torch::Tensor& latents, bool tiled) {
-  auto z = (latents / model_.vae->config().scaling_factor).to(model_.vae_dtype);
+  auto z = (latents / vae_->config().scaling_factor).to(vae_dtype_);
   if (model_.channels_last) z = z.contiguous(torch::MemoryFormat::ChannelsLast);
   auto decode = [&](const torch::Tensor& x) {
-    return tiled ? model_.vae->tiled_decode(x) : model_.vae->decode(x);
+    return tiled ? vae_->tiled_decode(x) : vae_->decode(x);
   };
   auto decoded = decode(z);
-  if (model_.vae_dtype != torch::kFloat32 && !torch::isfinite(decoded).all().item<bool>()) {
+  if (vae_dtype_ != torch::kFloat32 && !torch::isfinite(decoded).all().item<bool>()) {
     // The "black image" problem: SD VAEs overflow fp16 on some latents.
-    std::cerr << "sdgen: warning: the " << dtype_name(model_.vae_dtype)
+    std::cerr << "sdgen: warning: the " << dtype_name(vae_dtype_)
               << " VAE decode overflowed; decoding in fp32 from now on\n";
-    model_.vae->to(torch::kFloat32);
-    model_.vae_dtype = torch::kFloat32;
+    vae_ = fp32_copy(model_.vae);
+    vae_dtype_ = torch::kFloat32;
+    vae_fp32_fallback_ = true;
     z = z.to(torch::kFloat32);
     decoded = decode(z);
   }

@@ -81,7 +81,7 @@ torch::Tensor Pipeline::encode_prompts(const std::vector<std::string>& prompts, 
     }
   }
   auto input = torch::tensor(ids, torch::kInt64).view({rows, length}).to(model_.device);
-  auto z = model_.text_encoder->forward(input, clip_skip).hidden;
+  auto z = text_encoder_->forward(input, clip_skip).hidden;
   if (weighted) {
     auto m = torch::tensor(multipliers, torch::kFloat32).view({rows, length, 1}).to(model_.device);
     auto zf = z.to(torch::kFloat32);

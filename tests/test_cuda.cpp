@@ -175,5 +175,9 @@ TEST(Cuda, Fp16VaeOverflowFallsBackToFp32) {
   r.steps = 2;
   const auto result = pipeline.generate(r);
   EXPECT_TRUE(torch::isfinite(result.images).all().item<bool>());
-  EXPECT_EQ(model.vae_dtype, torch::kFloat32);
+  // The fallback is the pipeline's own fp32 copy: the model keeps its fp16 VAE.
+  EXPECT_TRUE(pipeline.vae_fp32_fallback());
+  EXPECT_EQ(model.vae_dtype, torch::kFloat16);
+  for (const auto& p : model.vae->named_parameters())
+    ASSERT_EQ(p.value().scalar_type(), torch::kFloat16) << p.key();
 }

@@ -7,6 +7,7 @@
 
 #include "sdgen/error.h"
 #include "sdgen/model.h"
+#include "sdgen/model_files.h"
 #include "sdgen/pipeline.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/weights.h"
@@ -137,6 +138,67 @@ TEST(Model, TokenizerSearchSaysWhereItLooked) {
   options.tokenizer_path = test::clip_vocab_dir() + "/bpe_simple_vocab_16e6.txt.gz";
   EXPECT_NO_THROW(load_model(options));
   ::unsetenv("SDGEN_TOKENIZER");
+}
+
+// resolve_model_files names the files load_model reads, for both layouts,
+// and refuses what load_model refuses before reading anything.
+TEST(Model, ResolveModelFilesNamesWhatIsLoaded) {
+  SDGEN_REQUIRE_SHARED();
+  const fs::path root(test::tiny_model_dir());
+  LoadOptions options;
+  options.model_path = root.string();
+  const ModelFiles folder = resolve_model_files(options);
+  EXPECT_EQ(folder.layout, ModelLayout::diffusers);
+  EXPECT_STREQ(layout_name(folder.layout), "diffusers");
+  EXPECT_EQ(folder.model_index, (root / "model_index.json").string());
+  EXPECT_EQ(folder.text_encoder.weights, (root / "text_encoder" / "model.safetensors").string());
+  EXPECT_EQ(folder.unet.weights, (root / "unet" / "diffusion_pytorch_model.safetensors").string());
+  EXPECT_EQ(folder.vae.config, (root / "vae" / "config.json").string());
+  EXPECT_EQ(folder.scheduler_config, (root / "scheduler" / "scheduler_config.json").string());
+  EXPECT_EQ(folder.tokenizer, (root / "tokenizer").string());
+  EXPECT_FALSE(folder.tokenizer_given);
+  EXPECT_EQ(load_model(options).layout, "diffusers");
+
+  // A single file: every part from the checkpoint, configs from --config.
+  options.model_path = test::tiny_model_file();
+  options.config_dir = root.string();
+  const ModelFiles single = resolve_model_files(options);
+  EXPECT_EQ(single.layout, ModelLayout::single_file);
+  EXPECT_STREQ(layout_name(single.layout), "single-file");
+  EXPECT_EQ(single.model_index, "");
+  for (const ComponentFiles* part : {&single.text_encoder, &single.unet, &single.vae})
+    EXPECT_EQ(part->weights, options.model_path);
+  EXPECT_EQ(single.unet.config, (root / "unet" / "config.json").string());
+  EXPECT_EQ(single.scheduler_config, (root / "scheduler" / "scheduler_config.json").string());
+  ASSERT_GE(single.tokenizer_candidates.size(), 2u);
+  EXPECT_EQ(single.tokenizer_candidates[0], (root / "tokenizer").string());
+  EXPECT_EQ(single.tokenizer_candidates[1],
+            (fs::path(options.model_path).parent_path() / "tokenizer").string());
+  EXPECT_EQ(single.tokenizer, (root / "tokenizer").string());
+  // ... without --config its configs are inferred and the scheduler is the built-in one.
+  options.config_dir.clear();
+  options.tokenizer_path = "my-tokenizer";
+  const ModelFiles inferred = resolve_model_files(options);
+  EXPECT_EQ(inferred.unet.config, "");
+  EXPECT_EQ(inferred.scheduler_config, "");
+  EXPECT_EQ(inferred.tokenizer, "my-tokenizer");
+  EXPECT_TRUE(inferred.tokenizer_given);
+
+  const auto dir = test::temp_dir("model");
+  std::ofstream(dir + "/model.ckpt") << "not really a pickle";
+  for (const auto& [path, words] :
+       std::vector<std::pair<std::string, std::string>>{{"", "no model given"},
+                                                        {dir + "/nope", "model not found"},
+                                                        {dir, "without model_index.json"},
+                                                        {dir + "/model.ckpt", "pickle"}}) {
+    options.model_path = path;
+    try {
+      resolve_model_files(options);
+      ADD_FAILURE() << "'" << path << "' resolved";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(Model, NotAStableDiffusionModel) {

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <limits>
+#include <map>
 
 #include "sdgen/error.h"
 #include "sdgen/pipeline.h"
@@ -63,6 +64,52 @@ TEST(NonFinite, NaNImageAfterTheDecode) {
   const std::string m = generate_error(model, r, &steps);
   EXPECT_EQ(steps, 3);  // sampling was fine
   EXPECT_NE(m.find("the VAE decode gave NaN pixels"), std::string::npos) << m;
+}
+
+// A bf16/fp16 VAE decode that gives NaN/Inf is redone in fp32 on the
+// pipeline's own fp32 copy of the VAE: the model it was given keeps its VAE
+// and dtype. (A NaN weight stands in for the overflow, which bf16's float32
+// range makes hard to provoke; the fp32 copy then fails too, as an error.)
+TEST(NonFinite, VaeFallbackLeavesTheModelUnchanged) {
+  SDGEN_REQUIRE_SHARED();
+  LoadOptions o;
+  o.model_path = test::tiny_model_dir();
+  o.vae_dtype = torch::kBFloat16;
+  auto model = load_model(o);
+  poison(*model.vae, "decoder.conv_out.bias");
+  std::map<std::string, torch::Tensor> before;  // bit patterns (NaN != NaN)
+  for (const auto& p : model.vae->named_parameters())
+    before[p.key()] = p.value().view(torch::kInt16).clone();
+  auto r = test::golden_request("ddim");
+  r.steps = 2;
+  Pipeline pipeline(model);
+  EXPECT_FALSE(pipeline.vae_fp32_fallback());
+  testing::internal::CaptureStderr();
+  EXPECT_THROW(pipeline.generate(r), Error);
+  std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("the bf16 VAE decode overflowed; decoding in fp32 from now on"),
+            std::string::npos)
+      << log;
+  EXPECT_TRUE(pipeline.vae_fp32_fallback());
+  EXPECT_EQ(model.vae_dtype, torch::kBFloat16);
+  for (const auto& p : model.vae->named_parameters()) {
+    ASSERT_EQ(p.value().scalar_type(), torch::kBFloat16) << p.key();
+    EXPECT_TRUE(torch::equal(p.value().view(torch::kInt16), before[p.key()])) << p.key();
+  }
+  // Later decodes use the fp32 copy straight away: the warning comes once.
+  testing::internal::CaptureStderr();
+  try {
+    pipeline.generate(r);
+    ADD_FAILURE() << "the NaN VAE gave an image";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the VAE decode gave NaN pixels (VAE in fp32"),
+              std::string::npos)
+        << e.what();
+  }
+  log = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(log.find("overflowed"), std::string::npos) << log;
+  // A new pipeline starts from the model's own (bf16) VAE again.
+  EXPECT_FALSE(Pipeline(model).vae_fp32_fallback());
 }
 
 TEST(NonFinite, BinaryWritesNoBlackPNG) {

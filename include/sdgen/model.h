@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "sdgen/config.h"
+#include "sdgen/model_files.h"
 #include "sdgen/text_encoder.h"
 #include "sdgen/tokenizer.h"
 #include "sdgen/unet.h"
@@ -62,10 +63,8 @@ struct StableDiffusionModel {
   bool channels_last = false;                     // resolved from LoadOptions
 };
 
-// Throws Error naming the path/key at fault.
+// Throws Error naming the path/key at fault. The files read are those of
+// resolve_model_files(options) (model_files.h).
 StableDiffusionModel load_model(const LoadOptions& options);
-
-// Places looked at for CLIP tokenizer files when the model has none, in order.
-std::vector<std::string> tokenizer_search_paths();
 
 }  // namespace sdgen

@@ -82,9 +82,12 @@ class UNetGraph;
 torch::Tensor combine_guidance(const torch::Tensor& uncond, const torch::Tensor& cond,
                                double cfg_scale, double guidance_rescale);
 
+// Runs a loaded model without changing it: the model's parameters, dtypes
+// and fields stay as given (a Pipeline shares its modules, so several
+// pipelines may run one model, one after another).
 class Pipeline {
  public:
-  explicit Pipeline(StableDiffusionModel& model);
+  explicit Pipeline(const StableDiffusionModel& model);
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
@@ -114,14 +117,18 @@ class Pipeline {
   // uint8 [H, W, 3] -> [1, 3, height, width] in [-1, 1] on the model's device and
   // dtype (diffusers' VaeImageProcessor.preprocess); resized when the size differs.
   torch::Tensor preprocess_image(const torch::Tensor& image, int height, int width) const;
+  // True once a VAE decode overflowed the model's fp16/bf16 VAE: this
+  // pipeline then decodes (and encodes init images) with its own fp32 copy.
+  bool vae_fp32_fallback() const { return vae_fp32_fallback_; }
 
  private:
   // The guided UNet step for the current latents; replays a captured CUDA
   // graph when the model runs on CUDA with graphs enabled.
   torch::Tensor guided_noise(const torch::Tensor& latents, double t, const torch::Tensor& context,
                              const GenerationRequest& request);
-  // VAE decode of final latents, in the VAE's dtype; on CUDA an fp16 decode
-  // that overflows is redone in fp32 (and the VAE kept in fp32), with a warning.
+  // VAE decode of final latents, in the VAE's dtype; an fp16/bf16 decode that
+  // overflows is redone in fp32 with a warning, and this pipeline keeps an
+  // fp32 copy of the VAE for later decodes (the model's VAE is left as is).
   torch::Tensor decode_latents(const torch::Tensor& latents, bool tiled);
   void synchronize() const;  // waits for the model's device (no-op on the CPU)
   // Throws Error naming the step, sampler and dtype when `latents` hold NaN/Inf
@@ -129,7 +136,15 @@ class Pipeline {
   void check_finite_latents(const torch::Tensor& latents, int step, int total,
                             const std::string& sampler) const;
 
-  StableDiffusionModel& model_;
+  const StableDiffusionModel& model_;
+  // Handles to the model's modules (shared, not copied): their forward passes
+  // are non-const in libtorch; the pipeline never changes their parameters.
+  CLIPTextModel text_encoder_;
+  UNet2DConditionModel unet_;
+  // The model's VAE, or after an fp16/bf16 overflow the pipeline's fp32 copy.
+  AutoencoderKL vae_;
+  torch::ScalarType vae_dtype_;
+  bool vae_fp32_fallback_ = false;
   LongPrompt long_prompt_ = LongPrompt::chunks;
   std::unique_ptr<UNetGraph> graph_;
   bool graph_context_set_ = false;

@@ -13,6 +13,7 @@
 #include "sdgen/error.h"
 #include "sdgen/image_io.h"
 #include "sdgen/model.h"
+#include "sdgen/model_files.h"
 #include "sdgen/runtime.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/sha256.h"
@@ -37,32 +38,23 @@ std::string with_commas(int64_t n) {
   return out;
 }
 
-bool has_tokenizer_files(const fs::path& dir) {
-  std::error_code ec;
-  return (fs::exists(dir / "vocab.json", ec) && fs::exists(dir / "merges.txt", ec)) ||
-         fs::exists(dir / "bpe_simple_vocab_16e6.txt.gz", ec) ||
-         !SentencePieceTokenizer::find_model(dir.string()).empty();
-}
-
-// The folder load_model takes the tokenizer from, in its search order.
-std::string tokenizer_source(const Settings& o, const std::string& model_path, bool folder) {
+// The tokenizer load_model takes (resolve_model_files, in its search order).
+std::string tokenizer_source(const Settings& o, const std::string& model_path, bool /*folder*/) {
   if (!o.tokenizer.empty()) return o.tokenizer + " (--tokenizer)";
-  std::vector<fs::path> dirs;
-  if (!o.config_dir.empty()) dirs.push_back(fs::path(o.config_dir) / "tokenizer");
-  dirs.push_back(folder ? fs::path(model_path) / "tokenizer"
-                        : fs::path(model_path).parent_path() / "tokenizer");
-  for (const auto& d : tokenizer_search_paths()) dirs.emplace_back(d);
-  for (const auto& d : dirs)
-    if (has_tokenizer_files(d)) return d.string();
-  return "(not found)";
+  LoadOptions load;
+  load.model_path = model_path;
+  load.config_dir = o.config_dir;
+  const ModelFiles files = resolve_model_files(load);
+  return files.tokenizer.empty() ? "(not found)" : files.tokenizer;
 }
 
-// Stored dtypes of the safetensors files, per component: "F16 (1131)".
+// Stored dtypes of the safetensors files load_model reads, per component:
+// "F16 (1131)".
 std::map<std::string, std::map<std::string, int>> stored_dtypes(const std::string& model_path,
-                                                                bool folder) {
+                                                                bool /*folder*/) {
   std::map<std::string, std::map<std::string, int>> out;
-  auto add_file = [&out](const fs::path& file, const std::string& fixed) {
-    const SafeTensorsFile f(file.string());
+  auto add_file = [&out](const std::string& file, const std::string& fixed) {
+    const SafeTensorsFile f(file);
     for (const auto& [name, info] : f.tensors()) {
       std::string component = fixed;
       if (component.empty()) {
@@ -78,16 +70,18 @@ std::map<std::string, std::map<std::string, int>> stored_dtypes(const std::strin
       ++out[component][dtype_name(info.dtype)];
     }
   };
-  if (!folder) {
-    add_file(model_path, "");
+  LoadOptions load;
+  load.model_path = model_path;
+  const ModelFiles files = resolve_model_files(load);
+  if (files.layout == ModelLayout::single_file) {
+    add_file(files.model_path, "");
     return out;
   }
-  for (const char* component : {"text_encoder", "unet", "vae"}) {
+  for (const auto& [component, part] :
+       {std::pair{"text_encoder", &files.text_encoder}, std::pair{"unet", &files.unet},
+        std::pair{"vae", &files.vae}}) {
     std::error_code ec;
-    const fs::path dir = fs::path(model_path) / component;
-    if (!fs::is_directory(dir, ec)) continue;
-    for (const auto& e : fs::directory_iterator(dir, ec))
-      if (e.path().extension() == ".safetensors") add_file(e.path(), component);
+    if (fs::exists(part->weights, ec)) add_file(part->weights, component);
   }
   return out;
 }

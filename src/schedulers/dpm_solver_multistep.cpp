@@ -13,81 +13,10 @@ namespace sdgen {
 
 namespace {
 
-using sigma_schedule::alpha_sigma_t;
 using sigma_schedule::lambda_of;
 using sigma_schedule::raw_value;
 
-std::vector<double> np_linspace(double start, double stop, int num) {
-  // numpy.linspace: y = arange(num) * step + start (two roundings), the last
-  // value set to stop; a single point is `start`.
-  std::vector<double> y(static_cast<size_t>(std::max(num, 0)));
-  if (num <= 0) return y;
-  const int div = num - 1;
-  const double delta = stop - start;
-  if (div == 0) {
-    y[0] = 0.0 * delta + start;
-    return y;
-  }
-  const double step = delta / div;
-  for (int i = 0; i < num; ++i) {
-    // `volatile` keeps the product from being fused into an FMA.
-    volatile double scaled = static_cast<double>(i) * step;
-    y[static_cast<size_t>(i)] = scaled + start;
-  }
-  y.back() = stop;
-  return y;
-}
-
 }  // namespace
-
-std::vector<double> multistep_spaced_timesteps(const SchedulerConfig& config, int steps,
-                                               int64_t last_timestep) {
-  // diffusers DPMSolverMultistepScheduler.set_timesteps (and the copy in
-  // UniPCMultistepScheduler.set_timesteps), Table 2 of arXiv 2305.08891 with
-  // num_inference_steps + 1 points.
-  const std::string& spacing = config.timestep_spacing;
-  std::vector<double> timesteps;
-  if (spacing == "linspace") {
-    // np.linspace(0, last - 1, steps + 1).round()[::-1][:-1]
-    const auto y = np_linspace(0.0, static_cast<double>(last_timestep - 1), steps + 1);
-    for (int i = steps; i >= 1; --i) timesteps.push_back(std::nearbyint(y[static_cast<size_t>(i)]));
-  } else if (spacing == "leading") {
-    // (np.arange(0, steps + 1) * (last // (steps + 1))).round()[::-1][:-1] + steps_offset
-    const int64_t step_ratio = last_timestep / (steps + 1);
-    for (int64_t i = steps; i >= 1; --i) {
-      timesteps.push_back(static_cast<double>(i * step_ratio + config.steps_offset));
-    }
-  } else if (spacing == "trailing") {
-    // np.arange(last, 0, -num_train / steps).round() - 1, with numpy's arange
-    // arithmetic: ceil(-last / -ratio) values start + i * ((start - ratio) - start).
-    const double step_ratio = static_cast<double>(config.num_train_timesteps) / steps;
-    const double start = static_cast<double>(last_timestep);
-    const auto length = static_cast<int64_t>(std::ceil((0.0 - start) / -step_ratio));
-    const double next = start + -step_ratio;
-    const double delta = next - start;
-    for (int64_t i = 0; i < length; ++i) {
-      volatile double offset = static_cast<double>(i) * delta;
-      const double y = i == 0 ? start : (i == 1 ? next : start + offset);
-      const double value = std::nearbyint(y) - 1;
-      // For some step counts (61, 103, ...) numpy's arange yields one value
-      // more, rounding to timestep -1; like Scheduler::spaced_timesteps we
-      // keep only valid timesteps.
-      if (value >= 0) timesteps.push_back(value);
-    }
-  } else {
-    throw Error("scheduler config: timestep_spacing '" + spacing +
-                "' is not supported (expected leading, trailing or linspace)");
-  }
-  for (double t : timesteps) {
-    if (t < 0 || t >= static_cast<double>(config.num_train_timesteps)) {
-      throw Error("scheduler: timestep " + std::to_string(static_cast<int64_t>(t)) +
-                  " from timestep_spacing '" + spacing + "' and steps_offset " +
-                  std::to_string(config.steps_offset) + " is outside [0, " +
-                  std::to_string(config.num_train_timesteps) + ")");
-    }
-  }
-  return timesteps;
-}
 
 SchedulerConfig DPMSolverMultistepScheduler::dpmpp_2m_config(SchedulerConfig config, bool karras) {
   if (!config.raw.is_object()) config.raw = nlohmann::json::object();
@@ -99,7 +28,7 @@ SchedulerConfig DPMSolverMultistepScheduler::dpmpp_2m_config(SchedulerConfig con
 }
 
 DPMSolverMultistepScheduler::DPMSolverMultistepScheduler(SchedulerConfig config)
-    : Scheduler(std::move(config)) {
+    : MultistepScheduler(std::move(config)) {
   // diffusers DPMSolverMultistepScheduler.__init__.
   lambda_min_clipped_ = -std::numeric_limits<double>::infinity();
   solver_order_ = raw_value<int>(config_, "solver_order", 2);
@@ -116,16 +45,7 @@ DPMSolverMultistepScheduler::DPMSolverMultistepScheduler(SchedulerConfig config)
     throw Error("dpm solver scheduler: solver_order must be 1, 2 or 3, found " +
                 std::to_string(solver_order_));
   }
-  if (raw_value<bool>(config_, "use_beta_sigmas", false) ||
-      raw_value<bool>(config_, "use_flow_sigmas", false)) {
-    throw Error(
-        "dpm solver scheduler: use_beta_sigmas and use_flow_sigmas are not supported (config)");
-  }
-  if (static_cast<int>(config_.use_karras_sigmas) + static_cast<int>(use_exponential_sigmas_) > 1) {
-    throw Error(
-        "dpm solver scheduler: only one of use_karras_sigmas and use_exponential_sigmas can be "
-        "used");
-  }
+  check_sigma_options("dpm solver");
   // "deis" falls back to dpmsolver++, "logrho"/"bh1"/"bh2" to midpoint, as in diffusers.
   if (algorithm_type_ == "deis") algorithm_type_ = "dpmsolver++";
   if (algorithm_type_ != "dpmsolver" && algorithm_type_ != "dpmsolver++" &&
@@ -144,24 +64,13 @@ DPMSolverMultistepScheduler::DPMSolverMultistepScheduler(SchedulerConfig config)
   if (algorithm_type_ == "sde-dpmsolver" && solver_order_ == 3) {
     throw Error("dpm solver scheduler: sde-dpmsolver has no third-order update (diffusers)");
   }
-  if (final_sigmas_type_ != "zero" && final_sigmas_type_ != "sigma_min") {
-    throw Error("dpm solver scheduler: final_sigmas_type '" + final_sigmas_type_ +
-                "' is not supported (expected zero or sigma_min)");
-  }
+  check_final_sigmas_type("dpm solver");
   if (algorithm_type_ != "dpmsolver++" && algorithm_type_ != "sde-dpmsolver++" &&
       final_sigmas_type_ == "zero") {
     throw Error(
         "dpm solver scheduler: final_sigmas_type zero is not supported for algorithm_type " +
         algorithm_type_ + "; choose sigma_min");
   }
-  if (config_.rescale_betas_zero_snr) {
-    // "Close to 0 without being 0 so first sigma is not inf".
-    alphas_cumprod_tensor_[-1] = std::pow(2.0, -24);
-    alphas_cumprod_.back() = std::pow(2.0, -24);
-  }
-  // Before set_timesteps: every training timestep, descending.
-  for (int t = config_.num_train_timesteps - 1; t >= 0; --t) timesteps_.push_back(t);
-  sigmas_tensor_ = train_sigmas();
 }
 
 std::string DPMSolverMultistepScheduler::name() const {
@@ -191,9 +100,7 @@ void DPMSolverMultistepScheduler::set_timesteps(int num_inference_steps) {
   std::vector<double> timesteps =
       multistep_spaced_timesteps(config_, num_inference_steps, last_timestep);
 
-  // sigmas = np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5): float32.
-  const torch::Tensor train = train_sigmas().contiguous();
-  const std::vector<float> table(train.data_ptr<float>(), train.data_ptr<float>() + n_train);
+  const std::vector<float> table = sigma_table();
   const std::vector<float> log_sigmas = sigma_schedule::log_sigmas(table);
 
   std::vector<double> sigmas;
@@ -202,40 +109,24 @@ void DPMSolverMultistepScheduler::set_timesteps(int num_inference_steps) {
       // diffusers _convert_to_lu (rho = 1) on the flipped log sigmas.
       const double lambda_min = log_sigmas.front();
       const double lambda_max = log_sigmas.back();
-      sigmas = np_linspace(0.0, 1.0, num_inference_steps);
+      sigmas = sigma_schedule::np_linspace(0.0, 1.0, num_inference_steps);
       for (double& s : sigmas) {
         volatile double scaled = s * (lambda_min - lambda_max);
         s = std::exp(lambda_max + scaled);
       }
-    } else if (config_.use_karras_sigmas) {
-      sigmas = sigma_schedule::karras_sigmas(table.front(), table.back(), num_inference_steps);
     } else {
-      sigmas = sigma_schedule::exponential_sigmas(table.front(), table.back(), num_inference_steps);
+      sigmas = karras_or_exponential(table.front(), table.back(), num_inference_steps);
     }
-    timesteps.clear();
-    for (double s : sigmas) {
-      const double t = sigma_schedule::sigma_to_t(s, log_sigmas);
-      // Karras and Lu timesteps are rounded unless the schedule is cosine;
-      // otherwise torch's .to(int64) truncates.
-      const bool round = !use_exponential_sigmas_ && config_.beta_schedule != "squaredcos_cap_v2";
-      timesteps.push_back(round ? std::nearbyint(t) : std::trunc(t));
-    }
+    // Karras and Lu timesteps are rounded unless the schedule is cosine;
+    // otherwise torch's .to(int64) truncates.
+    timesteps =
+        sigma_timesteps(sigmas, log_sigmas,
+                        !use_exponential_sigmas_ && config_.beta_schedule != "squaredcos_cap_v2");
   } else {
-    // np.interp at integer timesteps: the table values.
-    for (double t : timesteps) sigmas.push_back(table.at(static_cast<size_t>(t)));
+    sigmas = table_sigmas(timesteps, table);
   }
   sigmas.push_back(final_sigmas_type_ == "sigma_min" ? static_cast<double>(table.front()) : 0.0);
-
-  // .astype(np.float32)
-  sigmas_tensor_ = torch::tensor(sigmas, torch::kFloat64).to(torch::kFloat32);
-  const torch::Tensor widened = sigmas_tensor_.to(torch::kFloat64).contiguous();
-  sigmas_.assign(widened.data_ptr<double>(), widened.data_ptr<double>() + widened.numel());
-  timesteps_ = std::move(timesteps);
-  num_inference_steps_ = static_cast<int>(timesteps_.size());
-  model_outputs_.assign(static_cast<size_t>(solver_order_), torch::Tensor());
-  lower_order_nums_ = 0;
-  step_index_ = -1;
-  begin_index_ = -1;
+  set_schedule(sigmas, std::move(timesteps));
 }
 
 torch::Tensor DPMSolverMultistepScheduler::convert_model_output(const torch::Tensor& model_output,
@@ -244,32 +135,14 @@ torch::Tensor DPMSolverMultistepScheduler::convert_model_output(const torch::Ten
   const std::string& type = config_.prediction_type;
   const bool learned =
       config_.variance_type == "learned" || config_.variance_type == "learned_range";
-  const auto sigma = sigmas_tensor_[step_index_];
-  const auto [alpha_t, sigma_t] = alpha_sigma_t(sigma);
+  const auto [alpha_t, sigma_t] = alpha_sigma_at(step_index_);
+  // diffusers keeps the first 3 channels of a learned-variance output.
+  const torch::Tensor eps =
+      type == "epsilon" && learned ? model_output.slice(1, 0, 3) : model_output;
   if (algorithm_type_ == "dpmsolver++" || algorithm_type_ == "sde-dpmsolver++") {
-    // "DPM-Solver++ needs to solve an integral of the data prediction model."
-    torch::Tensor x0_pred;
-    if (type == "epsilon") {
-      // diffusers keeps the first 3 channels of a learned-variance output.
-      const torch::Tensor eps = learned ? model_output.slice(1, 0, 3) : model_output;
-      x0_pred = (sample - sigma_t * eps) / alpha_t;
-    } else if (type == "sample") {
-      x0_pred = model_output;
-    } else {
-      x0_pred = alpha_t * sample - sigma_t * model_output;
-    }
-    if (config_.thresholding) x0_pred = threshold_sample(x0_pred);
-    return x0_pred;
+    return predicted_x0(model_output, eps, sample, alpha_t, sigma_t);
   }
-  // "DPM-Solver needs to solve an integral of the noise prediction model."
-  torch::Tensor epsilon;
-  if (type == "epsilon") {
-    epsilon = learned ? model_output.slice(1, 0, 3) : model_output;
-  } else if (type == "sample") {
-    epsilon = (sample - alpha_t * model_output) / sigma_t;
-  } else {
-    epsilon = alpha_t * model_output + sigma_t * sample;
-  }
+  torch::Tensor epsilon = predicted_epsilon(model_output, eps, sample, alpha_t, sigma_t);
   if (config_.thresholding) {
     torch::Tensor x0_pred = (sample - sigma_t * epsilon) / alpha_t;
     x0_pred = threshold_sample(x0_pred);
@@ -282,8 +155,8 @@ torch::Tensor DPMSolverMultistepScheduler::first_order_update(const torch::Tenso
                                                               const torch::Tensor& sample,
                                                               const torch::Tensor& noise) const {
   // diffusers dpm_solver_first_order_update ("equivalent to DDIM").
-  const auto [alpha_t, sigma_t] = alpha_sigma_t(sigmas_tensor_[step_index_ + 1]);
-  const auto [alpha_s, sigma_s] = alpha_sigma_t(sigmas_tensor_[step_index_]);
+  const auto [alpha_t, sigma_t] = alpha_sigma_at(step_index_ + 1);
+  const auto [alpha_s, sigma_s] = alpha_sigma_at(step_index_);
   const torch::Tensor h = lambda_of(alpha_t, sigma_t) - lambda_of(alpha_s, sigma_s);
   if (algorithm_type_ == "dpmsolver++") {
     return (sigma_t / sigma_s) * sample - (alpha_t * (torch::exp(-h) - 1.0)) * model_output;
@@ -304,9 +177,9 @@ torch::Tensor DPMSolverMultistepScheduler::first_order_update(const torch::Tenso
 torch::Tensor DPMSolverMultistepScheduler::second_order_update(const torch::Tensor& sample,
                                                                const torch::Tensor& noise) const {
   // diffusers multistep_dpm_solver_second_order_update.
-  const auto [alpha_t, sigma_t] = alpha_sigma_t(sigmas_tensor_[step_index_ + 1]);
-  const auto [alpha_s0, sigma_s0] = alpha_sigma_t(sigmas_tensor_[step_index_]);
-  const auto [alpha_s1, sigma_s1] = alpha_sigma_t(sigmas_tensor_[step_index_ - 1]);
+  const auto [alpha_t, sigma_t] = alpha_sigma_at(step_index_ + 1);
+  const auto [alpha_s0, sigma_s0] = alpha_sigma_at(step_index_);
+  const auto [alpha_s1, sigma_s1] = alpha_sigma_at(step_index_ - 1);
   const torch::Tensor lambda_t = lambda_of(alpha_t, sigma_t);
   const torch::Tensor lambda_s0 = lambda_of(alpha_s0, sigma_s0);
   const torch::Tensor lambda_s1 = lambda_of(alpha_s1, sigma_s1);
@@ -362,10 +235,10 @@ torch::Tensor DPMSolverMultistepScheduler::second_order_update(const torch::Tens
 torch::Tensor DPMSolverMultistepScheduler::third_order_update(const torch::Tensor& sample,
                                                               const torch::Tensor& noise) const {
   // diffusers multistep_dpm_solver_third_order_update (arXiv 2206.00927).
-  const auto [alpha_t, sigma_t] = alpha_sigma_t(sigmas_tensor_[step_index_ + 1]);
-  const auto [alpha_s0, sigma_s0] = alpha_sigma_t(sigmas_tensor_[step_index_]);
-  const auto [alpha_s1, sigma_s1] = alpha_sigma_t(sigmas_tensor_[step_index_ - 1]);
-  const auto [alpha_s2, sigma_s2] = alpha_sigma_t(sigmas_tensor_[step_index_ - 2]);
+  const auto [alpha_t, sigma_t] = alpha_sigma_at(step_index_ + 1);
+  const auto [alpha_s0, sigma_s0] = alpha_sigma_at(step_index_);
+  const auto [alpha_s1, sigma_s1] = alpha_sigma_at(step_index_ - 1);
+  const auto [alpha_s2, sigma_s2] = alpha_sigma_at(step_index_ - 2);
   const torch::Tensor lambda_t = lambda_of(alpha_t, sigma_t);
   const torch::Tensor lambda_s0 = lambda_of(alpha_s0, sigma_s0);
   const torch::Tensor lambda_s1 = lambda_of(alpha_s1, sigma_s1);
@@ -402,18 +275,11 @@ torch::Tensor DPMSolverMultistepScheduler::third_order_update(const torch::Tenso
          sigma_t * torch::sqrt(1.0 - torch::exp(-2 * h)) * noise;
 }
 
-int DPMSolverMultistepScheduler::current_index(double timestep) const {
-  // diffusers _init_step_index: begin_index when set, else the timestep's
-  // position (the second occurrence of a duplicated one).
-  return begin_index_ >= 0 ? begin_index_ : index_for_timestep(timestep);
-}
-
 torch::Tensor DPMSolverMultistepScheduler::step(const torch::Tensor& model_output, double timestep,
                                                 const torch::Tensor& sample, Generator& generator) {
   // diffusers DPMSolverMultistepScheduler.step.
-  check_ready();
+  begin_step(timestep);
   torch::NoGradGuard no_grad;
-  if (step_index_ < 0) step_index_ = current_index(timestep);
   const int n = static_cast<int>(timesteps_.size());
   if (step_index_ >= n) {
     throw Error(name() + " scheduler: step() called more often than there are timesteps (" +
@@ -426,10 +292,7 @@ torch::Tensor DPMSolverMultistepScheduler::step(const torch::Tensor& model_outpu
   const bool lower_order_second = step_index_ == n - 2 && lower_order_final_ && n < 15;
 
   const torch::Tensor converted = convert_model_output(model_output, sample);
-  for (int i = 0; i + 1 < solver_order_; ++i) {
-    model_outputs_[static_cast<size_t>(i)] = model_outputs_[static_cast<size_t>(i + 1)];
-  }
-  model_outputs_.back() = converted;
+  push_model_output(converted);
 
   // "Upcast to avoid precision issues when computing prev_sample".
   const torch::Tensor sample32 = sample.to(torch::kFloat32);
@@ -450,23 +313,6 @@ torch::Tensor DPMSolverMultistepScheduler::step(const torch::Tensor& model_outpu
   if (lower_order_nums_ < solver_order_) ++lower_order_nums_;
   ++step_index_;
   return prev_sample.to(converted.scalar_type());
-}
-
-torch::Tensor DPMSolverMultistepScheduler::add_noise(const torch::Tensor& original,
-                                                     const torch::Tensor& noise,
-                                                     double timestep) const {
-  // diffusers DPMSolverMultistepScheduler.add_noise: the sigma at the step
-  // index (begin_index before the first step), alpha_t * x_0 + sigma_t * noise.
-  check_ready();
-  int index;
-  if (begin_index_ < 0) {
-    index = index_for_timestep(timestep);
-  } else {
-    index = step_index_ >= 0 ? step_index_ : begin_index_;
-  }
-  const torch::Tensor sigma = sigmas_tensor_.to(original.scalar_type())[index];
-  const auto [alpha_t, sigma_t] = alpha_sigma_t(sigma);
-  return alpha_t * original + sigma_t * noise.to(original.device());
 }
 
 }  // namespace sdgen

@@ -12,7 +12,7 @@ namespace sdgen {
 namespace ss = sigma_schedule;
 
 EulerDiscreteScheduler::EulerDiscreteScheduler(SchedulerConfig config)
-    : Scheduler(std::move(config)) {
+    : SigmaScheduler(std::move(config), /*zero_snr_tweak=*/true) {
   // diffusers EulerDiscreteScheduler.__init__.
   const nlohmann::json& raw = config_.raw;
   interpolation_type_ = ss::raw_string(raw, "interpolation_type", "linear");
@@ -42,19 +42,11 @@ EulerDiscreteScheduler::EulerDiscreteScheduler(SchedulerConfig config)
   }
 
   torch::NoGradGuard no_grad;
-  alphas_cumprod_ = alphas_cumprod_tensor_.clone();
-  if (config_.rescale_betas_zero_snr) {
-    // "Close to 0 without being 0 so first sigma is not inf": 2**-24.
-    alphas_cumprod_[-1] = std::ldexp(1.0, -24);
-  }
-  // Before set_timesteps: every training sigma, descending, then 0.
-  const torch::Tensor sigmas = ((1 - alphas_cumprod_) / alphas_cumprod_).pow(0.5).flip(0);
-  sigmas_t_ = torch::cat({sigmas, torch::zeros({1}, torch::kFloat32)});
-  sigmas_ = ss::to_double_vector(sigmas_t_);
+  use_training_sigmas();
   const int64_t n = config_.num_train_timesteps;
   timesteps_.clear();
   if (timestep_type_ == "continuous" && config_.prediction_type == "v_prediction") {
-    timesteps_ = ss::to_double_vector(sigmas.log() * 0.25);
+    timesteps_ = ss::to_double_vector(train_sigmas_.flip(0).log() * 0.25);
   } else {
     for (int64_t t = n - 1; t >= 0; --t) timesteps_.push_back(static_cast<double>(t));
   }
@@ -76,90 +68,46 @@ void EulerDiscreteScheduler::set_timesteps(int num_inference_steps) {
   // diffusers EulerDiscreteScheduler.set_timesteps(num_inference_steps).
   check_num_inference_steps(num_inference_steps);
   torch::NoGradGuard no_grad;
-  const int64_t n_train = config_.num_train_timesteps;
-  std::vector<double> timesteps = config_.timestep_spacing == "trailing"
-                                      ? spaced_timesteps(num_inference_steps)
-                                      : ss::k_timesteps(config_.timestep_spacing, n_train,
-                                                        num_inference_steps, config_.steps_offset);
-
-  const torch::Tensor train_sigmas_t = ((1 - alphas_cumprod_) / alphas_cumprod_).pow(0.5);
-  const std::vector<float> train_sigmas = ss::to_float_vector(train_sigmas_t);
-  const std::vector<float> log_sigmas = ss::log_sigmas(train_sigmas);
+  std::vector<double> timesteps = k_diffusion_timesteps(num_inference_steps);
 
   std::vector<double> sigmas;
   if (interpolation_type_ == "linear") {
-    sigmas = ss::interp_sigmas(timesteps, train_sigmas);
+    sigmas = interpolated_sigmas(timesteps);
   } else {
     // "log_linear": torch.linspace(log(sigmas[-1]), log(sigmas[0]), n + 1).exp()
     // in float32 (ascending, n + 1 values, exactly as diffusers has it).
+    const std::vector<float> log_sigmas = ss::log_sigmas(ss::to_float_vector(train_sigmas_));
     const torch::Tensor ls = torch::linspace(log_sigmas.back(), log_sigmas.front(),
                                              num_inference_steps + 1, torch::kFloat32)
                                  .exp();
     sigmas = ss::to_double_vector(ls);
   }
-
-  if (config_.use_karras_sigmas || use_exponential_sigmas_) {
-    // _convert_to_karras / _convert_to_exponential, then _sigma_to_t.
-    const double sigma_min = sigma_min_ ? *sigma_min_ : sigmas.back();
-    const double sigma_max = sigma_max_ ? *sigma_max_ : sigmas.front();
-    sigmas = config_.use_karras_sigmas
-                 ? ss::karras_sigmas(sigma_min, sigma_max, num_inference_steps)
-                 : ss::exponential_sigmas(sigma_min, sigma_max, num_inference_steps);
-    timesteps.clear();
-    for (double s : sigmas) timesteps.push_back(ss::sigma_to_t(s, log_sigmas));
-  }
+  convert_sigmas(sigmas, timesteps, num_inference_steps, use_exponential_sigmas_, sigma_min_,
+                 sigma_max_);
 
   double sigma_last = 0.0;
   if (final_sigmas_type_ == "sigma_min") {
     // ((1 - alphas_cumprod[0]) / alphas_cumprod[0]) ** 0.5, a float32 value.
-    sigma_last = train_sigmas.front();
+    sigma_last = train_sigmas_[0].item<float>();
   }
   sigmas.push_back(sigma_last);
-  sigmas_t_ = ss::to_float32_tensor(sigmas);
-  sigmas_ = ss::to_double_vector(sigmas_t_);
+  torch::Tensor sigmas_t = ss::to_float32_tensor(sigmas);
 
   if (timestep_type_ == "continuous" && config_.prediction_type == "v_prediction") {
     // torch.Tensor([0.25 * sigma.log() for sigma in sigmas[:-1]]).
-    timesteps_ = ss::to_double_vector(sigmas_t_.slice(0, 0, -1).log() * 0.25);
+    timesteps = ss::to_double_vector(sigmas_t.slice(0, 0, -1).log() * 0.25);
   } else {
     // timesteps.astype(np.float32)
-    timesteps_.clear();
-    for (double t : timesteps) timesteps_.push_back(static_cast<double>(static_cast<float>(t)));
+    for (double& t : timesteps) t = static_cast<double>(static_cast<float>(t));
   }
-  num_inference_steps_ = num_inference_steps;
-  step_index_ = -1;
-  begin_index_ = -1;
-}
-
-double EulerDiscreteScheduler::init_noise_sigma() const {
-  return ss::init_noise_sigma(sigmas_t_, config_.timestep_spacing);
-}
-
-void EulerDiscreteScheduler::init_step_index(double timestep) {
-  // diffusers EulerDiscreteScheduler._init_step_index.
-  step_index_ = begin_index_ < 0 ? index_for_timestep(timestep) : begin_index_;
-}
-
-torch::Tensor EulerDiscreteScheduler::scale_model_input(const torch::Tensor& sample,
-                                                        double timestep) {
-  // diffusers EulerDiscreteScheduler.scale_model_input.
-  check_ready();
-  if (step_index_ < 0) init_step_index(timestep);
-  if (step_index_ >= sigmas_t_.size(0)) {
-    throw Error("euler scheduler: scale_model_input called after the last step");
-  }
-  return ss::scale_by_sigma(sample, sigmas_t_[step_index_]);
+  set_schedule(std::move(sigmas_t), std::move(timesteps), num_inference_steps);
 }
 
 torch::Tensor EulerDiscreteScheduler::step(const torch::Tensor& model_output, double timestep,
                                            const torch::Tensor& sample, Generator& generator) {
   // diffusers EulerDiscreteScheduler.step (Algorithm 2 of arXiv 2206.00364).
-  check_ready();
-  if (step_index_ < 0) init_step_index(timestep);
-  if (step_index_ + 1 >= sigmas_t_.size(0)) {
-    throw Error("euler scheduler: step() called more often than the " +
-                std::to_string(timesteps_.size()) + " timesteps of the schedule");
-  }
+  begin_step(timestep);
+  if (step_index_ + 1 >= sigmas_t_.size(0)) throw step_overrun();
   torch::NoGradGuard no_grad;
   // "Upcast to avoid precision issues when computing prev_sample".
   torch::Tensor x = sample.to(torch::kFloat32);
@@ -199,21 +147,6 @@ torch::Tensor EulerDiscreteScheduler::step(const torch::Tensor& model_output, do
   prev_sample = prev_sample.to(model_output.scalar_type());
   ++step_index_;
   return prev_sample;
-}
-
-int EulerDiscreteScheduler::noise_index(double timestep) const {
-  // add_noise's step_indices: by timestep when no begin index is set (training,
-  // or a pipeline without set_begin_index), the current step after the first
-  // step (inpainting), else the begin index (img2img).
-  if (begin_index_ < 0) return index_for_timestep(timestep);
-  if (step_index_ >= 0) return step_index_;
-  return begin_index_;
-}
-
-torch::Tensor EulerDiscreteScheduler::add_noise(const torch::Tensor& original,
-                                                const torch::Tensor& noise, double timestep) const {
-  // diffusers EulerDiscreteScheduler.add_noise.
-  return ss::add_noise_at(original, noise, sigmas_t_, noise_index(timestep));
 }
 
 }  // namespace sdgen

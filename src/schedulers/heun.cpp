@@ -10,7 +10,7 @@ namespace sdgen {
 namespace ss = sigma_schedule;
 
 HeunDiscreteScheduler::HeunDiscreteScheduler(SchedulerConfig config)
-    : Scheduler(std::move(config)) {
+    : SigmaScheduler(std::move(config), /*zero_snr_tweak=*/false) {
   // diffusers HeunDiscreteScheduler.__init__ (whose config has no sigma_min /
   // sigma_max, so the Karras range is always the interpolated schedule's).
   use_exponential_sigmas_ = ss::raw_bool(config_.raw, "use_exponential_sigmas", false);
@@ -24,87 +24,45 @@ HeunDiscreteScheduler::HeunDiscreteScheduler(SchedulerConfig config)
   // diffusers calls set_timesteps(num_train_timesteps) here; until
   // set_timesteps is called we only keep the training sigmas (descending,
   // then 0) so that init_noise_sigma is defined.
-  torch::NoGradGuard no_grad;
-  const torch::Tensor sigmas = train_sigmas().flip(0);
-  sigmas_t_ = torch::cat({sigmas, torch::zeros({1}, torch::kFloat32)});
-  sigmas_ = ss::to_double_vector(sigmas_t_);
+  use_training_sigmas();
 }
 
 void HeunDiscreteScheduler::set_timesteps(int num_inference_steps) {
   // diffusers HeunDiscreteScheduler.set_timesteps(num_inference_steps).
   check_num_inference_steps(num_inference_steps);
   torch::NoGradGuard no_grad;
-  std::vector<double> timesteps =
-      config_.timestep_spacing == "trailing"
-          ? spaced_timesteps(num_inference_steps)
-          : ss::k_timesteps(config_.timestep_spacing, config_.num_train_timesteps,
-                            num_inference_steps, config_.steps_offset);
-
-  const std::vector<float> train = ss::to_float_vector(train_sigmas());
-  const std::vector<float> log_sigmas = ss::log_sigmas(train);
-  std::vector<double> sigmas = ss::interp_sigmas(timesteps, train);
-  if (config_.use_karras_sigmas || use_exponential_sigmas_) {
-    // _convert_to_karras / _convert_to_exponential, then _sigma_to_t
-    // (float64 timesteps, rounded to float32 below).
-    sigmas = config_.use_karras_sigmas
-                 ? ss::karras_sigmas(sigmas.back(), sigmas.front(), num_inference_steps)
-                 : ss::exponential_sigmas(sigmas.back(), sigmas.front(), num_inference_steps);
-    timesteps.clear();
-    for (double s : sigmas) timesteps.push_back(ss::sigma_to_t(s, log_sigmas));
-  }
+  std::vector<double> timesteps = k_diffusion_timesteps(num_inference_steps);
+  std::vector<double> sigmas = interpolated_sigmas(timesteps);
+  // Karras / exponential timesteps are float64 here, rounded to float32 below.
+  convert_sigmas(sigmas, timesteps, num_inference_steps, use_exponential_sigmas_);
   sigmas.push_back(0.0);
   const torch::Tensor s = ss::to_float32_tensor(sigmas);
-  // cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
-  sigmas_t_ =
-      torch::cat({s.slice(0, 0, 1), s.slice(0, 1, -1).repeat_interleave(2), s.slice(0, -1)});
-  sigmas_ = ss::to_double_vector(sigmas_t_);
   // cat([timesteps[:1], timesteps[1:].repeat_interleave(2)]).to(float32)
-  timesteps_.clear();
+  std::vector<double> repeated;
   for (size_t i = 0; i < timesteps.size(); ++i) {
     const auto t = static_cast<double>(static_cast<float>(timesteps[i]));
-    timesteps_.push_back(t);
-    if (i > 0) timesteps_.push_back(t);
+    repeated.push_back(t);
+    if (i > 0) repeated.push_back(t);
   }
+  // cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
+  set_schedule(
+      torch::cat({s.slice(0, 0, 1), s.slice(0, 1, -1).repeat_interleave(2), s.slice(0, -1)}),
+      std::move(repeated), num_inference_steps);
   prev_derivative_ = torch::Tensor();
   dt_ = torch::Tensor();
   sample_ = torch::Tensor();
-  num_inference_steps_ = num_inference_steps;
-  step_index_ = -1;
-  begin_index_ = -1;
-}
-
-double HeunDiscreteScheduler::init_noise_sigma() const {
-  return ss::init_noise_sigma(sigmas_t_, config_.timestep_spacing);
-}
-
-void HeunDiscreteScheduler::init_step_index(double timestep) {
-  // diffusers EulerDiscreteScheduler._init_step_index.
-  step_index_ = begin_index_ < 0 ? index_for_timestep(timestep) : begin_index_;
-}
-
-torch::Tensor HeunDiscreteScheduler::scale_model_input(const torch::Tensor& sample,
-                                                       double timestep) {
-  // diffusers HeunDiscreteScheduler.scale_model_input.
-  check_ready();
-  if (step_index_ < 0) init_step_index(timestep);
-  if (step_index_ >= sigmas_t_.size(0)) {
-    throw Error("heun scheduler: scale_model_input called after the last step");
-  }
-  return ss::scale_by_sigma(sample, sigmas_t_[step_index_]);
 }
 
 torch::Tensor HeunDiscreteScheduler::step(const torch::Tensor& model_output, double timestep,
                                           const torch::Tensor& sample, Generator& generator) {
   // diffusers HeunDiscreteScheduler.step.
   (void)generator;
-  check_ready();
-  if (step_index_ < 0) init_step_index(timestep);
+  begin_step(timestep);
   const bool first_order = state_in_first_order();
   if (step_index_ >= static_cast<int>(timesteps_.size()) ||
       (first_order && step_index_ + 1 >= sigmas_t_.size(0)) ||
       (!first_order && (step_index_ < 1 || step_index_ >= sigmas_t_.size(0)))) {
-    throw Error("heun scheduler: step() called more often than the " +
-                std::to_string(timesteps_.size()) + " timesteps of the schedule");
+    throw step_overrun();
   }
   torch::NoGradGuard no_grad;
   // Euler step: sigma_i -> sigma_{i+1}; correction: evaluated at sigma_{i+1}.
@@ -155,19 +113,6 @@ torch::Tensor HeunDiscreteScheduler::step(const torch::Tensor& model_output, dou
   torch::Tensor prev_sample = x + derivative * dt;
   ++step_index_;
   return prev_sample;
-}
-
-int HeunDiscreteScheduler::noise_index(double timestep) const {
-  // diffusers add_noise's step_indices (see EulerDiscreteScheduler::noise_index).
-  if (begin_index_ < 0) return index_for_timestep(timestep);
-  if (step_index_ >= 0) return step_index_;
-  return begin_index_;
-}
-
-torch::Tensor HeunDiscreteScheduler::add_noise(const torch::Tensor& original,
-                                               const torch::Tensor& noise, double timestep) const {
-  // diffusers HeunDiscreteScheduler.add_noise.
-  return ss::add_noise_at(original, noise, sigmas_t_, noise_index(timestep));
 }
 
 }  // namespace sdgen

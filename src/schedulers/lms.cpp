@@ -6,77 +6,13 @@
 #include <utility>
 
 #include "sdgen/error.h"
+#include "sigma_schedule.h"
 
 namespace sdgen {
 
+namespace ss = sigma_schedule;
+
 namespace {
-
-bool raw_flag(const SchedulerConfig& config, const char* key) {
-  const auto& raw = config.raw;
-  if (!raw.is_object() || !raw.contains(key) || raw[key].is_null()) return false;
-  return raw[key].get<bool>();
-}
-
-// a * b + c in two roundings: `volatile` keeps the compiler from fusing it
-// into an FMA (numpy computes the product and the sum as separate ops).
-double mul_add(double a, double b, double c) {
-  volatile double product = a * b;
-  return product + c;
-}
-
-// numpy.linspace(start, stop, num, endpoint=True) in float64:
-// y_i = i * step + start with step = (stop - start) / (num - 1), y[-1] = stop.
-std::vector<double> numpy_linspace(double start, double stop, int num) {
-  std::vector<double> y(static_cast<size_t>(num));
-  const double delta = stop - start;
-  const int div = num - 1;
-  for (int i = 0; i < num; ++i) {
-    if (div > 0) {
-      const double step = delta / div;
-      y[static_cast<size_t>(i)] = step == 0 ? mul_add(static_cast<double>(i) / div, delta, start)
-                                            : mul_add(static_cast<double>(i), step, start);
-    } else {
-      y[static_cast<size_t>(i)] = static_cast<double>(i) * delta + start;
-    }
-  }
-  if (num > 1) y.back() = stop;
-  return y;
-}
-
-// numpy.interp(x, arange(len(fp)), fp) (numpy's compiled arr_interp).
-double numpy_interp_unit_grid(double x, const std::vector<double>& fp) {
-  const auto n = static_cast<int64_t>(fp.size());
-  if (x < 0) return fp.front();
-  if (x > static_cast<double>(n - 1)) return fp.back();
-  const auto j = static_cast<int64_t>(std::floor(x));
-  if (j >= n - 1) return fp[static_cast<size_t>(n - 1)];
-  if (static_cast<double>(j) == x) return fp[static_cast<size_t>(j)];
-  const double slope = (fp[static_cast<size_t>(j + 1)] - fp[static_cast<size_t>(j)]) /
-                       (static_cast<double>(j + 1) - static_cast<double>(j));
-  return mul_add(slope, x - static_cast<double>(j), fp[static_cast<size_t>(j)]);
-}
-
-// diffusers LMSDiscreteScheduler._sigma_to_t with numpy 2 promotion rules:
-// log_sigmas is float32, sigma float64.
-double sigma_to_t(double sigma, const std::vector<float>& log_sigmas) {
-  const double log_sigma = std::log(std::max(sigma, 1e-10));
-  const auto n = static_cast<int64_t>(log_sigmas.size());
-  // cumsum(dists >= 0).argmax(): the last index with log_sigmas <= log_sigma
-  // (log_sigmas ascend), 0 when there is none; clipped to n - 2.
-  int64_t low_idx = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (log_sigma - static_cast<double>(log_sigmas[static_cast<size_t>(i)]) >= 0) low_idx = i;
-  }
-  low_idx = std::min(low_idx, n - 2);
-  const int64_t high_idx = low_idx + 1;
-  const float low = log_sigmas[static_cast<size_t>(low_idx)];
-  const float high = log_sigmas[static_cast<size_t>(high_idx)];
-  double w = (static_cast<double>(low) - log_sigma) / static_cast<double>(low - high);
-  w = std::clamp(w, 0.0, 1.0);
-  volatile double a = (1 - w) * static_cast<double>(low_idx);
-  volatile double b = w * static_cast<double>(high_idx);
-  return a + b;
-}
 
 // QUADPACK dqk21 (the first and, for these polynomials, only pass of scipy's
 // integrate.quad): 21-point Kronrod nodes/weights and the 10-point Gauss
@@ -144,118 +80,50 @@ double gauss_kronrod21(const F& f, double a, double b, double* abserr) {
 }  // namespace
 
 LMSDiscreteScheduler::LMSDiscreteScheduler(SchedulerConfig config, int lms_order)
-    : Scheduler(std::move(config)), lms_order_(lms_order) {
+    : SigmaScheduler(std::move(config), /*zero_snr_tweak=*/false), lms_order_(lms_order) {
   if (lms_order_ < 1) {
     throw Error("lms scheduler: order must be >= 1, found " + std::to_string(lms_order_));
   }
+  use_exponential_sigmas_ = ss::raw_bool(config_.raw, "use_exponential_sigmas", false);
+  const bool beta = ss::raw_bool(config_.raw, "use_beta_sigmas", false);
   const int flags = static_cast<int>(config_.use_karras_sigmas) +
-                    static_cast<int>(raw_flag(config_, "use_exponential_sigmas")) +
-                    static_cast<int>(raw_flag(config_, "use_beta_sigmas"));
+                    static_cast<int>(use_exponential_sigmas_) + static_cast<int>(beta);
   if (flags > 1) {
     throw Error(
         "lms scheduler: only one of use_beta_sigmas, use_exponential_sigmas, use_karras_sigmas "
         "can be used");
   }
-  if (raw_flag(config_, "use_beta_sigmas")) {
+  if (beta) {
     throw Error("lms scheduler: use_beta_sigmas is not supported");
   }
 }
 
 void LMSDiscreteScheduler::set_timesteps(int num_inference_steps) {
-  // diffusers LMSDiscreteScheduler.set_timesteps.
+  // diffusers LMSDiscreteScheduler.set_timesteps: float32 timesteps
+  // (np.linspace(0, n_train - 1, n, dtype=np.float32)[::-1] for "linspace",
+  // DDIM's integer timesteps for "leading" and "trailing"), sigmas
+  // interpolated by np.interp in float64 from the float32 training sigmas.
   check_num_inference_steps(num_inference_steps);
+  torch::NoGradGuard no_grad;
   const int n = num_inference_steps;
-  std::vector<float> timesteps;
-  if (config_.timestep_spacing == "linspace") {
-    // np.linspace(0, n_train - 1, n, dtype=np.float32)[::-1]: not rounded.
-    const auto y = numpy_linspace(0.0, static_cast<double>(config_.num_train_timesteps - 1), n);
-    for (auto it = y.rbegin(); it != y.rend(); ++it) timesteps.push_back(static_cast<float>(*it));
-  } else {
-    // "leading" and "trailing" give the integer timesteps DDIM uses.
-    for (double t : spaced_timesteps(n)) timesteps.push_back(static_cast<float>(t));
-  }
-
-  // Training sigmas: float32 torch values, interpolated by np.interp in float64.
-  const torch::Tensor train = train_sigmas().contiguous();
-  const float* train_ptr = train.data_ptr<float>();
-  const std::vector<double> train_sigmas_d(train_ptr, train_ptr + train.numel());
-  std::vector<double> sigmas;
-  for (float t : timesteps) sigmas.push_back(numpy_interp_unit_grid(t, train_sigmas_d));
-
-  const bool karras = config_.use_karras_sigmas;
-  const bool exponential = raw_flag(config_, "use_exponential_sigmas");
-  std::vector<double> timesteps_d(timesteps.begin(), timesteps.end());
-  if (karras || exponential) {
-    const double sigma_min = sigmas.back();
-    const double sigma_max = sigmas.front();
-    if (karras) {
-      // diffusers _convert_to_karras (arXiv 2206.00364, eq. 5), rho = 7.
-      const double rho = 7.0;
-      const auto ramp = numpy_linspace(0.0, 1.0, n);
-      const double min_inv_rho = std::pow(sigma_min, 1 / rho);
-      const double max_inv_rho = std::pow(sigma_max, 1 / rho);
-      for (int i = 0; i < n; ++i) {
-        const double base =
-            mul_add(ramp[static_cast<size_t>(i)], min_inv_rho - max_inv_rho, max_inv_rho);
-        sigmas[static_cast<size_t>(i)] = std::pow(base, rho);
-      }
-    } else {
-      // diffusers _convert_to_exponential.
-      const auto y = numpy_linspace(std::log(sigma_max), std::log(sigma_min), n);
-      for (int i = 0; i < n; ++i)
-        sigmas[static_cast<size_t>(i)] = std::exp(y[static_cast<size_t>(i)]);
-    }
-    // log_sigmas = np.log(float32 sigmas): float32 (correctly rounded here).
-    std::vector<float> log_sigmas;
-    for (double s : train_sigmas_d) log_sigmas.push_back(static_cast<float>(std::log(s)));
-    for (int i = 0; i < n; ++i) {
-      // torch.from_numpy(float64 timesteps).to(torch.float32)
-      timesteps_d[static_cast<size_t>(i)] =
-          static_cast<float>(sigma_to_t(sigmas[static_cast<size_t>(i)], log_sigmas));
-    }
-  }
-
+  std::vector<double> timesteps = config_.timestep_spacing == "linspace"
+                                      ? ss::linspace_timesteps(config_.num_train_timesteps, n)
+                                      : spaced_timesteps(n);
+  std::vector<double> sigmas = interpolated_sigmas(timesteps);
+  convert_sigmas(sigmas, timesteps, n, use_exponential_sigmas_);
+  // torch.from_numpy(float64 timesteps).to(torch.float32)
+  for (double& t : timesteps) t = static_cast<double>(static_cast<float>(t));
   // np.concatenate([sigmas, [0.0]]).astype(np.float32)
-  sigmas_f32_.clear();
-  for (double s : sigmas) sigmas_f32_.push_back(static_cast<float>(s));
-  sigmas_f32_.push_back(0.0f);
-  sigmas_.assign(sigmas_f32_.begin(), sigmas_f32_.end());
-  timesteps_ = timesteps_d;
-  num_inference_steps_ = n;
-  step_index_ = -1;
-  begin_index_ = -1;
+  sigmas.push_back(0.0);
+  set_schedule(ss::to_float32_tensor(sigmas), std::move(timesteps), n);
   derivatives_.clear();
-}
-
-double LMSDiscreteScheduler::init_noise_sigma() const {
-  // diffusers LMSDiscreteScheduler.init_noise_sigma, float32 tensor math.
-  if (sigmas_f32_.empty()) return 1.0;
-  const float max_sigma = *std::max_element(sigmas_f32_.begin(), sigmas_f32_.end());
-  if (config_.timestep_spacing == "linspace" || config_.timestep_spacing == "trailing") {
-    return max_sigma;
-  }
-  return std::sqrt(max_sigma * max_sigma + 1.0f);
-}
-
-void LMSDiscreteScheduler::init_step_index(double timestep) {
-  // diffusers LMSDiscreteScheduler._init_step_index.
-  step_index_ = begin_index_ < 0 ? index_for_timestep(timestep) : begin_index_;
-}
-
-torch::Tensor LMSDiscreteScheduler::scale_model_input(const torch::Tensor& sample,
-                                                      double timestep) {
-  // diffusers LMSDiscreteScheduler.scale_model_input.
-  check_ready();
-  if (step_index_ < 0) init_step_index(timestep);
-  const float sigma = sigmas_f32_.at(static_cast<size_t>(step_index_));
-  return sample / std::sqrt(sigma * sigma + 1.0f);
 }
 
 double LMSDiscreteScheduler::lms_coefficient(int order, int t, int current_order) const {
   // diffusers LMSDiscreteScheduler.get_lms_coefficient. The integrand's
   // factors are float32 tensors there ((tau - sigma_k) / (sigma_c - sigma_k)
   // with tau rounded to float32); with order 1 it is the Python float 1.0.
-  const auto s = [&](int i) { return sigmas_f32_.at(static_cast<size_t>(i)); };
+  const auto s = [&](int i) { return static_cast<float>(sigmas_.at(static_cast<size_t>(i))); };
   const auto lms_derivative = [&](double tau) -> double {
     bool any = false;
     float prod = 1.0f;
@@ -283,13 +151,12 @@ torch::Tensor LMSDiscreteScheduler::step(const torch::Tensor& model_output, doub
                                          const torch::Tensor& sample, Generator& generator) {
   // diffusers LMSDiscreteScheduler.step.
   (void)generator;
-  check_ready();
-  if (step_index_ < 0) init_step_index(timestep);
+  begin_step(timestep);
   if (step_index_ >= num_inference_steps_) {
     throw Error("lms scheduler: step() called more often than set_timesteps(" +
                 std::to_string(num_inference_steps_) + ") allows");
   }
-  const float sigma = sigmas_f32_.at(static_cast<size_t>(step_index_));
+  const auto sigma = static_cast<float>(sigmas_.at(static_cast<size_t>(step_index_)));
 
   // 1. compute predicted original sample (x_0) from sigma-scaled predicted noise
   torch::Tensor pred_original_sample;
@@ -324,22 +191,6 @@ torch::Tensor LMSDiscreteScheduler::step(const torch::Tensor& model_output, doub
   }
   ++step_index_;
   return sample + total;
-}
-
-int LMSDiscreteScheduler::sigma_index(double timestep) const {
-  // diffusers EulerDiscreteScheduler.add_noise's choice of step index.
-  if (begin_index_ < 0) return index_for_timestep(timestep);
-  if (step_index_ >= 0) return step_index_;
-  return begin_index_;
-}
-
-torch::Tensor LMSDiscreteScheduler::add_noise(const torch::Tensor& original,
-                                              const torch::Tensor& noise, double timestep) const {
-  check_ready();
-  const float sigma = sigmas_f32_.at(static_cast<size_t>(sigma_index(timestep)));
-  const torch::Tensor sigma_t =
-      torch::tensor(sigma, torch::kFloat32).to(original.device(), original.scalar_type());
-  return original + noise.to(original.device()) * sigma_t;
 }
 
 }  // namespace sdgen

@@ -7,18 +7,18 @@
 
 namespace sdgen::sigma_schedule {
 
-namespace {
-
-// numpy.linspace(start, stop, num) in float64: y_i = i * step + start with
-// step = (stop - start) / (num - 1), the last value exactly `stop`; a single
-// value is `start`.
 std::vector<double> np_linspace(double start, double stop, int num) {
+  // numpy.linspace: y = arange(num) * step + start (two roundings), the last
+  // value set to stop; a single point is 0 * delta + start.
   std::vector<double> y(static_cast<size_t>(std::max(num, 0)));
-  if (num == 1) {
-    y[0] = start;
+  if (num <= 0) return y;
+  const int div = num - 1;
+  const double delta = stop - start;
+  if (div == 0) {
+    y[0] = 0.0 * delta + start;
     return y;
   }
-  const double step = (stop - start) / (num - 1);
+  const double step = delta / div;
   for (int i = 0; i < num; ++i) {
     // `volatile` keeps i * step + start two roundings (numpy's two ufuncs),
     // never one fused multiply-add.
@@ -28,8 +28,6 @@ std::vector<double> np_linspace(double start, double stop, int num) {
   y.back() = stop;
   return y;
 }
-
-}  // namespace
 
 std::vector<double> linspace_timesteps(int64_t num_train_timesteps, int steps) {
   std::vector<double> values =

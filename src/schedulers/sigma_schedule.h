@@ -1,7 +1,8 @@
 #pragma once
 
-// Private helpers shared by the k-diffusion style schedulers (Euler, Euler
-// ancestral, Heun): diffusers builds their noise levels in numpy float64 from
+// Private helpers shared by the sigma-based schedulers (SigmaScheduler's
+// Euler, Euler ancestral, Heun and LMS; MultistepScheduler's DPM-Solver and
+// UniPC): diffusers builds their noise levels in numpy float64 from
 // the float32 training sigmas and stores them as float32 tensors; these
 // functions reproduce numpy's arithmetic step by step so that every float32
 // value lands where diffusers' does.
@@ -19,6 +20,11 @@
 #include "sdgen/error.h"
 
 namespace sdgen::sigma_schedule {
+
+// numpy.linspace(start, stop, num) in float64: i * step + start with
+// step = (stop - start) / (num - 1), two roundings as numpy's ufuncs, the
+// last value exactly `stop`.
+std::vector<double> np_linspace(double start, double stop, int num);
 
 // np.linspace(0, num_train_timesteps - 1, steps, dtype=np.float32)[::-1]:
 // float64 values i * step (the last exactly n - 1), rounded to float32,

@@ -5,21 +5,19 @@
 #include <utility>
 
 #include "sdgen/error.h"
-#include "sdgen/schedulers/dpm_solver_multistep.h"
 #include "sigma_schedule.h"
 
 namespace sdgen {
 
 namespace {
 
-using sigma_schedule::alpha_sigma_t;
 using sigma_schedule::lambda_of;
 using sigma_schedule::raw_value;
 
 }  // namespace
 
 UniPCMultistepScheduler::UniPCMultistepScheduler(SchedulerConfig config)
-    : Scheduler(std::move(config)) {
+    : MultistepScheduler(std::move(config)) {
   // diffusers UniPCMultistepScheduler.__init__.
   solver_order_ = raw_value<int>(config_, "solver_order", 2);
   predict_x0_ = raw_value<bool>(config_, "predict_x0", true);
@@ -35,14 +33,7 @@ UniPCMultistepScheduler::UniPCMultistepScheduler(SchedulerConfig config)
     throw Error("unipc scheduler: solver_order must be >= 1, found " +
                 std::to_string(solver_order_));
   }
-  if (raw_value<bool>(config_, "use_beta_sigmas", false) ||
-      raw_value<bool>(config_, "use_flow_sigmas", false)) {
-    throw Error("unipc scheduler: use_beta_sigmas and use_flow_sigmas are not supported (config)");
-  }
-  if (config_.use_karras_sigmas && use_exponential_sigmas_) {
-    throw Error(
-        "unipc scheduler: only one of use_karras_sigmas and use_exponential_sigmas can be used");
-  }
+  check_sigma_options("unipc");
   // "midpoint"/"heun"/"logrho" fall back to bh2, as in diffusers.
   if (solver_type_ == "midpoint" || solver_type_ == "heun" || solver_type_ == "logrho") {
     solver_type_ = "bh2";
@@ -51,17 +42,7 @@ UniPCMultistepScheduler::UniPCMultistepScheduler(SchedulerConfig config)
     throw Error("unipc scheduler: solver_type '" + solver_type_ +
                 "' is not supported (expected bh1 or bh2)");
   }
-  if (final_sigmas_type_ != "zero" && final_sigmas_type_ != "sigma_min") {
-    throw Error("unipc scheduler: final_sigmas_type '" + final_sigmas_type_ +
-                "' is not supported (expected zero or sigma_min)");
-  }
-  if (config_.rescale_betas_zero_snr) {
-    // "Close to 0 without being 0 so first sigma is not inf".
-    alphas_cumprod_tensor_[-1] = std::pow(2.0, -24);
-    alphas_cumprod_.back() = std::pow(2.0, -24);
-  }
-  for (int t = config_.num_train_timesteps - 1; t >= 0; --t) timesteps_.push_back(t);
-  sigmas_tensor_ = train_sigmas();
+  check_final_sigmas_type("unipc");
 }
 
 void UniPCMultistepScheduler::set_timesteps(int num_inference_steps) {
@@ -71,69 +52,36 @@ void UniPCMultistepScheduler::set_timesteps(int num_inference_steps) {
   const int64_t n_train = config_.num_train_timesteps;
   std::vector<double> timesteps = multistep_spaced_timesteps(config_, num_inference_steps, n_train);
 
-  // np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5): float32.
-  const torch::Tensor train = train_sigmas().contiguous();
-  const std::vector<float> table(train.data_ptr<float>(), train.data_ptr<float>() + n_train);
+  const std::vector<float> table = sigma_table();
 
   std::vector<double> sigmas;
   double sigma_last = 0.0;
   if (config_.use_karras_sigmas || use_exponential_sigmas_) {
-    const std::vector<float> log_sigmas = sigma_schedule::log_sigmas(table);
     // _convert_to_karras / _convert_to_exponential read config.sigma_min and
     // sigma_max, else the table's ends.
     const double sigma_min = sigma_min_ >= 0 ? sigma_min_ : static_cast<double>(table.front());
     const double sigma_max = sigma_max_ >= 0 ? sigma_max_ : static_cast<double>(table.back());
-    sigmas = config_.use_karras_sigmas
-                 ? sigma_schedule::karras_sigmas(sigma_min, sigma_max, num_inference_steps)
-                 : sigma_schedule::exponential_sigmas(sigma_min, sigma_max, num_inference_steps);
-    timesteps.clear();
-    for (double s : sigmas) {
-      const double t = sigma_schedule::sigma_to_t(s, log_sigmas);
-      // Karras timesteps are rounded; exponential ones truncated by .to(int64).
-      timesteps.push_back(config_.use_karras_sigmas ? std::nearbyint(t) : std::trunc(t));
-    }
+    sigmas = karras_or_exponential(sigma_min, sigma_max, num_inference_steps);
+    // Karras timesteps are rounded; exponential ones truncated by .to(int64).
+    timesteps =
+        sigma_timesteps(sigmas, sigma_schedule::log_sigmas(table), config_.use_karras_sigmas);
     if (final_sigmas_type_ == "sigma_min") sigma_last = sigmas.back();
   } else {
-    // np.interp at integer timesteps: the table values.
-    for (double t : timesteps) sigmas.push_back(table.at(static_cast<size_t>(t)));
+    sigmas = table_sigmas(timesteps, table);
     if (final_sigmas_type_ == "sigma_min") sigma_last = table.front();
   }
   sigmas.push_back(sigma_last);
-
-  // .astype(np.float32)
-  sigmas_tensor_ = torch::tensor(sigmas, torch::kFloat64).to(torch::kFloat32);
-  const torch::Tensor widened = sigmas_tensor_.to(torch::kFloat64).contiguous();
-  sigmas_.assign(widened.data_ptr<double>(), widened.data_ptr<double>() + widened.numel());
-  timesteps_ = std::move(timesteps);
-  num_inference_steps_ = static_cast<int>(timesteps_.size());
-  model_outputs_.assign(static_cast<size_t>(solver_order_), torch::Tensor());
-  lower_order_nums_ = 0;
+  set_schedule(sigmas, std::move(timesteps));
   last_sample_ = torch::Tensor();
   this_order_ = 0;
-  step_index_ = -1;
-  begin_index_ = -1;
 }
 
 torch::Tensor UniPCMultistepScheduler::convert_model_output(const torch::Tensor& model_output,
                                                             const torch::Tensor& sample) const {
   // diffusers UniPCMultistepScheduler.convert_model_output.
-  const auto [alpha_t, sigma_t] = alpha_sigma_t(sigmas_tensor_[step_index_]);
-  const std::string& type = config_.prediction_type;
-  if (predict_x0_) {
-    torch::Tensor x0_pred;
-    if (type == "epsilon") {
-      x0_pred = (sample - sigma_t * model_output) / alpha_t;
-    } else if (type == "sample") {
-      x0_pred = model_output;
-    } else {
-      x0_pred = alpha_t * sample - sigma_t * model_output;
-    }
-    if (config_.thresholding) x0_pred = threshold_sample(x0_pred);
-    return x0_pred;
-  }
-  if (type == "epsilon") return model_output;
-  if (type == "sample") return (sample - alpha_t * model_output) / sigma_t;
-  return alpha_t * model_output + sigma_t * sample;
+  const auto [alpha_t, sigma_t] = alpha_sigma_at(step_index_);
+  if (predict_x0_) return predicted_x0(model_output, model_output, sample, alpha_t, sigma_t);
+  return predicted_epsilon(model_output, model_output, sample, alpha_t, sigma_t);
 }
 
 torch::Tensor UniPCMultistepScheduler::uni_p_update(const torch::Tensor& sample, int order) const {
@@ -142,8 +90,8 @@ torch::Tensor UniPCMultistepScheduler::uni_p_update(const torch::Tensor& sample,
   const size_t n = model_outputs_.size();
   const torch::Tensor& m0 = model_outputs_[n - 1];
   const torch::Tensor& x = sample;
-  const auto [alpha_t, sigma_t] = alpha_sigma_t(sigmas_tensor_[step_index_ + 1]);
-  const auto [alpha_s0, sigma_s0] = alpha_sigma_t(sigmas_tensor_[step_index_]);
+  const auto [alpha_t, sigma_t] = alpha_sigma_at(step_index_ + 1);
+  const auto [alpha_s0, sigma_s0] = alpha_sigma_at(step_index_);
   const torch::Tensor lambda_s0 = lambda_of(alpha_s0, sigma_s0);
   const torch::Tensor h = lambda_of(alpha_t, sigma_t) - lambda_s0;
 
@@ -152,7 +100,7 @@ torch::Tensor UniPCMultistepScheduler::uni_p_update(const torch::Tensor& sample,
   for (int i = 1; i < order; ++i) {
     const int si = step_index_ - i;
     const torch::Tensor& mi = model_outputs_[n - static_cast<size_t>(i + 1)];
-    const auto [alpha_si, sigma_si] = alpha_sigma_t(sigmas_tensor_[si]);
+    const auto [alpha_si, sigma_si] = alpha_sigma_at(si);
     const torch::Tensor rk = (lambda_of(alpha_si, sigma_si) - lambda_s0) / h;
     rks.push_back(rk);
     D1s.push_back((mi - m0) / rk);
@@ -219,8 +167,8 @@ torch::Tensor UniPCMultistepScheduler::uni_c_update(const torch::Tensor& this_mo
   const torch::Tensor& m0 = model_outputs_[n - 1];
   const torch::Tensor& x = last_sample;
   const torch::Tensor& model_t = this_model_output;
-  const auto [alpha_t, sigma_t] = alpha_sigma_t(sigmas_tensor_[step_index_]);
-  const auto [alpha_s0, sigma_s0] = alpha_sigma_t(sigmas_tensor_[step_index_ - 1]);
+  const auto [alpha_t, sigma_t] = alpha_sigma_at(step_index_);
+  const auto [alpha_s0, sigma_s0] = alpha_sigma_at(step_index_ - 1);
   const torch::Tensor lambda_s0 = lambda_of(alpha_s0, sigma_s0);
   const torch::Tensor h = lambda_of(alpha_t, sigma_t) - lambda_s0;
 
@@ -229,7 +177,7 @@ torch::Tensor UniPCMultistepScheduler::uni_c_update(const torch::Tensor& this_mo
   for (int i = 1; i < order; ++i) {
     const int si = step_index_ - (i + 1);
     const torch::Tensor& mi = model_outputs_[n - static_cast<size_t>(i + 1)];
-    const auto [alpha_si, sigma_si] = alpha_sigma_t(sigmas_tensor_[si]);
+    const auto [alpha_si, sigma_si] = alpha_sigma_at(si);
     const torch::Tensor rk = (lambda_of(alpha_si, sigma_si) - lambda_s0) / h;
     rks.push_back(rk);
     D1s.push_back((mi - m0) / rk);
@@ -293,11 +241,8 @@ torch::Tensor UniPCMultistepScheduler::step(const torch::Tensor& model_output, d
                                             const torch::Tensor& sample, Generator& generator) {
   // diffusers UniPCMultistepScheduler.step.
   (void)generator;
-  check_ready();
+  begin_step(timestep);
   torch::NoGradGuard no_grad;
-  if (step_index_ < 0) {
-    step_index_ = begin_index_ >= 0 ? begin_index_ : index_for_timestep(timestep);
-  }
   const int n = static_cast<int>(timesteps_.size());
   if (step_index_ >= n) {
     throw Error("unipc scheduler: step() called more often than there are timesteps (" +
@@ -311,10 +256,7 @@ torch::Tensor UniPCMultistepScheduler::step(const torch::Tensor& model_output, d
   torch::Tensor corrected = sample;
   if (use_corrector) corrected = uni_c_update(converted, last_sample_, this_order_);
 
-  for (int i = 0; i + 1 < solver_order_; ++i) {
-    model_outputs_[static_cast<size_t>(i)] = model_outputs_[static_cast<size_t>(i + 1)];
-  }
-  model_outputs_.back() = converted;
+  push_model_output(converted);
 
   const int this_order =
       lower_order_final_ ? std::min(solver_order_, n - step_index_) : solver_order_;
@@ -324,22 +266,6 @@ torch::Tensor UniPCMultistepScheduler::step(const torch::Tensor& model_output, d
   if (lower_order_nums_ < solver_order_) ++lower_order_nums_;
   ++step_index_;
   return prev_sample;
-}
-
-torch::Tensor UniPCMultistepScheduler::add_noise(const torch::Tensor& original,
-                                                 const torch::Tensor& noise,
-                                                 double timestep) const {
-  // diffusers UniPCMultistepScheduler.add_noise (copied from DPM-Solver).
-  check_ready();
-  int index;
-  if (begin_index_ < 0) {
-    index = index_for_timestep(timestep);
-  } else {
-    index = step_index_ >= 0 ? step_index_ : begin_index_;
-  }
-  const torch::Tensor sigma = sigmas_tensor_.to(original.scalar_type())[index];
-  const auto [alpha_t, sigma_t] = alpha_sigma_t(sigma);
-  return alpha_t * original + sigma_t * noise.to(original.device());
 }
 
 }  // namespace sdgen

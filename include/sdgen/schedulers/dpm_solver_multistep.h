@@ -16,11 +16,11 @@
 #include <string>
 #include <vector>
 
-#include "sdgen/schedulers/scheduler.h"
+#include "sdgen/schedulers/multistep.h"
 
 namespace sdgen {
 
-class DPMSolverMultistepScheduler : public Scheduler {
+class DPMSolverMultistepScheduler : public MultistepScheduler {
  public:
   explicit DPMSolverMultistepScheduler(SchedulerConfig config);
   // "DPM++ 2M" (karras = false) or "DPM++ 2M Karras": config with
@@ -34,47 +34,26 @@ class DPMSolverMultistepScheduler : public Scheduler {
   // one noise tensor of the sample's shape from `generator` per step.
   torch::Tensor step(const torch::Tensor& model_output, double timestep,
                      const torch::Tensor& sample, Generator& generator) override;
-  // diffusers DPMSolverMultistepScheduler.add_noise (sigma at the step index).
-  torch::Tensor add_noise(const torch::Tensor& original, const torch::Tensor& noise,
-                          double timestep) const override;
 
   // diffusers convert_model_output: x_0 prediction for dpmsolver++ types, noise
   // prediction for dpmsolver types, at the current step index.
   torch::Tensor convert_model_output(const torch::Tensor& model_output,
                                      const torch::Tensor& sample) const;
 
-  int solver_order() const { return solver_order_; }
   const std::string& algorithm_type() const { return algorithm_type_; }
   const std::string& solver_type() const { return solver_type_; }
-  // float32 sigmas [n + 1] as diffusers holds them.
-  const torch::Tensor& sigmas_tensor() const { return sigmas_tensor_; }
 
  private:
   torch::Tensor first_order_update(const torch::Tensor& model_output, const torch::Tensor& sample,
                                    const torch::Tensor& noise) const;
   torch::Tensor second_order_update(const torch::Tensor& sample, const torch::Tensor& noise) const;
   torch::Tensor third_order_update(const torch::Tensor& sample, const torch::Tensor& noise) const;
-  int current_index(double timestep) const;
 
-  int solver_order_ = 2;
   std::string algorithm_type_ = "dpmsolver++";
   std::string solver_type_ = "midpoint";
-  bool lower_order_final_ = true;
   bool euler_at_final_ = false;
   bool use_lu_lambdas_ = false;
-  bool use_exponential_sigmas_ = false;
-  std::string final_sigmas_type_ = "zero";
   double lambda_min_clipped_ = 0;  // set to -inf in the constructor
-  torch::Tensor sigmas_tensor_;    // float32 [n + 1]
-  std::vector<torch::Tensor> model_outputs_;
-  int lower_order_nums_ = 0;
 };
-
-// diffusers DPMSolverMultistepScheduler.set_timesteps, timestep_spacing part
-// (also copied into UniPCMultistepScheduler.set_timesteps):
-// num_inference_steps + 1 points with the last (t = 0) dropped, descending.
-// `last_timestep` is num_train_timesteps unless lambda_min_clipped cuts it.
-std::vector<double> multistep_spaced_timesteps(const SchedulerConfig& config, int steps,
-                                               int64_t last_timestep);
 
 }  // namespace sdgen

@@ -7,11 +7,11 @@
 #include <optional>
 #include <string>
 
-#include "sdgen/schedulers/scheduler.h"
+#include "sdgen/schedulers/sigma_scheduler.h"
 
 namespace sdgen {
 
-class EulerDiscreteScheduler : public Scheduler {
+class EulerDiscreteScheduler : public SigmaScheduler {
  public:
   // Reads config.use_karras_sigmas and, from config.raw, the diffusers keys
   // interpolation_type (linear | log_linear), use_exponential_sigmas,
@@ -21,36 +21,17 @@ class EulerDiscreteScheduler : public Scheduler {
 
   std::string name() const override { return "euler"; }
   void set_timesteps(int num_inference_steps) override;
-  // diffusers init_noise_sigma: max sigma ("linspace", "trailing") or
-  // sqrt(max sigma^2 + 1) ("leading"), in float32.
-  double init_noise_sigma() const override;
-  // sample / sqrt(sigma^2 + 1).
-  torch::Tensor scale_model_input(const torch::Tensor& sample, double timestep) override;
   // diffusers EulerDiscreteScheduler.step; noise is drawn from `generator`
   // only when churn is enabled (s_churn > 0 and s_tmin <= sigma <= s_tmax).
   torch::Tensor step(const torch::Tensor& model_output, double timestep,
                      const torch::Tensor& sample, Generator& generator) override;
-  // original + noise * sigma (diffusers EulerDiscreteScheduler.add_noise).
-  torch::Tensor add_noise(const torch::Tensor& original, const torch::Tensor& noise,
-                          double timestep) const override;
 
   // The stochastic "churn" of Algorithm 2 (diffusers step's s_churn, s_tmin,
   // s_tmax, s_noise); off by default as in diffusers' pipelines.
   void set_churn(double s_churn, double s_tmin = 0.0,
                  double s_tmax = std::numeric_limits<double>::infinity(), double s_noise = 1.0);
-  // Index of the next step into sigmas(), -1 before the first step.
-  int step_index() const { return step_index_; }
-  // sigmas() as the float32 CPU tensor diffusers steps with.
-  const torch::Tensor& sigmas_tensor() const { return sigmas_t_; }
 
  private:
-  // diffusers EulerDiscreteScheduler._init_step_index.
-  void init_step_index(double timestep);
-  // Step index add_noise uses (diffusers add_noise's step_indices).
-  int noise_index(double timestep) const;
-
-  torch::Tensor alphas_cumprod_;  // float32, with the zero-SNR tweak of __init__
-  torch::Tensor sigmas_t_;        // float32 [len + 1]
   std::string interpolation_type_ = "linear";
   std::string timestep_type_ = "discrete";
   std::string final_sigmas_type_ = "zero";

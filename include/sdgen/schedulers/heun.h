@@ -9,11 +9,11 @@
 // entry, alternating an Euler step and its Heun correction; the last entry
 // is a plain Euler step to sigma = 0.
 
-#include "sdgen/schedulers/scheduler.h"
+#include "sdgen/schedulers/sigma_scheduler.h"
 
 namespace sdgen {
 
-class HeunDiscreteScheduler : public Scheduler {
+class HeunDiscreteScheduler : public SigmaScheduler {
  public:
   // Reads config.use_karras_sigmas, config.clip_sample(_range) and, from
   // config.raw, use_exponential_sigmas (use_beta_sigmas throws: not supported).
@@ -21,27 +21,16 @@ class HeunDiscreteScheduler : public Scheduler {
 
   std::string name() const override { return "heun"; }
   void set_timesteps(int num_inference_steps) override;
-  double init_noise_sigma() const override;
-  // sample / sqrt(sigma^2 + 1) with the sigma of the current evaluation.
-  torch::Tensor scale_model_input(const torch::Tensor& sample, double timestep) override;
   // diffusers HeunDiscreteScheduler.step (deterministic, gamma = 0).
   torch::Tensor step(const torch::Tensor& model_output, double timestep,
                      const torch::Tensor& sample, Generator& generator) override;
-  torch::Tensor add_noise(const torch::Tensor& original, const torch::Tensor& noise,
-                          double timestep) const override;
   int order() const override { return 2; }
 
   // True when the next step() is an Euler (first-order) step.
   bool state_in_first_order() const { return !dt_.defined(); }
-  int step_index() const { return step_index_; }
-  const torch::Tensor& sigmas_tensor() const { return sigmas_t_; }
 
  private:
-  void init_step_index(double timestep);
-  int noise_index(double timestep) const;
-
   bool use_exponential_sigmas_ = false;
-  torch::Tensor sigmas_t_;  // float32 [2n]
   // State between the Euler step and its correction.
   torch::Tensor prev_derivative_;
   torch::Tensor dt_;

@@ -7,11 +7,11 @@
 
 #include <torch/torch.h>
 
-#include "sdgen/schedulers/scheduler.h"
+#include "sdgen/schedulers/sigma_scheduler.h"
 
 namespace sdgen {
 
-class LMSDiscreteScheduler : public Scheduler {
+class LMSDiscreteScheduler : public SigmaScheduler {
  public:
   // Reads config.use_karras_sigmas and the raw keys use_exponential_sigmas /
   // use_beta_sigmas (beta sigmas are not supported: they need scipy's beta
@@ -22,16 +22,9 @@ class LMSDiscreteScheduler : public Scheduler {
   // diffusers LMSDiscreteScheduler.set_timesteps: float timesteps, float32
   // sigmas interpolated from the training sigmas, with a trailing 0.
   void set_timesteps(int num_inference_steps) override;
-  // diffusers LMSDiscreteScheduler.init_noise_sigma.
-  double init_noise_sigma() const override;
-  // sample / sqrt(sigma^2 + 1) (diffusers scale_model_input).
-  torch::Tensor scale_model_input(const torch::Tensor& sample, double timestep) override;
   // diffusers LMSDiscreteScheduler.step (deterministic; `generator` unused).
   torch::Tensor step(const torch::Tensor& model_output, double timestep,
                      const torch::Tensor& sample, Generator& generator) override;
-  // original + noise * sigma (diffusers EulerDiscreteScheduler.add_noise).
-  torch::Tensor add_noise(const torch::Tensor& original, const torch::Tensor& noise,
-                          double timestep) const override;
 
   int lms_order() const { return lms_order_; }
   // diffusers get_lms_coefficient: the integral over [sigma_t, sigma_{t+1}]
@@ -41,11 +34,8 @@ class LMSDiscreteScheduler : public Scheduler {
   double lms_coefficient(int order, int t, int current_order) const;
 
  private:
-  void init_step_index(double timestep);
-  int sigma_index(double timestep) const;
-
   int lms_order_ = 4;
-  std::vector<float> sigmas_f32_;  // sigmas_ as float32
+  bool use_exponential_sigmas_ = false;
   std::vector<torch::Tensor> derivatives_;
 };
 

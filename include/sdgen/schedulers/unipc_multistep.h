@@ -13,11 +13,11 @@
 #include <string>
 #include <vector>
 
-#include "sdgen/schedulers/scheduler.h"
+#include "sdgen/schedulers/multistep.h"
 
 namespace sdgen {
 
-class UniPCMultistepScheduler : public Scheduler {
+class UniPCMultistepScheduler : public MultistepScheduler {
  public:
   explicit UniPCMultistepScheduler(SchedulerConfig config);
 
@@ -27,18 +27,12 @@ class UniPCMultistepScheduler : public Scheduler {
   // output (UniC), then predicts the next sample (UniP). Deterministic.
   torch::Tensor step(const torch::Tensor& model_output, double timestep,
                      const torch::Tensor& sample, Generator& generator) override;
-  // diffusers UniPCMultistepScheduler.add_noise (sigma at the step index).
-  torch::Tensor add_noise(const torch::Tensor& original, const torch::Tensor& noise,
-                          double timestep) const override;
 
   // diffusers convert_model_output: x_0 (predict_x0) or noise prediction.
   torch::Tensor convert_model_output(const torch::Tensor& model_output,
                                      const torch::Tensor& sample) const;
 
-  int solver_order() const { return solver_order_; }
   const std::string& solver_type() const { return solver_type_; }
-  // float32 sigmas [n + 1] as diffusers holds them.
-  const torch::Tensor& sigmas_tensor() const { return sigmas_tensor_; }
 
  private:
   // diffusers multistep_uni_p_bh_update.
@@ -47,19 +41,12 @@ class UniPCMultistepScheduler : public Scheduler {
   torch::Tensor uni_c_update(const torch::Tensor& this_model_output,
                              const torch::Tensor& last_sample, int order) const;
 
-  int solver_order_ = 2;
   bool predict_x0_ = true;
   std::string solver_type_ = "bh2";
-  bool lower_order_final_ = true;
   std::vector<int> disable_corrector_;
-  std::string final_sigmas_type_ = "zero";
-  bool use_exponential_sigmas_ = false;
   double sigma_min_ = -1;  // < 0: unset
   double sigma_max_ = -1;
-  torch::Tensor sigmas_tensor_;  // float32 [n + 1]
-  std::vector<torch::Tensor> model_outputs_;
   torch::Tensor last_sample_;
-  int lower_order_nums_ = 0;
   int this_order_ = 0;
 };
 
