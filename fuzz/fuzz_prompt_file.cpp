@@ -7,6 +7,7 @@
 #include <string>
 
 #include "sdgen/prompt_file.h"
+#include "sdgen/settings.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
@@ -22,16 +23,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (line.kind != Kind::entry) continue;
     const auto& e = line.entry;
     if (e.line != number) std::abort();
-    for (const auto& size_value : {e.width, e.height})
-      if (size_value && (*size_value < 8 || *size_value > 8192 || *size_value % 8 != 0))
-        std::abort();
-    if (e.steps && (*e.steps < 1 || *e.steps > 1000)) std::abort();
-    if (e.batch_size && (*e.batch_size < 1 || *e.batch_size > 64)) std::abort();
-    if (e.clip_skip && (*e.clip_skip < 1 || *e.clip_skip > 1000)) std::abort();
-    if (e.cfg_scale && !(*e.cfg_scale >= 0 && *e.cfg_scale <= 1000)) std::abort();
-    if (e.strength && !(*e.strength > 0 && *e.strength <= 1)) std::abort();
-    if (e.output && e.output->empty()) std::abort();
-    if (e.scheduler && *e.scheduler != "karras" && *e.scheduler != "normal") std::abort();
+    // Every value a line sets passed its setting's rule: resolving the line
+    // never throws, and the documented ranges hold.
+    const sdgen::Settings s = sdgen::resolve_settings({&e.settings});
+    for (const int size_value : {s.width, s.height})
+      if (size_value < 8 || size_value > 8192 || size_value % 8 != 0) std::abort();
+    if (s.steps < 1 || s.steps > 1000) std::abort();
+    if (s.batch_size < 1 || s.batch_size > 64) std::abort();
+    if (s.clip_skip < 1 || s.clip_skip > 1000) std::abort();
+    if (!(s.cfg_scale >= 0 && s.cfg_scale <= 1000)) std::abort();
+    if (!(s.strength > 0 && s.strength <= 1)) std::abort();
+    if (!(s.eta >= 0 && s.eta <= 1) || !(s.guidance_rescale >= 0 && s.guidance_rescale <= 1))
+      std::abort();
+    if (s.output.empty()) std::abort();
+    // Each checked value reads back as itself (the check is idempotent).
+    for (const auto& [name, value] : e.settings.values())
+      if (sdgen::setting(name).check(value) != value) std::abort();
   }
   return 0;
 }
