@@ -1,9 +1,9 @@
 // libFuzzer target: what sdgen reads from a PNG (--from-png, --show-params,
-// init images): the decoder (stb_image), the tEXt chunk walker and A1111's
-// "parameters" text with the settings read from it. Inputs starting with the
-// PNG signature go through the decoder; anything else is taken as a
-// parameters text. Also checks that every field value sdgen writes reads back
-// unchanged.
+// init images): the decoder (stb_image), the text chunk reader (tEXt, zTXt,
+// iTXt) and A1111's "parameters" text with the settings read from it. Inputs
+// starting with the PNG signature go through the decoder; anything else is
+// taken as a parameters text. Also checks that every field value sdgen writes
+// reads back unchanged, and so does a text chunk (png_text_chunk).
 #include <cctype>
 #include <cstdint>
 #include <cstdlib>
@@ -57,6 +57,23 @@ void check_value_round_trip(const std::string& value) {
   if (!model || *model != value || back.fields.size() != 3) std::abort();
 }
 
+// A text chunk sdgen writes (tEXt or iTXt, png_text_chunk) reads back as
+// written, invalid UTF-8 replaced; except Latin-1 text whose bytes happen to
+// be valid UTF-8 (such as "Ã©"), which the reader takes for UTF-8 on purpose
+// (png_reader.cpp, latin1_or_utf8).
+void check_text_chunk_round_trip(const std::string& value) {
+  const std::string chunk = sdgen::png_text_chunk("parameters", value);
+  const auto back = sdgen::png_text_chunks("\x89PNG\r\n\x1a\n" + chunk, "fuzz.png");
+  if (back.size() != 1 || back[0].first != "parameters") std::abort();
+  const bool itxt = chunk.compare(4, 4, "iTXt") == 0;
+  const size_t header = itxt ? 15 : 11;  // "parameters", NUL (iTXt: flag, method, 2 NULs)
+  const std::string stored = chunk.substr(8 + header, chunk.size() - 12 - header);
+  const std::string& read = back[0].second;
+  if (itxt ? read != stored || !valid_utf8(stored)
+           : read != value && !(valid_utf8(stored) && read == stored))
+    std::abort();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -69,11 +86,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::abort();
     } catch (const sdgen::Error&) {
     }
-    for (const auto& [key, value] : sdgen::png_text_chunks(bytes))
-      if (key == "parameters") check_parameters(value);
+    try {
+      for (const auto& [key, value] : sdgen::png_text_chunks(bytes, "fuzz.png")) {
+        if (!valid_utf8(key) || !valid_utf8(value)) std::abort();  // always UTF-8
+        if (key == "parameters") check_parameters(value);
+      }
+    } catch (const sdgen::Error&) {  // corrupt or oversized compressed text
+    }
     return 0;
   }
   check_parameters(bytes);
   check_value_round_trip(bytes);
+  check_text_chunk_round_trip(bytes);
   return 0;
 }

@@ -169,7 +169,7 @@ def png_chunk(kind, data):
     return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
 
 
-def png(width, height, color_type, bit_depth=8, text=(), interlace=0, raw=None):
+def png(width, height, color_type, bit_depth=8, text=(), interlace=0, raw=None, chunks=()):
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type]
     if raw is None:
         row_bytes = (width * channels * bit_depth + 7) // 8
@@ -180,6 +180,8 @@ def png(width, height, color_type, bit_depth=8, text=(), interlace=0, raw=None):
                                           0, 0, interlace))
     for key, value in text:
         out += png_chunk(b"tEXt", key + b"\x00" + value)
+    for kind, data in chunks:
+        out += png_chunk(kind, data)
     if color_type == 3:
         out += png_chunk(b"PLTE", bytes(range(48)))
     out += png_chunk(b"IDAT", zlib.compress(raw))
@@ -212,6 +214,25 @@ def png_params_seeds():
           "Negative prompt: only negative\nSeed: -1, Steps: 99999999999999999999, "
           "Size: 0x0, Schedule type: Exponential, Clip skip: 0, Denoising strength: 1e400")
     write(t, "params_no_fields", "just a prompt\nover two lines\n")
+    # Text chunks as other tools write them: iTXt (Pillow / A1111 for text
+    # beyond Latin-1), zTXt, Latin-1 and raw UTF-8 tEXt, and broken ones.
+    cjk = "\u685c\u306e\u732b \U0001F98A\nSteps: 2, Sampler: DDIM, Seed: 5, Size: 64x64"
+    write(t, "params_cjk", cjk)
+    write(t, "itxt_params", png(2, 2, 2, chunks=[
+        (b"iTXt", b"parameters\x00\x00\x00\x00\x00" + cjk.encode())]))
+    write(t, "itxt_zip", png(2, 1, 2, chunks=[
+        (b"iTXt", b"parameters\x00\x01\x00ja\x00\xe3\x83\x91\x00" + zlib.compress(cjk.encode())),
+        (b"iTXt", b"Broken\x00\x00\x00en")]))
+    write(t, "ztxt", png(1, 2, 0, chunks=[
+        (b"zTXt", b"Comment\x00\x00" + zlib.compress("Z\u00fcrich".encode("latin-1"))),
+        (b"zTXt", b"parameters\x00\x00" + zlib.compress(PARAMS.encode()))]))
+    write(t, "text_latin1_utf8", png(1, 1, 2, text=[
+        (b"Title", "\u00e9t\u00e9".encode("latin-1")), (b"parameters", cjk.encode())]))
+    write(t, "compressed_bad", png(1, 1, 2, chunks=[
+        (b"zTXt", b"parameters\x00\x00not zlib"),
+        (b"zTXt", b"Comment\x00\x07" + zlib.compress(b"x")),
+        (b"iTXt", b"parameters\x00\x01\x00\x00\x00" + zlib.compress(b"p")[:-3]),
+        (b"iTXt", b"parameters\x00\x02\x00\x00\x00\xff\xfe")]))
 
 
 def main():

@@ -7,6 +7,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread
   libsentencepiece-dev libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev
+  libpng-dev  # tests only: test_png_text checks sdgen's PNG text chunks with libpng
 )
 
 missing=()

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <cerrno>
 #include <cstring>
@@ -31,30 +30,11 @@ namespace sdgen {
 
 namespace {
 
-void put_u32(std::string& out, uint32_t v) {
-  out.push_back(static_cast<char>((v >> 24) & 0xff));
-  out.push_back(static_cast<char>((v >> 16) & 0xff));
-  out.push_back(static_cast<char>((v >> 8) & 0xff));
-  out.push_back(static_cast<char>(v & 0xff));
-}
-
 uint32_t get_u32(const std::string& s, size_t pos) {
   return (static_cast<uint32_t>(static_cast<uint8_t>(s[pos])) << 24) |
          (static_cast<uint32_t>(static_cast<uint8_t>(s[pos + 1])) << 16) |
          (static_cast<uint32_t>(static_cast<uint8_t>(s[pos + 2])) << 8) |
          static_cast<uint32_t>(static_cast<uint8_t>(s[pos + 3]));
-}
-
-// One PNG chunk: length, type, data, CRC over type+data.
-std::string chunk(const std::string& type, const std::string& data) {
-  std::string out;
-  put_u32(out, static_cast<uint32_t>(data.size()));
-  std::string body = type + data;
-  out += body;
-  uLong crc = crc32(0L, Z_NULL, 0);
-  crc = crc32(crc, reinterpret_cast<const Bytef*>(body.data()), static_cast<uInt>(body.size()));
-  put_u32(out, static_cast<uint32_t>(crc));
-  return out;
 }
 
 void append_bytes(void* context, void* data, int size) {
@@ -74,13 +54,12 @@ std::string encode_png(const torch::Tensor& image, const PngText& text) {
   if (!stbi_write_png_to_func(append_bytes, &png, w, h, c, pixels.data_ptr<uint8_t>(), w * c))
     throw Error("encode_png: PNG encoding failed");
   if (text.empty()) return png;
-  // stb writes signature + IHDR (8 + 25 bytes) first; tEXt chunks go right after it.
+  // stb writes signature + IHDR (8 + 25 bytes) first; the text chunks (tEXt,
+  // or iTXt when not Latin-1: png_text_chunk) go right after it, as Pillow
+  // writes them before the image data.
   const size_t after_ihdr = 8 + 12 + get_u32(png, 8);
   std::string chunks;
-  for (const auto& [key, value] : text) {
-    if (key.empty() || key.size() > 79) throw Error("PNG text keyword must be 1-79 bytes: " + key);
-    chunks += chunk("tEXt", key + std::string(1, '\0') + value);
-  }
+  for (const auto& [key, value] : text) chunks += png_text_chunk(key, value);
   png.insert(after_ihdr, chunks);
   return png;
 }

@@ -10,18 +10,19 @@
 
 #include <torch/torch.h>
 
-#include "sdgen/png_reader.h"  // PngText, decode_png
+#include "sdgen/png_reader.h"  // PngText, decode_png, png_text_chunk
 
 namespace sdgen {
 
-// image: uint8 [H, W, 3] (or [H, W, 1|4]) on any device.
+// image: uint8 [H, W, 3] (or [H, W, 1|4]) on any device. Each text entry is
+// written as Pillow (and so A1111) writes it: tEXt when Latin-1, else iTXt.
 void write_png(const std::string& path, const torch::Tensor& image, const PngText& text = {});
 // Encodes to PNG bytes in memory.
 std::string encode_png(const torch::Tensor& image, const PngText& text = {});
 
 struct PngImage {
   torch::Tensor pixels;  // uint8 [H, W, C], C as stored (1..4)
-  PngText text;          // tEXt chunks found in the file
+  PngText text;          // tEXt, zTXt and iTXt chunks found in the file, as UTF-8
 };
 // Reads a PNG; throws Error naming the file if it is missing or not a PNG.
 PngImage read_png(const std::string& path);
