@@ -7,6 +7,9 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread
   libsentencepiece-dev libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev
+  # cpack -G DEB (tests/test_deb.sh): dpkg-shlibdeps finds the runtime packages
+  # the binaries need, and CPack finds the binaries with `file`.
+  dpkg-dev file
 )
 
 missing=()

@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "default_model.h"
 #include "options.h"
 #include "progress.h"
 #include "resources.h"
@@ -54,7 +55,7 @@ double seconds(Clock::time_point a, Clock::time_point b) {
 
 std::string default_model_dir() {
   if (const char* env = std::getenv("SDGEN_DEFAULT_MODEL")) return env;
-  return SDGEN_DEFAULT_MODEL_DIR;
+  return find_default_model();
 }
 
 torch::Device parse_device(const std::string& name) {
