@@ -1,6 +1,6 @@
 # SDGEN_FUZZ: libFuzzer targets for the parsers that read untrusted input
-# (fuzz/fuzz_<name>.cpp). Clang only. The parsers are compiled from their
-# sources without libtorch, so each target builds in seconds and runs fast.
+# (fuzz/fuzz_<name>.cpp). Clang only. The parsers are the libtorch-free layers'
+# sources (no libtorch), so each target builds in seconds and runs fast.
 #
 #   CC=clang CXX=clang++ cmake -B build-fuzz -DSDGEN_FUZZ=ON && cmake --build build-fuzz --target fuzz
 #   build-fuzz/fuzz_tokenizer fuzz/corpus/tokenizer      (or scripts/fuzz.sh SECONDS)
@@ -13,13 +13,10 @@ if(SDGEN_FUZZ)
   set(SDGEN_FUZZ_FLAGS -fsanitize=address,undefined -fno-sanitize-recover=undefined
                        -fno-omit-frame-pointer -g -O1)
 
-  # The parsers, instrumented for coverage but without libFuzzer's main.
-  add_library(sdgen_fuzz_parsers STATIC
-    src/safetensors_header.cpp src/tokenizer.cpp src/tokenizer_sentencepiece.cpp
-    src/sentencepiece_model.cpp
-    src/config.cpp src/unicode_tables.cpp
-    src/prompt_weights.cpp src/prompt_file.cpp src/a1111.cpp src/png_reader.cpp
-    src/output_pattern.cpp src/formats/settings.cpp src/formats/settings_table.cpp)
+  # The parsers, instrumented for coverage but without libFuzzer's main: the
+  # sources of the two libtorch-free layers (CMakeLists.txt: sdgen_formats,
+  # sdgen_text), compiled again with the fuzzing flags.
+  add_library(sdgen_fuzz_parsers STATIC ${SDGEN_FORMATS_SOURCES} ${SDGEN_TEXT_SOURCES})
   target_include_directories(sdgen_fuzz_parsers
     PUBLIC ${CMAKE_SOURCE_DIR}/include
     PRIVATE ${CMAKE_SOURCE_DIR}/src ${STB_INCLUDE_DIR})

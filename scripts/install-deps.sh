@@ -8,6 +8,9 @@ PACKAGES=(
   libsentencepiece-dev libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev
   libpng-dev  # tests only: test_png_text checks sdgen's PNG text chunks with libpng
+  # cpack -G DEB (tests/test_deb.sh): dpkg-shlibdeps finds the runtime packages
+  # the binaries need, and CPack finds the binaries with `file`.
+  dpkg-dev file
 )
 
 missing=()

@@ -12,7 +12,7 @@
 #include "sdgen/model.h"
 #include "sdgen/pipeline.h"
 #include "sdgen/runtime.h"
-#include "sdgen/synth_world.h"
+#include "synth/synth_world.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "sdgen/error.h"
-#include "sdgen/synth_world.h"
+#include "synth/synth_world.h"
 
 using namespace sdgen::synth;
 

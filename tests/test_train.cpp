@@ -20,11 +20,11 @@
 #include "sdgen/random_model.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/schedulers/scheduler.h"
-#include "sdgen/synth_world.h"
 #include "sdgen/tokenizer.h"
-#include "sdgen/train.h"
 #include "sdgen/weights.h"
+#include "synth/synth_world.h"
 #include "test_util.h"
+#include "train/train.h"
 
 namespace fs = std::filesystem;
 using namespace sdgen;

@@ -42,10 +42,10 @@
 #include "sdgen/runtime.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/sha256.h"
-#include "sdgen/synth_world.h"
 #include "sdgen/tokenizer.h"
-#include "sdgen/train.h"
 #include "sdgen/weights.h"
+#include "synth/synth_world.h"
+#include "train/train.h"
 
 namespace fs = std::filesystem;
 

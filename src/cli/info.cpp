@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "default_model.h"
 #include "options.h"
 #include "sdgen/a1111.h"
 #include "sdgen/error.h"
@@ -91,7 +92,7 @@ std::map<std::string, std::map<std::string, int>> stored_dtypes(const std::strin
 int run_info(const Settings& o) {
   init_cpu_runtime(o.threads);
   LoadOptions load;
-  load.model_path = o.model.empty() ? std::string(SDGEN_DEFAULT_MODEL_DIR) : o.model;
+  load.model_path = o.model.empty() ? find_default_model() : o.model;
   load.config_dir = o.config_dir;
   load.tokenizer_path = o.tokenizer;
   load.prediction_type = to_string(o.prediction);

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "default_model.h"
 #include "line_sources.h"
 #include "resources.h"
 #include "sdgen/a1111.h"
@@ -33,7 +34,7 @@ namespace {
 
 std::string default_model_dir() {
   if (const char* env = std::getenv("SDGEN_DEFAULT_MODEL")) return env;
-  return SDGEN_DEFAULT_MODEL_DIR;
+  return find_default_model();
 }
 
 torch::ScalarType torch_dtype(DtypeChoice choice, const torch::Device& device) {

@@ -11,7 +11,7 @@
 #include <sstream>
 
 #include "sdgen/error.h"
-#include "sdgen/synth_world.h"
+#include "synth/synth_world.h"
 
 namespace sdgen::synth {
 

@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "sdgen/error.h"
-#include "sdgen/synth_world.h"
+#include "synth/synth_world.h"
 
 namespace sdgen::synth {
 

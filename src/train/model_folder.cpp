@@ -8,8 +8,8 @@
 
 #include "sdgen/error.h"
 #include "sdgen/safetensors.h"
-#include "sdgen/train.h"
 #include "sdgen/weights.h"
+#include "train/train.h"
 
 namespace sdgen::train {
 

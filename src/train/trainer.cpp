@@ -17,8 +17,8 @@
 
 #include "sdgen/error.h"
 #include "sdgen/schedulers/scheduler.h"
-#include "sdgen/synth_world.h"
-#include "sdgen/train.h"
+#include "synth/synth_world.h"
+#include "train/train.h"
 
 namespace sdgen::train {
 

@@ -22,11 +22,11 @@
 #include <torch/torch.h>
 
 #include "sdgen/config.h"
-#include "sdgen/synth_world.h"
 #include "sdgen/text_encoder.h"
 #include "sdgen/tokenizer.h"
 #include "sdgen/unet.h"
 #include "sdgen/vae.h"
+#include "synth/synth_world.h"
 
 namespace sdgen::train {
 
