@@ -1,7 +1,7 @@
 // sdgen-train: trains sdgen's default model on the synthetic world and judges it.
 //
 //   sdgen-train all  --out models/default --work build/train [--seed 0] [--threads N] ...
-//       The whole recipe (include/sdgen/train.h), each stage skipped when its
+//       The whole recipe (src/train/train.h), each stage skipped when its
 //       result is already in the work folder (so an interrupted run resumes):
 //       captions -> SentencePiece tokenizer -> VAE -> latents -> text encoder +
 //       UNet [-> second stage on centred pairs, --refine-steps] -> fp16
