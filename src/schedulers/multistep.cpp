@@ -31,13 +31,7 @@ std::vector<double> multistep_spaced_timesteps(const SchedulerConfig& config, in
     // np.arange(last, 0, -num_train / steps).round() - 1, with numpy's arange
     // arithmetic: ceil(-last / -ratio) values start + i * ((start - ratio) - start).
     const double step_ratio = static_cast<double>(config.num_train_timesteps) / steps;
-    const double start = static_cast<double>(last_timestep);
-    const auto length = static_cast<int64_t>(std::ceil((0.0 - start) / -step_ratio));
-    const double next = start + -step_ratio;
-    const double delta = next - start;
-    for (int64_t i = 0; i < length; ++i) {
-      volatile double offset = static_cast<double>(i) * delta;
-      const double y = i == 0 ? start : (i == 1 ? next : start + offset);
+    for (const double y : sigma_schedule::np_arange_down(last_timestep, step_ratio)) {
       const double value = std::nearbyint(y) - 1;
       // For some step counts (61, 103, ...) numpy's arange yields one value
       // more, rounding to timestep -1; like Scheduler::spaced_timesteps we

@@ -1,5 +1,7 @@
 #include "sdgen/schedulers/scheduler.h"
 
+#include "sigma_schedule.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -172,15 +174,7 @@ std::vector<double> Scheduler::spaced_timesteps(int steps) const {
     // np.round(np.arange(n_train, 0, -n_train / steps)) - 1. numpy's arange
     // has ceil(n_train / ratio) entries start + i * ((start - ratio) - start).
     const double step_ratio = static_cast<double>(n_train) / steps;
-    const double start = static_cast<double>(n_train);
-    const auto length = static_cast<int64_t>(std::ceil((0.0 - start) / -step_ratio));
-    const double next = start + -step_ratio;
-    const double delta = next - start;
-    for (int64_t i = 0; i < length; ++i) {
-      // `volatile` keeps the compiler from fusing i * delta + start into an
-      // FMA, which would round differently from numpy's two operations.
-      volatile double offset = static_cast<double>(i) * delta;
-      const double y = i == 0 ? start : (i == 1 ? next : start + offset);
+    for (const double y : sigma_schedule::np_arange_down(n_train, step_ratio)) {
       const double value = round_half_even(y) - 1;
       // For some step counts (61, 103, ...) numpy's arange yields one value
       // more than `steps`, rounding to timestep -1; diffusers would then run

@@ -7,6 +7,20 @@
 
 namespace sdgen::sigma_schedule {
 
+std::vector<double> np_arange_down(double start, double step) {
+  const auto length = static_cast<int64_t>(std::ceil((0.0 - start) / -step));
+  const double next = start + -step;
+  const double delta = next - start;
+  std::vector<double> y;
+  for (int64_t i = 0; i < length; ++i) {
+    // `volatile` keeps the compiler from fusing i * delta + start into an
+    // FMA, which would round differently from numpy's two operations.
+    volatile double offset = static_cast<double>(i) * delta;
+    y.push_back(i == 0 ? start : (i == 1 ? next : start + offset));
+  }
+  return y;
+}
+
 std::vector<double> np_linspace(double start, double stop, int num) {
   // numpy.linspace: y = arange(num) * step + start (two roundings), the last
   // value set to stop; a single point is 0 * delta + start.

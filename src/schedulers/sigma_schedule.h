@@ -26,6 +26,11 @@ namespace sdgen::sigma_schedule {
 // last value exactly `stop`.
 std::vector<double> np_linspace(double start, double stop, int num);
 
+// numpy.arange(start, 0, -step) in float64: ceil(start / step) values
+// start + i * ((start - step) - start), two roundings as numpy computes them
+// (diffusers' "trailing" timestep spacing before its round and - 1).
+std::vector<double> np_arange_down(double start, double step);
+
 // np.linspace(0, num_train_timesteps - 1, steps, dtype=np.float32)[::-1]:
 // float64 values i * step (the last exactly n - 1), rounded to float32,
 // descending (diffusers EulerDiscreteScheduler.set_timesteps, "linspace").
