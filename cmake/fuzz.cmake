@@ -19,7 +19,8 @@ if(SDGEN_FUZZ)
   add_library(sdgen_fuzz_parsers STATIC ${SDGEN_FORMATS_SOURCES} ${SDGEN_TEXT_SOURCES})
   target_include_directories(sdgen_fuzz_parsers
     PUBLIC ${CMAKE_SOURCE_DIR}/include
-    PRIVATE ${CMAKE_SOURCE_DIR}/src ${STB_INCLUDE_DIR})
+    PRIVATE ${CMAKE_SOURCE_DIR}/src)
+  target_include_directories(sdgen_fuzz_parsers SYSTEM PRIVATE ${STB_INCLUDE_DIR})
   if(EXISTS "${SDGEN_EXTRA_INCLUDE_DIR}")
     target_include_directories(sdgen_fuzz_parsers SYSTEM PUBLIC "${SDGEN_EXTRA_INCLUDE_DIR}")
   endif()

@@ -36,13 +36,19 @@ install(FILES ${CMAKE_BINARY_DIR}/sdgenConfig.cmake ${CMAKE_BINARY_DIR}/sdgenCon
         DESTINATION ${SDGEN_CMAKE_DIR})
 
 # ---- Debian package --------------------------------------------------------
-# Depends: libtorch's runtime package (found with dpkg-query from the libtorch
-# this build links), libopenblas0-pthread (libtorch's BLAS; sdgen sets its
-# thread count through it, src/runtime.cpp), and what dpkg-shlibdeps finds the
-# binaries need (libc6, libstdc++6, libgcc-s1, zlib1g, libtorch again).
+# Depends: libopenblas0-pthread (libtorch's BLAS; sdgen sets its thread count
+# through it, src/runtime.cpp) and what dpkg-shlibdeps finds the binaries need
+# (libc6, libstdc++6, libgcc-s1, zlib1g, libtorch with its version). CPack
+# needs `file` to find the binaries it hands to dpkg-shlibdeps (dpkg-dev);
+# without the two, libtorch's runtime package is named from dpkg-query.
 set(SDGEN_DEB_DEPENDS "libopenblas0-pthread")
+find_program(SDGEN_DPKG_SHLIBDEPS dpkg-shlibdeps)
+find_program(SDGEN_FILE_PROGRAM file)
 find_program(SDGEN_DPKG_QUERY dpkg-query)
-if(SDGEN_DPKG_QUERY AND TORCH_LIBRARY)
+set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS OFF)
+if(SDGEN_DPKG_SHLIBDEPS AND SDGEN_FILE_PROGRAM)
+  set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
+elseif(SDGEN_DPKG_QUERY AND TORCH_LIBRARY)
   get_filename_component(torch_library_file "${TORCH_LIBRARY}" REALPATH)
   execute_process(COMMAND ${SDGEN_DPKG_QUERY} -S "${torch_library_file}"
                   OUTPUT_VARIABLE torch_package RESULT_VARIABLE torch_package_rc ERROR_QUIET)
@@ -50,13 +56,6 @@ if(SDGEN_DPKG_QUERY AND TORCH_LIBRARY)
     string(REGEX REPLACE "[:,].*" "" torch_package "${torch_package}")  # "libtorch1.13:amd64: /usr/..."
     string(PREPEND SDGEN_DEB_DEPENDS "${torch_package}, ")
   endif()
-endif()
-# CPack needs `file` to find the binaries it hands to dpkg-shlibdeps (dpkg-dev).
-find_program(SDGEN_DPKG_SHLIBDEPS dpkg-shlibdeps)
-find_program(SDGEN_FILE_PROGRAM file)
-set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS OFF)
-if(SDGEN_DPKG_SHLIBDEPS AND SDGEN_FILE_PROGRAM)
-  set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 endif()
 
 set(CPACK_GENERATOR DEB)

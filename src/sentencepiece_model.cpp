@@ -24,8 +24,7 @@ class WireReader {
   WireReader(const char* data, size_t size) : p_(data), end_(data + size) {}
   bool done() const { return p_ >= end_; }
 
-  // The next field's number and wire type (callers read them without a
-  // structured binding, which C++17 lambdas cannot capture).
+  // The next field's number and wire type.
   std::pair<uint32_t, int> tag() {
     const uint64_t t = varint();
     const uint64_t field = t >> 3;
@@ -96,70 +95,91 @@ class WireReader {
   const char* end_;
 };
 
-Piece parse_piece(const std::string& bytes) {
-  Piece piece;
+// One field of a message: its number, and reads that first check its wire type.
+struct Field {
+  WireReader& r;
+  uint32_t number;
+  int wire;
+
+  std::string bytes() {
+    r.expect(wire, 2, number);
+    return r.bytes();
+  }
+  bool flag() {
+    r.expect(wire, 0, number);
+    return r.varint() != 0;
+  }
+  int32_t int32() {
+    r.expect(wire, 0, number);
+    return r.int32();
+  }
+  float fixed32_float() {
+    r.expect(wire, 5, number);
+    return r.fixed32_float();
+  }
+  void skip() { r.skip(wire); }
+};
+
+// Calls visit(Field&) for each field of the message in `bytes`; visit reads
+// the field's value or skips it.
+template <class Visit>
+void for_each_field(const std::string& bytes, Visit&& visit) {
   WireReader r(bytes.data(), bytes.size());
   while (!r.done()) {
     const std::pair<uint32_t, int> tag = r.tag();
-    const uint32_t field = tag.first;
-    const int wire = tag.second;
-    if (field == 1) {
-      r.expect(wire, 2, field);
-      piece.text = r.bytes();
-    } else if (field == 2) {
-      r.expect(wire, 5, field);
-      piece.score = r.fixed32_float();
-    } else if (field == 3) {
-      r.expect(wire, 0, field);
-      piece.type = r.int32();
-    } else {
-      r.skip(wire);
-    }
+    Field field{r, tag.first, tag.second};
+    visit(field);
   }
+}
+
+Piece parse_piece(const std::string& bytes) {
+  Piece piece;
+  for_each_field(bytes, [&](Field& f) {
+    switch (f.number) {
+      case 1:
+        piece.text = f.bytes();
+        break;
+      case 2:
+        piece.score = f.fixed32_float();
+        break;
+      case 3:
+        piece.type = f.int32();
+        break;
+      default:
+        f.skip();
+    }
+  });
   return piece;
 }
 
 void parse_trainer_spec(const std::string& bytes, ModelProto& m) {
-  WireReader r(bytes.data(), bytes.size());
-  while (!r.done()) {
-    const std::pair<uint32_t, int> tag = r.tag();
-    const uint32_t field = tag.first;
-    const int wire = tag.second;
-    auto flag = [&] {
-      r.expect(wire, 0, field);
-      return r.varint() != 0;
-    };
-    auto text = [&](std::string& out) {
-      r.expect(wire, 2, field);
-      out = r.bytes();
-    };
-    switch (field) {
+  for_each_field(bytes, [&](Field& f) {
+    switch (f.number) {
       case 3:
-        r.expect(wire, 0, field);
-        m.model_type = r.int32();
+        m.model_type = f.int32();
         break;
       case 24:
-        m.treat_whitespace_as_suffix = flag();
+        m.treat_whitespace_as_suffix = f.flag();
         break;
       case 35:
-        m.byte_fallback = flag();
+        m.byte_fallback = f.flag();
         break;
       case 45:
-        text(m.unk_piece);
+        m.unk_piece = f.bytes();
         break;
       case 46:
-        text(m.bos_piece);
+        m.bos_piece = f.bytes();
         break;
       case 47:
-        text(m.eos_piece);
+        m.eos_piece = f.bytes();
         break;
       case 48:
-        text(m.pad_piece);
+        m.pad_piece = f.bytes();
         break;
       default:
-        r.skip(wire);
+        f.skip();
     }
-  }
+  });
   // sentencepiece's ModelInterface::*_piece(): an empty name means the default.
   if (m.unk_piece.empty()) m.unk_piece = "<unk>";
   if (m.bos_piece.empty()) m.bos_piece = "<s>";
@@ -168,63 +188,51 @@ void parse_trainer_spec(const std::string& bytes, ModelProto& m) {
 }
 
 void parse_normalizer_spec(const std::string& bytes, ModelProto& m) {
-  WireReader r(bytes.data(), bytes.size());
-  while (!r.done()) {
-    const std::pair<uint32_t, int> tag = r.tag();
-    const uint32_t field = tag.first;
-    const int wire = tag.second;
-    auto flag = [&] {
-      r.expect(wire, 0, field);
-      return r.varint() != 0;
-    };
-    switch (field) {
+  for_each_field(bytes, [&](Field& f) {
+    switch (f.number) {
       case 1:
-        r.expect(wire, 2, field);
-        m.normalizer_name = r.bytes();
+        m.normalizer_name = f.bytes();
         break;
       case 2:
-        r.expect(wire, 2, field);
-        m.has_charsmap = !r.bytes().empty();
+        m.has_charsmap = !f.bytes().empty();
         break;
       case 3:
-        m.add_dummy_prefix = flag();
+        m.add_dummy_prefix = f.flag();
         break;
       case 4:
-        m.remove_extra_whitespaces = flag();
+        m.remove_extra_whitespaces = f.flag();
         break;
       case 5:
-        m.escape_whitespaces = flag();
+        m.escape_whitespaces = f.flag();
         break;
       case 6:
-        r.expect(wire, 2, field);
-        m.has_rule_tsv = !r.bytes().empty();
+        m.has_rule_tsv = !f.bytes().empty();
         break;
       default:
-        r.skip(wire);
+        f.skip();
     }
-  }
+  });
 }
 
 }  // namespace
 
 ModelProto parse_model(const std::string& bytes) {
   ModelProto m;
-  WireReader r(bytes.data(), bytes.size());
-  while (!r.done()) {
-    const std::pair<uint32_t, int> tag = r.tag();
-    const uint32_t field = tag.first;
-    const int wire = tag.second;
-    if (field >= 1 && field <= 3) r.expect(wire, 2, field);
-    if (field == 1) {
-      m.pieces.push_back(parse_piece(r.bytes()));
-    } else if (field == 2) {
-      parse_trainer_spec(r.bytes(), m);
-    } else if (field == 3) {
-      parse_normalizer_spec(r.bytes(), m);
-    } else {
-      r.skip(wire);  // self_test_data, denormalizer_spec, ...
+  for_each_field(bytes, [&](Field& f) {
+    switch (f.number) {
+      case 1:
+        m.pieces.push_back(parse_piece(f.bytes()));
+        break;
+      case 2:
+        parse_trainer_spec(f.bytes(), m);
+        break;
+      case 3:
+        parse_normalizer_spec(f.bytes(), m);
+        break;
+      default:
+        f.skip();  // self_test_data, denormalizer_spec, ...
     }
-  }
+  });
   return m;
 }
 

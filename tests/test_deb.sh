@@ -50,5 +50,7 @@ echo "Depends: $depends"
 for p in "$torch_package" libopenblas0-pthread; do
   grep -qE "(^|, )$p( |,|$)" <<<"$depends" || { echo "test_deb: Depends lacks $p" >&2; fail=1; }
 done
+twice=$(tr ',' '\n' <<<"$depends" | sed 's/^ *//; s/ .*//' | sort | uniq -d)
+[ -z "$twice" ] || { echo "test_deb: Depends names $twice more than once" >&2; fail=1; }
 [ "$fail" -eq 0 ] && echo "test_deb: passed ($deb)"
 exit "$fail"
