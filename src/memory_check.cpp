@@ -19,12 +19,6 @@
 
 namespace sdgen {
 
-namespace {
-
-constexpr int64_t kMiB = 1024 * 1024;
-
-}  // namespace
-
 // ---- what is available ------------------------------------------------------
 
 namespace {

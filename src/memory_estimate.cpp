@@ -427,8 +427,6 @@ double text_encoder_peak(const CLIPTextConfig& config, double e, double sequence
          e;
 }
 
-constexpr int64_t kMiB = 1024 * 1024;
-
 }  // namespace
 
 MemoryEstimate estimate_memory(const ModelFootprint& model, const MemorySettings& settings,

@@ -9,9 +9,11 @@
 
 namespace sdgen {
 
-namespace {
-
+// Outside the anonymous namespace: CLIPMLPImpl, which the header's
+// CLIPEncoderImpl reaches, has a field of this type.
 enum class Activation { QuickGELU, GELU, GELUTanh };
+
+namespace {
 
 Activation activation_from_name(const std::string& name) {
   if (name == "quick_gelu") return Activation::QuickGELU;

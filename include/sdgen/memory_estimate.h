@@ -26,6 +26,8 @@
 
 namespace sdgen {
 
+inline constexpr int64_t kMiB = 1024 * 1024;  // bytes in a mebibyte
+
 // A model's architecture and parameter counts: enough to estimate its memory.
 struct ModelFootprint {
   UNetConfig unet;

@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "formats/strings.h"
+
 namespace fs = std::filesystem;
 
 namespace sdgen {
@@ -20,12 +22,7 @@ bool is_word(char c) {
   return std::isalnum(u) || u == '_' || u >= 0x80;
 }
 
-std::string strip(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && is_space(s[b])) ++b;
-  while (e > b && is_space(s[e - 1])) --e;
-  return s.substr(b, e - b);
-}
+using formats::strip;
 
 std::vector<std::string> split_lines(const std::string& s) {
   std::vector<std::string> lines;

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "formats/strings.h"
 #include "sdgen/a1111.h"
 #include "sdgen/error.h"
 #include "sdgen/output_pattern.h"
@@ -22,12 +23,7 @@ constexpr const char* kGeneration = "Generation";
 constexpr const char* kModel = "Model";
 constexpr const char* kOutput = "Output and batch jobs";
 
-std::string strip(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
-}
+using formats::strip;
 
 // ---- Rules: the allowed values ------------------------------------------------
 
