@@ -31,9 +31,10 @@ ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
 # Hardening (issue 7): every fuzz target for a short, fixed time (CI runs it;
 # skip locally with --fast or SDGEN_SKIP_HARDENING=1), and the fast tests
 # (parsers, loaders, the bad-input table, the tiny-model pipeline and the
-# binary end to end) built with ASan + UBSan in their own build folder:
-# measured 7.5 min of tests on 2 cores plus the build; SDGEN_SANITIZE_CI=0
-# skips them.
+# binary end to end) built with ASan + UBSan in their own build folder.
+# Measured on a clean clone, 2-core EPYC, no ccache (30 min in all): build
+# 13.9 min, ctest 5.0, ASan build 6.5, ASan tests 1.6, fuzzers 2.8.
+# SDGEN_SANITIZE_CI=0 skips the ASan stage.
 if [ "${SDGEN_SKIP_HARDENING:-0}" != 1 ]; then
   if [ "${SDGEN_SANITIZE_CI:-1}" = 1 ]; then
     ASAN_DIR=${SDGEN_ASAN_BUILD_DIR:-build-asan}
