@@ -51,6 +51,10 @@ bool any_key_contains(const TensorMap& all, std::initializer_list<const char*> p
 
 // What a file without model.diffusion_model.* holds, for the error message.
 std::string describe_non_checkpoint(const TensorMap& all) {
+  if (any_key_contains(all, {"lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", ".lora_down.",
+                             ".lora_A.", ".lora_B.", ".lora.down.", "hada_w1_", "lokr_w1"}))
+    return "it looks like a LoRA (lora_* / lora_down / lora_A tensors), which modifies a model "
+           "and is not one itself; give a full checkpoint as --model";
   if (has_prefix(all, "down_blocks.") || has_prefix(all, "time_embedding."))
     return "it looks like a diffusers-layout UNet file (down_blocks.*); load the diffusers model "
            "folder instead";
@@ -74,17 +78,49 @@ int64_t unet_context_width(const TensorMap& all) {
 
 }  // namespace
 
-const char* family_name(ModelFamily family) { return family == ModelFamily::SD1 ? "SD1" : "SD2"; }
+const char* family_name(ModelFamily family) {
+  switch (family) {
+    case ModelFamily::SD1:
+      return "SD1";
+    case ModelFamily::SD2:
+      return "SD2";
+    case ModelFamily::SDXL:
+      return "SDXL";
+  }
+  return "?";
+}
 
 // ---- detection ---------------------------------------------------------------
 
 ModelFamily detect_family(const TensorMap& all) {
-  const std::string not_sd = "checkpoint is not a Stable Diffusion 1.x/2.x single file: ";
+  const std::string not_sd = "checkpoint is not a Stable Diffusion 1.x/2.x/XL single file: ";
   if (all.empty()) throw Error(not_sd + "it holds no tensors");
-  if (has_prefix(all, "conditioner.embedders.") || has_prefix(all, kUNet + "label_emb."))
-    throw Error(not_sd +
-                "it looks like SDXL (conditioner.embedders.* / model.diffusion_model.label_emb.*), "
-                "which is not supported");
+  if (has_prefix(all, "conditioner.embedders.") || has_prefix(all, kUNet + "label_emb.")) {
+    const bool clip_l = has_prefix(all, kSDXLCLIPPrefix);
+    const bool clip_g = has_prefix(all, kSDXLOpenCLIPPrefix);
+    // The refiner (sd_xl_refiner_1.0) conditions on one OpenCLIP ViT-bigG,
+    // stored as embedders.0, and on an aesthetic score.
+    if (!clip_l && has_prefix(all, "conditioner.embedders.0.model."))
+      throw Error(
+          "checkpoint is an SDXL refiner (one OpenCLIP text encoder at "
+          "conditioner.embedders.0.model.*, aesthetic-score conditioning), which sdgen does not "
+          "run; give an SDXL base checkpoint");
+    if (!has_prefix(all, kUNet))
+      throw Error("checkpoint holds SDXL text encoders (conditioner.embedders.*) but no UNet (" +
+                  kUNet + "*)");
+    if (!clip_l || !clip_g)
+      throw Error(
+          std::string("SDXL checkpoint without its ") +
+          (clip_l ? "second text encoder (OpenCLIP ViT-bigG, " + std::string(kSDXLOpenCLIPPrefix)
+                  : "first text encoder (CLIP ViT-L, " + std::string(kSDXLCLIPPrefix)) +
+          "*); SDXL needs both");
+    if (!has_prefix(all, kUNet + "label_emb."))
+      throw Error("checkpoint has SDXL text encoders but its UNet lacks '" + kUNet +
+                  "label_emb.*' (the size conditioning every SDXL UNet has)");
+    if (!all.count(kUNet + "input_blocks.0.0.weight"))
+      throw Error(not_sd + "'" + kUNet + "input_blocks.0.0.weight' is missing");
+    return ModelFamily::SDXL;
+  }
   if (!has_prefix(all, kUNet)) throw Error(not_sd + describe_non_checkpoint(all));
   if (!all.count(kUNet + "input_blocks.0.0.weight"))
     throw Error(not_sd + "'" + kUNet +
@@ -188,8 +224,14 @@ UNetConfig infer_unet_config(const TensorMap& all, ModelFamily family) {
   // Heads are not in the weights (diffusers' historical attention_head_dim = heads per block).
   config.num_attention_heads.clear();
   config.attention_head_dim.clear();
-  for (int channels : config.block_out_channels) {
+  for (size_t b = 0; b < config.block_out_channels.size(); ++b) {
+    const int channels = config.block_out_channels[b];
     const int divisor = family == ModelFamily::SD1 ? kSD1UNetHeads : kChannelsPerHead;
+    // SDXL's first block has no attention; its nominal head count is unused.
+    if (family == ModelFamily::SDXL && config.down_block_types[b] == "DownBlock2D") {
+      config.attention_head_dim.push_back(std::max(1, channels / kChannelsPerHead));
+      continue;
+    }
     if (channels % divisor != 0)
       throw Error("checkpoint: UNet block width " + std::to_string(channels) +
                   " is not a multiple of " + std::to_string(divisor) + ", so the " +
@@ -197,7 +239,24 @@ UNetConfig infer_unet_config(const TensorMap& all, ModelFamily family) {
     config.attention_head_dim.push_back(family == ModelFamily::SD1 ? kSD1UNetHeads
                                                                    : channels / kChannelsPerHead);
   }
-  if (family == ModelFamily::SD2) {
+  if (family == ModelFamily::SDXL) {
+    // stable-diffusion-xl-base-1.0's unet config: label_emb.0.0 takes the
+    // pooled text embedding (the OpenCLIP projection's width) and 6 size/crop
+    // ids of addition_time_embed_dim sinusoidal features each (1280 + 6 x 256).
+    const int64_t adm_in = get("label_emb.0.0.weight", 2).size(1);
+    const int64_t pooled =
+        require_dim(all, std::string(kSDXLOpenCLIPPrefix) + "text_projection", 2, purpose).size(1);
+    constexpr int64_t kTimeIds = 6;
+    if (adm_in <= pooled || (adm_in - pooled) % kTimeIds != 0)
+      throw Error("checkpoint: '" + kUNet + "label_emb.0.0.weight' takes " +
+                  std::to_string(adm_in) + " inputs, not the pooled text width " +
+                  std::to_string(pooled) + " plus 6 equal size/crop embeddings");
+    config.addition_embed_type = "text_time";
+    config.projection_class_embeddings_input_dim = static_cast<int>(adm_in);
+    config.addition_time_embed_dim = static_cast<int>((adm_in - pooled) / kTimeIds);
+    config.upcast_attention = false;
+    config.sample_size = 128;
+  } else if (family == ModelFamily::SD2) {
     // diffusers' stable-diffusion-2-1 unet config: attention upcast (fp16
     // overflow otherwise) and 768 px (96 latent) default size.
     config.upcast_attention = true;
@@ -210,7 +269,7 @@ UNetConfig infer_unet_config(const TensorMap& all, ModelFamily family) {
 }
 
 // Follows create_vae_diffusers_config (ch * ch_mult, num_res_blocks, z_channels).
-VAEConfig infer_vae_config(const TensorMap& all) {
+VAEConfig infer_vae_config(const TensorMap& all, ModelFamily family) {
   const char* purpose = "infer the VAE config";
   auto get = [&](const std::string& key, int64_t dim) -> const torch::Tensor& {
     return require_dim(all, kVAE + key, dim, purpose);
@@ -243,33 +302,50 @@ VAEConfig infer_vae_config(const TensorMap& all) {
   config.use_quant_conv = all.count(kVAE + "quant_conv.weight") > 0;
   config.use_post_quant_conv = all.count(kVAE + "post_quant_conv.weight") > 0;
   config.mid_block_add_attention = has_prefix(all, kVAE + "encoder.mid.attn_1.");
+  if (family == ModelFamily::SDXL) {
+    // stable-diffusion-xl-base-1.0's vae config.
+    config.scaling_factor = 0.13025;
+    config.force_upcast = true;
+    config.sample_size = 1024;
+  }
   return config;
 }
 
-CLIPTextConfig infer_clip_config(const TensorMap& all, ModelFamily family) {
+namespace {
+
+CLIPTextConfig infer_text_config(const TensorMap& all, ModelFamily family, bool second) {
   const char* purpose = "infer the text encoder config";
   CLIPTextConfig config;
   const torch::Tensor* token = nullptr;
   const torch::Tensor* position = nullptr;
   const torch::Tensor* fc1 = nullptr;
   int layers = 0;
-  if (family == ModelFamily::SD1) {
+  if (family == ModelFamily::SD1 || (family == ModelFamily::SDXL && !second)) {
     // transformers' CLIPTextModel under cond_stage_model.transformer (older
-    // files lack the "text_model." level).
-    const std::string p = has_prefix(all, kCLIP + "text_model.") ? kCLIP + "text_model." : kCLIP;
+    // files lack the "text_model." level), or SDXL's first embedder.
+    const std::string base = family == ModelFamily::SD1 ? kCLIP : std::string(kSDXLCLIPPrefix);
+    const std::string p = has_prefix(all, base + "text_model.") ? base + "text_model." : base;
     token = &require_dim(all, p + "embeddings.token_embedding.weight", 2, purpose);
     position = &require_dim(all, p + "embeddings.position_embedding.weight", 2, purpose);
     fc1 = &require_dim(all, p + "encoder.layers.0.mlp.fc1.weight", 2, purpose);
     layers = count_indexed(all, p + "encoder.layers.");
     config.hidden_act = "quick_gelu";
   } else {
-    // OpenCLIP TextTransformer under cond_stage_model.model (FrozenOpenCLIPEmbedder).
-    token = &require_dim(all, kOpenCLIP + "token_embedding.weight", 2, purpose);
-    position = &require_dim(all, kOpenCLIP + "positional_embedding", 2, purpose);
-    fc1 = &require_dim(all, kOpenCLIP + "transformer.resblocks.0.mlp.c_fc.weight", 2, purpose);
-    const int tower = count_indexed(all, kOpenCLIP + "transformer.resblocks.");
-    layers = tower == kOpenCLIPTowerLayers ? tower - 1 : tower;
+    // OpenCLIP TextTransformer under cond_stage_model.model (FrozenOpenCLIPEmbedder),
+    // or SDXL's second embedder (FrozenOpenCLIPEmbedder2).
+    const std::string p = family == ModelFamily::SDXL ? kSDXLOpenCLIPPrefix : kOpenCLIP;
+    token = &require_dim(all, p + "token_embedding.weight", 2, purpose);
+    position = &require_dim(all, p + "positional_embedding", 2, purpose);
+    fc1 = &require_dim(all, p + "transformer.resblocks.0.mlp.c_fc.weight", 2, purpose);
+    const int tower = count_indexed(all, p + "transformer.resblocks.");
+    // SDXL keeps every layer: its pooled output comes from the last one.
+    layers = tower == kOpenCLIPTowerLayers && family == ModelFamily::SD2 ? tower - 1 : tower;
     config.hidden_act = "gelu";
+    if (family == ModelFamily::SDXL) {
+      const torch::Tensor& projection = require_dim(all, p + "text_projection", 2, purpose);
+      config.with_projection = true;
+      config.projection_dim = static_cast<int>(projection.size(1));
+    }
     // SD2's tokenizer pads with "!" (id 0); bos/eos are CLIP's.
     config.pad_token_id = 0;
   }
@@ -278,7 +354,7 @@ CLIPTextConfig infer_clip_config(const TensorMap& all, ModelFamily family) {
   config.max_position_embeddings = static_cast<int>(position->size(0));
   config.intermediate_size = static_cast<int>(fc1->size(0));
   config.num_hidden_layers = layers;
-  config.projection_dim = config.hidden_size;
+  if (!config.with_projection) config.projection_dim = config.hidden_size;
   if (position->size(1) != config.hidden_size)
     throw Error("checkpoint: text encoder position embedding " + shape_string(position->sizes()) +
                 " does not match token embedding " + shape_string(token->sizes()));
@@ -288,6 +364,16 @@ CLIPTextConfig infer_clip_config(const TensorMap& all, ModelFamily family) {
                 "config.json");
   config.num_attention_heads = config.hidden_size / kChannelsPerHead;
   return config;
+}
+
+}  // namespace
+
+CLIPTextConfig infer_clip_config(const TensorMap& all, ModelFamily family) {
+  return infer_text_config(all, family, false);
+}
+
+CLIPTextConfig infer_clip2_config(const TensorMap& all) {
+  return infer_text_config(all, ModelFamily::SDXL, true);
 }
 
 }  // namespace sdgen

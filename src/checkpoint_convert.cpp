@@ -68,6 +68,8 @@ std::string unet_name(const std::string& name, int per_block) {
   static const std::pair<const char*, const char*> kFixed[] = {
       {"time_embed.0.", "time_embedding.linear_1."},
       {"time_embed.2.", "time_embedding.linear_2."},
+      {"label_emb.0.0.", "add_embedding.linear_1."},  // SDXL
+      {"label_emb.0.2.", "add_embedding.linear_2."},
       {"input_blocks.0.0.", "conv_in."},
       {"out.0.", "conv_norm_out."},
       {"out.2.", "conv_out."}};
@@ -246,12 +248,13 @@ std::string open_clip_layer_name(const std::string& rest) {
   return "";
 }
 
-TensorMap convert_hf_clip(const TensorMap& all, const CLIPTextConfig& config) {
-  const PrefixRange range = with_prefix(all, kCLIP);
-  if (range.empty()) throw Error("checkpoint: no SD1 text encoder tensors (" + kCLIP + "*)");
+TensorMap convert_hf_clip(const TensorMap& all, const CLIPTextConfig& config,
+                          const std::string& prefix) {
+  const PrefixRange range = with_prefix(all, prefix);
+  if (range.empty()) throw Error("checkpoint: no CLIP text encoder tensors (" + prefix + "*)");
   TensorMap out;
   for (const auto& kv : range) {
-    std::string name = kv.first.substr(kCLIP.size()), rest;
+    std::string name = kv.first.substr(prefix.size()), rest;
     if (take(name, "text_model.", &rest)) name = rest;  // older files lack this level
     if (ends_with(name, "position_ids")) continue;      // a buffer, not a weight
     int layer = 0;
@@ -262,15 +265,26 @@ TensorMap convert_hf_clip(const TensorMap& all, const CLIPTextConfig& config) {
   return out;
 }
 
-// convert_open_clip_checkpoint.
-TensorMap convert_open_clip(const TensorMap& all, const CLIPTextConfig& config) {
-  const PrefixRange range = with_prefix(all, kOpenCLIP);
-  if (range.empty()) throw Error("checkpoint: no SD2 text encoder tensors (" + kOpenCLIP + "*)");
+// convert_open_clip_checkpoint. With config.with_projection (SDXL) the
+// text_projection is kept, transposed: OpenCLIP computes pooled @ P with P
+// [hidden, proj], a Linear weight is [proj, hidden].
+TensorMap convert_open_clip(const TensorMap& all, const CLIPTextConfig& config,
+                            const std::string& prefix) {
+  const PrefixRange range = with_prefix(all, prefix);
+  if (range.empty()) throw Error("checkpoint: no OpenCLIP text encoder tensors (" + prefix + "*)");
   TensorMap out;
   for (const auto& kv : range) {
     const std::string& key = kv.first;
-    const std::string name = key.substr(kOpenCLIP.size());
+    const std::string name = key.substr(prefix.size());
     std::string rest;
+    if (name == "text_projection" && config.with_projection) {
+      const torch::Tensor& p = kv.second;
+      if (p.dim() != 2)
+        throw Error("checkpoint: tensor '" + key + "' has shape " + shape_string(p.sizes()) +
+                    ", expected [hidden, projection]");
+      insert_unique(out, "text_projection.weight", p.t(), key);
+      continue;
+    }
     if (name == "text_projection" || name == "logit_scale" || ends_with(name, "position_ids"))
       continue;  // image-text projection and contrastive temperature: unused for conditioning
     if (name == "token_embedding.weight") {
@@ -308,16 +322,31 @@ TensorMap convert_open_clip(const TensorMap& all, const CLIPTextConfig& config) 
 
 TensorMap convert_ldm_text_encoder(const TensorMap& all, ModelFamily family,
                                    const CLIPTextConfig& config) {
-  return family == ModelFamily::SD1 ? convert_hf_clip(all, config) : convert_open_clip(all, config);
+  switch (family) {
+    case ModelFamily::SD1:
+      return convert_hf_clip(all, config, kCLIP);
+    case ModelFamily::SD2:
+      return convert_open_clip(all, config, kOpenCLIP);
+    case ModelFamily::SDXL:
+      break;
+  }
+  return convert_hf_clip(all, config, kSDXLCLIPPrefix);
+}
+
+TensorMap convert_ldm_text_encoder_2(const TensorMap& all, const CLIPTextConfig& config) {
+  return convert_open_clip(all, config, kSDXLOpenCLIPPrefix);
 }
 
 ConvertedWeights convert_single_file(const TensorMap& all, ModelFamily family,
                                      const UNetConfig& unet_config, const VAEConfig& vae_config,
-                                     const CLIPTextConfig& clip_config) {
+                                     const CLIPTextConfig& clip_config,
+                                     const CLIPTextConfig& clip2_config) {
   ConvertedWeights out;
   out.unet = convert_ldm_unet(all, unet_config);
   out.vae = convert_ldm_vae(all, vae_config);
   out.text_encoder = convert_ldm_text_encoder(all, family, clip_config);
+  if (family == ModelFamily::SDXL)
+    out.text_encoder_2 = convert_ldm_text_encoder_2(all, clip2_config);
   return out;
 }
 

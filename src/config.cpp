@@ -33,7 +33,8 @@ void get_int_or_list(const json& j, const char* key, std::vector<int>& out, size
     out.clear();
     for (const auto& v : *it) {
       if (!v.is_number_integer())
-        throw Error(std::string("config key '") + key + "' must hold integers");
+        throw Error(std::string("config key '") + key +
+                    "' must hold integers (per-layer lists of lists are not supported)");
       out.push_back(v.get<int>());
     }
   } else {
@@ -82,6 +83,11 @@ UNetConfig UNetConfig::from_json(const json& j) {
   get_int_or_list(j, "num_attention_heads", c.num_attention_heads, blocks);
   c.transformer_layers_per_block.assign(blocks, 1);
   get_int_or_list(j, "transformer_layers_per_block", c.transformer_layers_per_block, blocks);
+  get_int_or_list(j, "reverse_transformer_layers_per_block", c.reverse_transformer_layers_per_block,
+                  blocks);
+  get(j, "addition_embed_type", c.addition_embed_type);
+  get(j, "addition_time_embed_dim", c.addition_time_embed_dim);
+  get(j, "projection_class_embeddings_input_dim", c.projection_class_embeddings_input_dim);
   get(j, "use_linear_projection", c.use_linear_projection);
   get(j, "upcast_attention", c.upcast_attention);
   get(j, "flip_sin_to_cos", c.flip_sin_to_cos);
@@ -121,6 +127,15 @@ json UNetConfig::to_json() const {
             {"sample_size", sample_size}};
   j["num_attention_heads"] =
       num_attention_heads.empty() ? json(nullptr) : json(num_attention_heads);
+  j["reverse_transformer_layers_per_block"] = reverse_transformer_layers_per_block.empty()
+                                                  ? json(nullptr)
+                                                  : json(reverse_transformer_layers_per_block);
+  j["addition_embed_type"] =
+      addition_embed_type.empty() ? json(nullptr) : json(addition_embed_type);
+  if (!addition_embed_type.empty()) {
+    j["addition_time_embed_dim"] = addition_time_embed_dim;
+    j["projection_class_embeddings_input_dim"] = projection_class_embeddings_input_dim;
+  }
   return j;
 }
 
@@ -138,6 +153,7 @@ VAEConfig VAEConfig::from_json(const json& j) {
   get(j, "use_quant_conv", c.use_quant_conv);
   get(j, "use_post_quant_conv", c.use_post_quant_conv);
   get(j, "sample_size", c.sample_size);
+  get(j, "force_upcast", c.force_upcast);
   if (c.block_out_channels.empty()) throw Error("VAE config: empty block_out_channels");
   return c;
 }
@@ -159,6 +175,7 @@ json VAEConfig::to_json() const {
           {"mid_block_add_attention", mid_block_add_attention},
           {"use_quant_conv", use_quant_conv},
           {"use_post_quant_conv", use_post_quant_conv},
+          {"force_upcast", force_upcast},
           {"sample_size", sample_size}};
 }
 
@@ -176,6 +193,10 @@ CLIPTextConfig CLIPTextConfig::from_json(const json& j) {
   get(j, "eos_token_id", c.eos_token_id);
   get(j, "pad_token_id", c.pad_token_id);
   get(j, "projection_dim", c.projection_dim);
+  if (auto it = j.find("architectures"); it != j.end() && it->is_array())
+    for (const auto& a : *it)
+      if (a.is_string() && a.get<std::string>() == "CLIPTextModelWithProjection")
+        c.with_projection = true;
   if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu")
     throw Error("text encoder config: unsupported hidden_act '" + c.hidden_act +
                 "' (quick_gelu or gelu)");
@@ -185,7 +206,7 @@ CLIPTextConfig CLIPTextConfig::from_json(const json& j) {
 }
 
 json CLIPTextConfig::to_json() const {
-  return {{"architectures", {"CLIPTextModel"}},
+  return {{"architectures", {with_projection ? "CLIPTextModelWithProjection" : "CLIPTextModel"}},
           {"model_type", "clip_text_model"},
           {"vocab_size", vocab_size},
           {"hidden_size", hidden_size},

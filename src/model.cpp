@@ -82,17 +82,18 @@ TokenizerConfig tokenizer_config_in(const fs::path& dir, TokenizerConfig fallbac
   return fallback;
 }
 
-// The tokenizer resolve_model_files chose (ModelFiles::tokenizer).
-std::unique_ptr<Tokenizer> load_tokenizer(const ModelFiles& files,
-                                          const TokenizerConfig& fallback) {
+// Where the tokenizer resolve_model_files chose (ModelFiles::tokenizer) is,
+// and its settings (the folder's tokenizer_config.json, else `fallback`).
+std::pair<std::string, TokenizerConfig> tokenizer_source(const ModelFiles& files,
+                                                         const TokenizerConfig& fallback) {
   if (files.tokenizer_given) {
     const fs::path p(files.tokenizer);
     if (!fs::exists(p)) throw Error(files.tokenizer + ": tokenizer path not found");
     const fs::path dir = fs::is_directory(p) ? p : p.parent_path();
-    return tokenizer_from_path(files.tokenizer, tokenizer_config_in(dir, fallback));
+    return {files.tokenizer, tokenizer_config_in(dir, fallback)};
   }
   if (!files.tokenizer.empty())
-    return tokenizer_from_path(files.tokenizer, tokenizer_config_in(files.tokenizer, fallback));
+    return {files.tokenizer, tokenizer_config_in(files.tokenizer, fallback)};
   std::string where;
   for (const auto& l : files.tokenizer_candidates) where += (where.empty() ? "" : ", ") + l;
   throw Error(
@@ -101,6 +102,24 @@ std::unique_ptr<Tokenizer> load_tokenizer(const ModelFiles& files,
       where +
       ". Pass --tokenizer DIR (e.g. the 'tokenizer' folder of a diffusers model) or set "
       "SDGEN_TOKENIZER");
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const ModelFiles& files,
+                                          const TokenizerConfig& fallback) {
+  const auto [path, config] = tokenizer_source(files, fallback);
+  return tokenizer_from_path(path, config);
+}
+
+// SDXL's tokenizer_2: its own folder when the model has one, else the first
+// tokenizer's vocabulary padded with "!" (id 0), as SDXL's tokenizer_2 is.
+std::unique_ptr<Tokenizer> load_tokenizer_2(const ModelFiles& files) {
+  TokenizerConfig fallback;
+  fallback.pad_token = "!";
+  if (!files.tokenizer_2.empty())
+    return tokenizer_from_path(files.tokenizer_2, tokenizer_config_in(files.tokenizer_2, fallback));
+  auto [path, config] = tokenizer_source(files, fallback);
+  config.pad_token = "!";
+  return tokenizer_from_path(path, config);
 }
 
 // The text encoder takes rows of the tokenizer's length, and embeds its ids: a
@@ -139,11 +158,64 @@ SchedulerConfig default_scheduler_config() {
   return c;
 }
 
+// stable-diffusion-xl-base-1.0's scheduler config: Euler discrete over the
+// same betas, leading spacing, steps_offset 1.
+SchedulerConfig sdxl_scheduler_config() {
+  SchedulerConfig c;
+  c.class_name = "EulerDiscreteScheduler";
+  c.raw = c.to_json();
+  c.raw["interpolation_type"] = "linear";
+  return c;
+}
+
 // The scheduler config of the config folder, else the built-in one.
-SchedulerConfig scheduler_config_of(const ModelFiles& files) {
-  return files.scheduler_config.empty()
-             ? default_scheduler_config()
-             : SchedulerConfig::from_json(read_json_file(files.scheduler_config));
+SchedulerConfig scheduler_config_of(const ModelFiles& files, bool sdxl = false) {
+  if (!files.scheduler_config.empty())
+    return SchedulerConfig::from_json(read_json_file(files.scheduler_config));
+  return sdxl ? sdxl_scheduler_config() : default_scheduler_config();
+}
+
+// The VAE's dtype: --vae-dtype / LoadOptions::vae_dtype when given, else the
+// model's; an SDXL VAE whose config says force_upcast decodes in fp32 when
+// the model runs in fp16 (diffusers' StableDiffusionXLPipeline upcasts it
+// too: the SDXL VAE overflows fp16 on nearly every image, so trying fp16
+// first would only add a wasted decode).
+torch::ScalarType vae_dtype_for(const LoadOptions& options, const VAEConfig& config, bool sdxl) {
+  if (options.vae_dtype) return *options.vae_dtype;
+  if (sdxl && config.force_upcast && options.dtype == torch::kHalf) return torch::kFloat32;
+  return options.dtype;
+}
+
+// The second text encoder of an SDXL model; a model without one is an error
+// naming what is missing.
+void load_text_encoder_2(StableDiffusionModel& model, const CLIPTextConfig& config,
+                         const TensorMap& weights, const std::string& what,
+                         const LoadOptions& options,
+                         std::function<std::string(const torch::Tensor&)> file_key = {}) {
+  if (!config.with_projection)
+    throw Error(what +
+                ": SDXL's second text encoder must be a CLIPTextModelWithProjection "
+                "(its config.json \"architectures\")");
+  model.text_encoder_2 = CLIPTextModel(config);
+  place_and_load(model.text_encoder_2, weights, what, options, {}, std::move(file_key));
+}
+
+// Both tokenizers fit their encoders, and SDXL's UNet takes what they give:
+// the two hidden widths side by side.
+void check_sdxl_widths(const StableDiffusionModel& model, const std::string& where) {
+  const auto& c1 = model.text_encoder->config();
+  const auto& c2 = model.text_encoder_2->config();
+  const auto& u = model.unet->config();
+  if (c1.hidden_size + c2.hidden_size != u.cross_attention_dim)
+    throw Error(where + ": the text encoders' widths " + std::to_string(c1.hidden_size) + " + " +
+                std::to_string(c2.hidden_size) + " do not add up to the UNet's " +
+                "cross_attention_dim " + std::to_string(u.cross_attention_dim));
+  if (u.projection_class_embeddings_input_dim - c2.projection_dim != 6 * u.addition_time_embed_dim)
+    throw Error(where + ": the UNet's addition embedding takes " +
+                std::to_string(u.projection_class_embeddings_input_dim) +
+                " inputs, not the second text encoder's projection_dim " +
+                std::to_string(c2.projection_dim) + " plus 6 x addition_time_embed_dim " +
+                std::to_string(u.addition_time_embed_dim));
 }
 
 void load_diffusers_folder(const ModelFiles& files, const LoadOptions& options,
@@ -151,6 +223,14 @@ void load_diffusers_folder(const ModelFiles& files, const LoadOptions& options,
   {
     const auto& index_path = files.model_index;
     const auto index = read_json_file(index_path);
+    if (index.is_object() && index.contains("force_zeros_for_empty_prompt")) {
+      const auto& v = index["force_zeros_for_empty_prompt"];
+      if (!v.is_boolean())
+        throw Error(index_path + ": \"force_zeros_for_empty_prompt\" must be true or false");
+      model.force_zeros_for_empty_prompt = v.get<bool>();
+    } else {
+      model.force_zeros_for_empty_prompt = true;  // StableDiffusionXLPipeline's default
+    }
     if (index.is_object() && index.contains("_sdgen_guidance_rescale")) {
       const auto& v = index["_sdgen_guidance_rescale"];
       if (!v.is_number() || !(v.get<double>() >= 0) || v.get<double>() > 1)
@@ -162,13 +242,25 @@ void load_diffusers_folder(const ModelFiles& files, const LoadOptions& options,
   const auto vae_cfg = VAEConfig::from_json(component_config(files.vae, "VAE"));
   const auto clip_cfg =
       CLIPTextConfig::from_json(component_config(files.text_encoder, "text encoder"));
-  model.family = unet_cfg.cross_attention_dim >= 1024 ? "SD2.x" : "SD1.x";
-  model.scheduler_config = scheduler_config_of(files);
+  const bool sdxl = unet_cfg.addition_embed_type == "text_time";
+  model.family = sdxl ? "SDXL" : unet_cfg.cross_attention_dim >= 1024 ? "SD2.x" : "SD1.x";
+  if (!sdxl) model.force_zeros_for_empty_prompt = false;
+  model.scheduler_config = scheduler_config_of(files, sdxl);
+  model.vae_dtype = vae_dtype_for(options, vae_cfg, sdxl);
 
   TokenizerConfig tok_fallback;
   if (model.family == "SD2.x") tok_fallback.pad_token = "!";
   model.tokenizer = load_tokenizer(files, tok_fallback);
   check_tokenizer_fits(*model.tokenizer, clip_cfg);
+  if (sdxl) {
+    const auto clip2_cfg =
+        CLIPTextConfig::from_json(component_config(files.text_encoder_2, "text_encoder_2"));
+    model.tokenizer_2 = load_tokenizer_2(files);
+    check_tokenizer_fits(*model.tokenizer_2, clip2_cfg);
+    SafeTensorsFile f(require_weights(files.text_encoder_2));
+    load_text_encoder_2(model, clip2_cfg, text_encoder_tensors(tensors_with_prefix(f, "")),
+                        "text_encoder_2 (" + f.path() + ")", options);
+  }
 
   {
     SafeTensorsFile f(require_weights(files.text_encoder));
@@ -185,8 +277,9 @@ void load_diffusers_folder(const ModelFiles& files, const LoadOptions& options,
     SafeTensorsFile f(require_weights(files.vae));
     model.vae = AutoencoderKL(vae_cfg);
     place_and_load(model.vae, tensors_with_prefix(f, ""), "vae (" + f.path() + ")", options,
-                   options.vae_dtype);
+                   model.vae_dtype);
   }
+  if (sdxl) check_sdxl_widths(model, files.model_path);
 }
 
 void load_single_file(const ModelFiles& files, const LoadOptions& options,
@@ -200,11 +293,13 @@ void load_single_file(const ModelFiles& files, const LoadOptions& options,
   } catch (const Error& e) {
     throw Error(path.string() + ": " + e.what());
   }
-  model.family = family == ModelFamily::SD2 ? "SD2.x" : "SD1.x";
+  const bool sdxl = family == ModelFamily::SDXL;
+  model.family = sdxl ? "SDXL" : family == ModelFamily::SD2 ? "SD2.x" : "SD1.x";
+  model.force_zeros_for_empty_prompt = sdxl;
 
   UNetConfig unet_cfg;
   VAEConfig vae_cfg;
-  CLIPTextConfig clip_cfg;
+  CLIPTextConfig clip_cfg, clip2_cfg;
   TokenizerConfig tok_fallback;
   if (family == ModelFamily::SD2) tok_fallback.pad_token = "!";
   if (!files.unet.config.empty()) {
@@ -213,16 +308,30 @@ void load_single_file(const ModelFiles& files, const LoadOptions& options,
     unet_cfg = UNetConfig::from_json(component_config(files.unet, "UNet"));
     vae_cfg = VAEConfig::from_json(component_config(files.vae, "VAE"));
     clip_cfg = CLIPTextConfig::from_json(component_config(files.text_encoder, "text encoder"));
+    if (sdxl)
+      clip2_cfg =
+          CLIPTextConfig::from_json(component_config(files.text_encoder_2, "text_encoder_2"));
+    if (sdxl != (unet_cfg.addition_embed_type == "text_time"))
+      throw Error(path.string() + " is " + (sdxl ? "an SDXL" : "an SD1/SD2") +
+                  " checkpoint but the --config folder's UNet is " +
+                  (sdxl ? "not SDXL's" : "SDXL's") + " (addition_embed_type)");
   } else {
     unet_cfg = infer_unet_config(all, family);
-    vae_cfg = infer_vae_config(all);
+    vae_cfg = infer_vae_config(all, family);
     clip_cfg = infer_clip_config(all, family);
+    if (sdxl) clip2_cfg = infer_clip2_config(all);
   }
-  model.scheduler_config = scheduler_config_of(files);
+  model.scheduler_config = scheduler_config_of(files, sdxl);
+  model.vae_dtype = vae_dtype_for(options, vae_cfg, sdxl);
   model.tokenizer = load_tokenizer(files, tok_fallback);
   check_tokenizer_fits(*model.tokenizer, clip_cfg);
+  if (sdxl) {
+    model.tokenizer_2 = load_tokenizer_2(files);
+    check_tokenizer_fits(*model.tokenizer_2, clip2_cfg);
+  }
 
-  ConvertedWeights converted = convert_single_file(all, family, unet_cfg, vae_cfg, clip_cfg);
+  ConvertedWeights converted =
+      convert_single_file(all, family, unet_cfg, vae_cfg, clip_cfg, clip2_cfg);
   const std::string where = " (" + path.string() + ")";
   // Errors name the file's own key of a converted tensor (the same memory).
   const auto file_key = [&all](const torch::Tensor& t) -> std::string {
@@ -236,11 +345,17 @@ void load_single_file(const ModelFiles& files, const LoadOptions& options,
   place_and_load(model.text_encoder, converted.text_encoder, "text encoder" + where, options, {},
                  file_key);
   converted.text_encoder.clear();
+  if (sdxl) {
+    load_text_encoder_2(model, clip2_cfg, converted.text_encoder_2, "text encoder 2" + where,
+                        options, file_key);
+    converted.text_encoder_2.clear();
+  }
   model.unet = UNet2DConditionModel(unet_cfg);
   place_and_load(model.unet, converted.unet, "unet" + where, options, {}, file_key);
   converted.unet.clear();
   model.vae = AutoencoderKL(vae_cfg);
-  place_and_load(model.vae, converted.vae, "vae" + where, options, options.vae_dtype, file_key);
+  place_and_load(model.vae, converted.vae, "vae" + where, options, model.vae_dtype, file_key);
+  if (sdxl) check_sdxl_widths(model, path.string());
 }
 
 }  // namespace

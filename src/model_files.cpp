@@ -60,10 +60,14 @@ ModelFiles resolve_model_files(const LoadOptions& options) {
     config_root = options.config_dir.empty() ? path : fs::path(options.config_dir);
     files.text_encoder =
         component(path / "text_encoder" / "model.safetensors", config_root, "text_encoder");
+    files.text_encoder_2 =
+        component(path / "text_encoder_2" / "model.safetensors", config_root, "text_encoder_2");
     files.unet =
         component(path / "unet" / "diffusion_pytorch_model.safetensors", config_root, "unet");
     files.vae = component(path / "vae" / "diffusion_pytorch_model.safetensors", config_root, "vae");
     tokenizer_dirs = {config_root / "tokenizer", path / "tokenizer"};
+    for (const auto& d : {config_root / "tokenizer_2", path / "tokenizer_2"})
+      if (files.tokenizer_2.empty() && has_tokenizer_files(d)) files.tokenizer_2 = d.string();
   } else {
     std::string ext = path.extension().string();
     for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
@@ -77,7 +81,10 @@ ModelFiles resolve_model_files(const LoadOptions& options) {
       tokenizer_dirs.push_back(config_root / "tokenizer");
     }
     files.text_encoder = component(path, config_root, "text_encoder");
+    files.text_encoder_2 = component(path, config_root, "text_encoder_2");
     files.unet = component(path, config_root, "unet");
+    if (!config_root.empty() && has_tokenizer_files(config_root / "tokenizer_2"))
+      files.tokenizer_2 = (config_root / "tokenizer_2").string();
     files.vae = component(path, config_root, "vae");
     tokenizer_dirs.push_back(path.parent_path() / "tokenizer");
   }

@@ -41,10 +41,20 @@ void Pipeline::validate(const GenerationRequest& r) const {
     if (v % factor != 0)
       throw Error(std::string(name) + " " + std::to_string(v) + " must be a positive multiple of " +
                   std::to_string(factor));
-  const int layers = model_.text_encoder->config().num_hidden_layers;
+  int layers = model_.text_encoder->config().num_hidden_layers;
+  if (model_.text_encoder_2)
+    layers = std::min(layers, model_.text_encoder_2->config().num_hidden_layers);
   if (r.clip_skip > layers)
     throw Error("clip skip " + std::to_string(r.clip_skip) + " must be between 1 and " +
                 std::to_string(layers));
+  if (!model_.is_sdxl() && r.size_conditioning.any()) {
+    const Settings s = settings_of_request(r);
+    for (const char* name :
+         {"original_size", "target_size", "crop_top_left", "negative_original_size",
+          "negative_target_size", "negative_crop_top_left"})
+      if (!setting(name).get(s).get<std::string>().empty())
+        throw Error(setting(name).flag + " applies to SDXL models only; this is " + model_.family);
+  }
   if (r.init_image.defined()) {
     if (r.init_image.dim() != 3 || r.init_image.size(2) != 3 ||
         r.init_image.scalar_type() != torch::kUInt8)
@@ -113,13 +123,40 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
   // padded to the same number of chunks so that they batch together.
   const int chunks =
       guided ? std::max(prompt_chunk_count(r.prompt), prompt_chunk_count(r.negative_prompt)) : 0;
-  auto cond = encode_prompts({r.prompt}, r.clip_skip, chunks).repeat({batch, 1, 1});
+  const auto positive = encode_prompt_embeddings({r.prompt}, r.clip_skip, chunks);
+  auto cond = positive.context.repeat({batch, 1, 1});
   torch::Tensor context = cond;
+  torch::Tensor negative_pooled;
   if (guided) {
     // diffusers' encode_prompt applies clip_skip to the prompt only; the
-    // negative prompt always uses the last layer. Kept for parity.
-    auto uncond = encode_prompts({r.negative_prompt}, 1, chunks).repeat({batch, 1, 1});
+    // negative prompt always uses the default layer (SD1/SD2: the last, SDXL:
+    // the penultimate). Kept for parity.
+    torch::Tensor uncond;
+    if (model_.is_sdxl() && model_.force_zeros_for_empty_prompt && r.negative_prompt.empty()) {
+      // StableDiffusionXLPipeline: no negative prompt and
+      // force_zeros_for_empty_prompt -> zero embeddings and pooled output.
+      uncond = torch::zeros_like(cond);
+      negative_pooled = torch::zeros_like(positive.pooled);
+    } else {
+      const auto negative = encode_prompt_embeddings({r.negative_prompt}, 1, chunks);
+      uncond = negative.context.repeat({batch, 1, 1});
+      negative_pooled = negative.pooled;
+    }
     context = torch::cat({uncond, cond}, 0);
+  }
+  // SDXL: the addition embedding of the pooled text and size/crop ids, rows
+  // in the UNet batch's order ([uncond x batch, cond x batch]); it does not
+  // change with the timestep, so it is computed once.
+  torch::Tensor added;
+  if (model_.is_sdxl()) {
+    const auto [time_ids, negative_time_ids] = sdxl_add_time_ids(r);
+    auto text_embeds = positive.pooled.repeat({batch, 1});
+    auto ids = time_ids.repeat({batch, 1});
+    if (guided) {
+      text_embeds = torch::cat({negative_pooled.repeat({batch, 1}), text_embeds}, 0);
+      ids = torch::cat({negative_time_ids.repeat({batch, 1}), ids}, 0);
+    }
+    added = unet_->addition_embedding(text_embeds, ids.to(model_.device));
   }
   synchronize();
   out.timings.text_s = seconds_since(clock);
@@ -159,7 +196,7 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
   const auto& timesteps = scheduler->timesteps();
   for (size_t i = first_step; i < timesteps.size(); ++i) {
     const double t = timesteps[i];
-    auto noise_pred = guided_noise(scheduler->scale_model_input(latents, t), t, context, r);
+    auto noise_pred = guided_noise(scheduler->scale_model_input(latents, t), t, context, added, r);
     latents = scheduler->step(noise_pred, t, latents, generator);
     ++out.timings.steps;
     check_finite_latents(latents, static_cast<int>(i - first_step) + 1,
@@ -184,6 +221,7 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
 Pipeline::Pipeline(const StableDiffusionModel& model)
     : model_(model),
       text_encoder_(model.text_encoder),
+      text_encoder_2_(model.text_encoder_2),
       unet_(model.unet),
       vae_(model.vae),
       vae_dtype_(model.vae_dtype) {}
@@ -223,7 +261,8 @@ torch::Tensor combine_guidance(const torch::Tensor& uncond, const torch::Tensor&
 }
 
 torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
-                                     const torch::Tensor& context, const GenerationRequest& r) {
+                                     const torch::Tensor& context, const torch::Tensor& added,
+                                     const GenerationRequest& r) {
   const bool guided = r.cfg_scale > 1.0;
 #ifdef SDGEN_WITH_CUDA
   if (model_.device.is_cuda() && model_.cuda_graphs && !graphs_failed_) {
@@ -238,12 +277,12 @@ torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
     try {
       if (!graph_ || !(graph_->key() == key)) {
         graph_.reset();  // frees the old graph's memory pool first
-        graph_ = capture_unet_graph(unet_, key, context, model_.channels_last);
+        graph_ = capture_unet_graph(unet_, key, context, added, model_.channels_last);
         graph_context_set_ = true;
       }
       if (graph_) {
         if (!graph_context_set_) {
-          graph_->set_context(context);
+          graph_->set_context(context, added);
           graph_context_set_ = true;
         }
         return graph_->run(latents, t);
@@ -260,7 +299,7 @@ torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
   if (model_.channels_last) model_input = model_input.contiguous(torch::MemoryFormat::ChannelsLast);
   auto t_tensor = torch::full({model_input.size(0)}, t,
                               torch::TensorOptions().dtype(torch::kFloat32).device(model_.device));
-  auto noise_pred = unet_->forward(model_input, t_tensor, context);
+  auto noise_pred = unet_->forward(model_input, t_tensor, context, added);
   if (guided) {
     auto chunks = noise_pred.chunk(2, 0);
     noise_pred = combine_guidance(chunks[0], chunks[1], r.cfg_scale, r.guidance_rescale);

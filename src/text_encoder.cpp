@@ -142,12 +142,20 @@ CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& config) : config_(con
   embeddings_ = register_module("embeddings", std::make_shared<CLIPTextEmbeddingsImpl>(config));
   encoder_ = register_module("encoder", std::make_shared<CLIPEncoderImpl>(config));
   final_layer_norm_ = register_module("final_layer_norm", layer_norm(config));
+  // transformers CLIPTextModelWithProjection: Linear(hidden, projection_dim, bias=False).
+  if (config.with_projection) {
+    if (config.projection_dim <= 0)
+      throw Error("CLIP text config: projection_dim must be positive");
+    text_projection_ = register_module(
+        "text_projection", nn::Linear(config.hidden_size, config.projection_dim, /*bias=*/false));
+  }
 }
 
 // transformers CLIPTextTransformer.forward; clip_skip as in diffusers'
 // StableDiffusionPipeline.encode_prompt (hidden_states[-(clip_skip)] then
 // final_layer_norm, in A1111 numbering where 1 is the last layer).
-CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, int clip_skip) {
+CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, int clip_skip,
+                                          HiddenNorm norm) {
   const int layers = config_.num_hidden_layers;
   if (input_ids.dim() != 2)
     throw Error("CLIP text model: input_ids must be [batch, length], found " +
@@ -182,8 +190,12 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, int cl
   torch::Tensor pooled = last.index({batch, eos_index});
 
   CLIPTextOutput out;
-  out.hidden = clip_skip == 1 ? last : final_layer_norm_(chosen_state);
+  if (norm == HiddenNorm::none)
+    out.hidden = chosen_state;
+  else
+    out.hidden = clip_skip == 1 ? last : final_layer_norm_(chosen_state);
   out.pooled = pooled;
+  if (text_projection_) out.text_embeds = text_projection_(pooled);
   return out;
 }
 

@@ -30,8 +30,9 @@ void check_act_fn(const std::string& act_fn) {
 
 }  // namespace
 
-// diffusers UNet2DConditionModel.__init__, restricted to what SD1.x / SD2.x use
-// (positional time embedding, no class / addition embeddings, default resnets).
+// diffusers UNet2DConditionModel.__init__, restricted to what SD1.x / SD2.x /
+// SDXL use (positional time embedding, no class embedding, the "text_time"
+// addition embedding, default resnets).
 UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : config_(config) {
   const auto& channels = config.block_out_channels;
   const size_t blocks = channels.size();
@@ -49,6 +50,13 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
   }
   const auto layers_per_transformer =
       per_block(config.transformer_layers_per_block, blocks, "transformer_layers_per_block");
+  // Up block i mirrors down block blocks-1-i; its transformer depth is
+  // reverse_transformer_layers_per_block[i] when given.
+  std::vector<int> up_layers_per_transformer(layers_per_transformer.rbegin(),
+                                             layers_per_transformer.rend());
+  if (!config.reverse_transformer_layers_per_block.empty())
+    up_layers_per_transformer = per_block(config.reverse_transformer_layers_per_block, blocks,
+                                          "reverse_transformer_layers_per_block");
   std::vector<int> heads(blocks);
   for (size_t i = 0; i < blocks; ++i) heads[i] = config.heads(i);
 
@@ -72,6 +80,19 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
   // time_proj (get_timestep_embedding) has no parameters.
   time_embedding_ = register_module(
       "time_embedding", std::make_shared<nn::TimestepEmbeddingImpl>(channels[0], time_dim));
+  if (config.addition_embed_type == "text_time") {
+    if (config.addition_time_embed_dim <= 0 || config.projection_class_embeddings_input_dim <= 0)
+      throw Error(
+          "UNet config: addition_embed_type \"text_time\" needs positive "
+          "addition_time_embed_dim and projection_class_embeddings_input_dim");
+    // add_time_proj (Timesteps) has no parameters either.
+    add_embedding_ = register_module("add_embedding",
+                                     std::make_shared<nn::TimestepEmbeddingImpl>(
+                                         config.projection_class_embeddings_input_dim, time_dim));
+  } else if (!config.addition_embed_type.empty()) {
+    throw Error("UNet config: unsupported addition_embed_type '" + config.addition_embed_type +
+                "' (expected text_time or none)");
+  }
 
   auto down_list = register_module("down_blocks", torch::nn::ModuleList());
   int64_t output_channel = channels[0];
@@ -123,7 +144,10 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
     o.eps = config.norm_eps;
     o.cross_attention = type == "CrossAttnUpBlock2D";
     o.add_sampler = i + 1 < blocks;
-    if (o.cross_attention) o.attn = attn_settings(mirrored);
+    if (o.cross_attention) {
+      o.attn = attn_settings(mirrored);
+      o.attn.transformer_layers = up_layers_per_transformer[i];
+    }
     up_blocks_.push_back(std::make_shared<nn::UNetUpBlockImpl>(o));
     up_list->push_back(up_blocks_.back());
   }
@@ -139,9 +163,32 @@ int UNet2DConditionModelImpl::downsample_factor() const {
 
 // diffusers UNet2DConditionModel.forward: time embedding, conv_in, down path
 // collecting skips, mid block, up path consuming them, norm + SiLU + conv_out.
+torch::Tensor UNet2DConditionModelImpl::addition_embedding(const torch::Tensor& text_embeds,
+                                                           const torch::Tensor& time_ids) {
+  if (!add_embedding_) throw Error("UNet: this model has no addition embedding (not SDXL)");
+  if (text_embeds.dim() != 2 || time_ids.dim() != 2 || text_embeds.size(0) != time_ids.size(0))
+    throw Error("UNet: text_embeds must be [B, P] and time_ids [B, N], got " +
+                shape_string(text_embeds.sizes()) + " and " + shape_string(time_ids.sizes()));
+  const int64_t inputs = text_embeds.size(1) + time_ids.size(1) * config_.addition_time_embed_dim;
+  if (inputs != config_.projection_class_embeddings_input_dim)
+    throw Error("UNet: text_embeds " + shape_string(text_embeds.sizes()) + " and time_ids " +
+                shape_string(time_ids.sizes()) + " give " + std::to_string(inputs) +
+                " addition inputs, the model takes " +
+                std::to_string(config_.projection_class_embeddings_input_dim));
+  const auto dtype = conv_in_->weight.scalar_type();
+  const auto device = conv_in_->weight.device();
+  auto time_embeds =
+      nn::timestep_embedding(time_ids.to(device).flatten(), config_.addition_time_embed_dim,
+                             config_.flip_sin_to_cos, config_.freq_shift)
+          .reshape({text_embeds.size(0), -1});
+  auto add_embeds = torch::cat({text_embeds.to(device, torch::kFloat32), time_embeds}, -1);
+  return add_embedding_->forward(add_embeds.to(dtype));
+}
+
 torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample,
                                                 const torch::Tensor& timesteps,
-                                                const torch::Tensor& encoder_hidden_states) {
+                                                const torch::Tensor& encoder_hidden_states,
+                                                const torch::Tensor& added_embedding) {
   if (sample.dim() != 4 || sample.size(1) != config_.in_channels) {
     throw Error("UNet: sample must be [B, " + std::to_string(config_.in_channels) +
                 ", H, W], got " + shape_string(sample.sizes()));
@@ -167,6 +214,18 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample,
                                       config_.freq_shift)
                    .to(dtype);
   auto emb = time_embedding_->forward(t_emb);
+  if (add_embedding_) {
+    if (!added_embedding.defined() || added_embedding.dim() != 2 ||
+        added_embedding.size(1) != emb.size(1) ||
+        (added_embedding.size(0) != batch && added_embedding.size(0) != 1))
+      throw Error("UNet: this model (SDXL) needs the addition embedding [" + std::to_string(batch) +
+                  ", " + std::to_string(emb.size(1)) + "], got " +
+                  (added_embedding.defined() ? shape_string(added_embedding.sizes())
+                                             : std::string("none")));
+    emb = emb + added_embedding.to(emb.scalar_type());
+  } else if (added_embedding.defined()) {
+    throw Error("UNet: an addition embedding was given to a model without one");
+  }
   auto context = encoder_hidden_states.to(dtype);
 
   auto x = conv_in_(sample);

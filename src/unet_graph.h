@@ -37,8 +37,9 @@ class UNetGraph {
  public:
   virtual ~UNetGraph() = default;
   virtual const UNetGraphKey& key() const = 0;
-  // Sets the text context ([2B or B, L, C]) for the following steps.
-  virtual void set_context(const torch::Tensor& context) = 0;
+  // Sets the text context ([2B or B, L, C]) and, for SDXL, the addition
+  // embedding ([2B or B, time_dim]; undefined otherwise) for the following steps.
+  virtual void set_context(const torch::Tensor& context, const torch::Tensor& added) = 0;
   // latents [B, 4, h, w] already scaled by the scheduler -> guided noise
   // prediction [B, 4, h, w] (a fresh tensor: schedulers may keep it).
   virtual torch::Tensor run(const torch::Tensor& latents, double t) = 0;
@@ -47,6 +48,7 @@ class UNetGraph {
 // Captures a graph for `key` (warm-up runs included). Returns nullptr when
 // this build of libtorch has no CUDA graph support. Throws on capture errors.
 std::unique_ptr<UNetGraph> capture_unet_graph(UNet2DConditionModel unet, const UNetGraphKey& key,
-                                              const torch::Tensor& context, bool channels_last);
+                                              const torch::Tensor& context,
+                                              const torch::Tensor& added, bool channels_last);
 
 }  // namespace sdgen

@@ -34,12 +34,30 @@ TEST(Settings, RowsAreConsistent) {
     EXPECT_EQ(s.get(copy), s.get(defaults)) << s.name;
     if (!s.default_text.empty()) EXPECT_EQ(s.from_text(s.default_text), s.get(defaults)) << s.name;
   }
-  EXPECT_EQ(names.size(), 39u);  // the 38 of cli::Options before the table, and --vae
-  EXPECT_EQ(
-      prompt_file_keys(),
-      std::vector<std::string>({"prompt", "negative_prompt", "steps", "sampler", "scheduler",
-                                "cfg_scale", "seed", "width", "height", "init_image", "strength",
-                                "clip_skip", "eta", "guidance_rescale", "batch_size", "output"}));
+  // The 38 of cli::Options before the table, --vae and SDXL's six size/crop settings.
+  EXPECT_EQ(names.size(), 45u);
+  EXPECT_EQ(prompt_file_keys(), std::vector<std::string>({"prompt",
+                                                          "negative_prompt",
+                                                          "steps",
+                                                          "sampler",
+                                                          "scheduler",
+                                                          "cfg_scale",
+                                                          "seed",
+                                                          "width",
+                                                          "height",
+                                                          "init_image",
+                                                          "strength",
+                                                          "clip_skip",
+                                                          "eta",
+                                                          "guidance_rescale",
+                                                          "original_size",
+                                                          "target_size",
+                                                          "crop_top_left",
+                                                          "negative_original_size",
+                                                          "negative_target_size",
+                                                          "negative_crop_top_left",
+                                                          "batch_size",
+                                                          "output"}));
   EXPECT_EQ(find_setting_by_flag("-W"), &setting("width"));
   EXPECT_EQ(find_setting_by_line_key("cfg_scale"), &setting("cfg_scale"));
   EXPECT_EQ(find_setting_by_line_key("model"), nullptr);  // a run setting
@@ -77,6 +95,14 @@ TEST(Settings, TextAndJsonShareOneRule) {
       {"schedule", "exponential", "exponential", false},
       {"output", "{nope}.png", "{nope}.png", false},
       {"output", "a/{index}.png", "a/{index}.png", true},
+      {"original_size", "1536x1024", "1536x1024", true},
+      {"original_size", "", "", true},  // unset: the image size
+      {"original_size", "1536", "1536", false},
+      {"original_size", "0x64", "0x64", false},
+      {"target_size", "64x99999", "64x99999", false},
+      {"crop_top_left", "0,0", "0,0", true},
+      {"crop_top_left", "-1,0", "-1,0", false},
+      {"negative_crop_top_left", "3x4", "3x4", false},
   };
   for (const auto& c : cases) {
     const SettingSpec& spec = setting(c.name);

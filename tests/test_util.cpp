@@ -117,18 +117,23 @@ StableDiffusionModel& tiny_model() {
   return model;
 }
 
-GenerationRequest golden_request(const std::string& sampler) {
-  const auto meta = golden("pipe." + sampler + ".meta").to(torch::kFloat64);
+GenerationRequest request_from_meta(const torch::Tensor& golden_meta, const std::string& sampler) {
+  const auto meta = golden_meta.to(torch::kFloat64);
   GenerationRequest r;
   r.prompt = "a photograph of an astronaut riding a horse";
-  // LCM: guidance 1.0 and no negative prompt (no unconditional pass).
-  r.negative_prompt = sampler == "lcm" ? "" : "blurry, low quality";
   r.steps = static_cast<int>(meta[0].item<double>());
   r.cfg_scale = meta[1].item<double>();
   r.seed = static_cast<uint64_t>(meta[2].item<double>());
   r.height = static_cast<int>(meta[3].item<double>());
   r.width = static_cast<int>(meta[4].item<double>());
   r.sampler = parse_sampler(sampler);
+  return r;
+}
+
+GenerationRequest golden_request(const std::string& sampler) {
+  GenerationRequest r = request_from_meta(golden("pipe." + sampler + ".meta"), sampler);
+  // LCM: guidance 1.0 and no negative prompt (no unconditional pass).
+  r.negative_prompt = sampler == "lcm" ? "" : "blurry, low quality";
   return r;
 }
 

@@ -38,6 +38,9 @@ int run(const std::string& command, std::string* output = nullptr);
 
 // The tiny model (tiny_model_dir()), loaded once per process.
 StableDiffusionModel& tiny_model();
+// A txt2img request from a golden pipe.*.meta tensor [steps, guidance, seed,
+// height, width]; the prompt is the golden one, no negative prompt.
+GenerationRequest request_from_meta(const torch::Tensor& meta, const std::string& sampler);
 // The golden txt2img request for `sampler` (golden pipe.<sampler>.meta: steps,
 // guidance, seed, height, width; LCM runs without a negative prompt).
 GenerationRequest golden_request(const std::string& sampler);

@@ -10,7 +10,7 @@
 
 namespace sdgen {
 
-// diffusers UNet2DConditionModel (SD1.x / SD2.x subset).
+// diffusers UNet2DConditionModel (the SD1.x / SD2.x / SDXL subset).
 struct UNetConfig {
   int in_channels = 4;
   int out_channels = 4;
@@ -32,11 +32,21 @@ struct UNetConfig {
   std::vector<int> attention_head_dim = {8, 8, 8, 8};
   std::vector<int> num_attention_heads;  // empty = null
   std::vector<int> transformer_layers_per_block = {1, 1, 1, 1};
+  // Depths of the up blocks' transformers, in up-block order; empty = the
+  // down blocks' depths reversed (diffusers' default).
+  std::vector<int> reverse_transformer_layers_per_block;
   bool use_linear_projection = false;
   bool upcast_attention = false;
   bool flip_sin_to_cos = true;
   int freq_shift = 0;
   int sample_size = 64;
+  // SDXL's micro-conditioning: "" (none) or "text_time" (the pooled text
+  // embedding and the size/crop ids, each id through a sinusoidal embedding
+  // of addition_time_embed_dim features, into a TimestepEmbedding of
+  // projection_class_embeddings_input_dim inputs added to the time embedding).
+  std::string addition_embed_type;
+  int addition_time_embed_dim = 0;
+  int projection_class_embeddings_input_dim = 0;
 
   // Heads of down block i (diffusers: num_attention_heads or attention_head_dim).
   int heads(size_t block) const;
@@ -58,6 +68,9 @@ struct VAEConfig {
   bool use_quant_conv = true;
   bool use_post_quant_conv = true;
   int sample_size = 512;
+  // diffusers' default; the SDXL pipeline decodes an fp16 VAE that has it in
+  // fp32 (the SDXL VAE overflows fp16).
+  bool force_upcast = true;
 
   static VAEConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;
@@ -77,6 +90,9 @@ struct CLIPTextConfig {
   int eos_token_id = 49407;
   int pad_token_id = 49407;
   int projection_dim = 768;
+  // CLIPTextModelWithProjection (SDXL's second encoder): a bias-free
+  // text_projection [projection_dim, hidden] on the pooled output.
+  bool with_projection = false;
 
   static CLIPTextConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;

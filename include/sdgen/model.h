@@ -44,11 +44,18 @@ struct LoadOptions {
 
 struct StableDiffusionModel {
   std::string source;    // the path given
-  std::string family;    // "SD1.x" or "SD2.x"
+  std::string family;    // "SD1.x", "SD2.x" or "SDXL"
   std::string layout;    // "diffusers" or "single-file"
   std::string vae_file;  // the separate VAE's weights file (--vae), or ""
   std::unique_ptr<Tokenizer> tokenizer;
   CLIPTextModel text_encoder{nullptr};
+  // SDXL: the second tokenizer (pads with "!") and text encoder (OpenCLIP
+  // ViT-bigG with projection); null for SD1/SD2.
+  std::unique_ptr<Tokenizer> tokenizer_2;
+  CLIPTextModel text_encoder_2{nullptr};
+  // SDXL pipelines: an empty negative prompt conditions on zeros
+  // (model_index.json's force_zeros_for_empty_prompt; true for SDXL base).
+  bool force_zeros_for_empty_prompt = false;
   UNet2DConditionModel unet{nullptr};
   AutoencoderKL vae{nullptr};
   SchedulerConfig scheduler_config;
@@ -61,6 +68,9 @@ struct StableDiffusionModel {
   torch::ScalarType vae_dtype = torch::kFloat32;  // VAE
   bool cuda_graphs = true;                        // from LoadOptions
   bool channels_last = false;                     // resolved from LoadOptions
+
+  // SDXL: two text encoders and the UNet's size/crop conditioning.
+  bool is_sdxl() const { return static_cast<bool>(text_encoder_2); }
 };
 
 // Throws Error naming the path/key at fault. The files read are those of

@@ -34,6 +34,9 @@ struct ModelFiles {
   std::string model_path;   // as given
   std::string model_index;  // diffusers: <folder>/model_index.json; "" for a single file
   ComponentFiles text_encoder;
+  // SDXL's second text encoder (text_encoder_2/ of a diffusers folder, the
+  // checkpoint itself for a single file); read only for SDXL models.
+  ComponentFiles text_encoder_2;
   ComponentFiles unet;
   ComponentFiles vae;
   // scheduler/scheduler_config.json of the config folder when it exists;
@@ -47,6 +50,10 @@ struct ModelFiles {
   // The folders looked in, in load order: the config folder's and the
   // model's tokenizer/, then tokenizer_search_paths().
   std::vector<std::string> tokenizer_candidates;
+  // SDXL's second tokenizer: the first folder of the config folder's and the
+  // model's tokenizer_2/ holding tokenizer files; "" = the first tokenizer's
+  // files, padded with "!" as SDXL's tokenizer_2 is.
+  std::string tokenizer_2;
 };
 
 // Throws Error when there is no model to resolve: an empty path, a path that

@@ -17,6 +17,23 @@
 
 namespace sdgen {
 
+// SDXL's micro-conditioning (diffusers' original_size, crops_coords_top_left,
+// target_size and their negative_* counterparts). Sizes are (width, height)
+// as everywhere in sdgen; diffusers' tuples are (height, width).
+struct SizeConditioning {
+  using Pair = std::optional<std::pair<int, int>>;
+  Pair original_size;  // unset: the image size
+  Pair target_size;    // unset: the image size
+  Pair crop_top_left;  // (top, left); unset: (0, 0)
+  // Unset: the positive value (diffusers uses the positive add_time_ids for
+  // the negative batch unless it is given both negative sizes).
+  Pair negative_original_size, negative_target_size, negative_crop_top_left;
+  bool any() const {
+    return original_size || target_size || crop_top_left || negative_original_size ||
+           negative_target_size || negative_crop_top_left;
+  }
+};
+
 struct GenerationRequest {
   std::string prompt;
   std::string negative_prompt;
@@ -42,7 +59,14 @@ struct GenerationRequest {
   double strength = 0.75;
   // Decode the latents in overlapping tiles (bounded memory for large images).
   bool vae_tiling = false;
+  // SDXL only (an error for other models when any is set).
+  SizeConditioning size_conditioning;
 };
+
+// SDXL's add_time_ids for a request: [1, 6] float32 (original height, width,
+// crop top, left, target height, width), positive and negative
+// (diffusers' StableDiffusionXLPipeline._get_add_time_ids).
+std::pair<torch::Tensor, torch::Tensor> sdxl_add_time_ids(const GenerationRequest& request);
 
 struct StepInfo {
   int index = 0;  // 0-based step
@@ -76,6 +100,14 @@ Settings settings_of_request(const GenerationRequest& request);
 
 class UNetGraph;
 
+// What the text encoders give the UNet for a list of prompts.
+struct PromptEmbeddings {
+  torch::Tensor context;  // [N, 77 * chunks, cross_attention_dim], the model's dtype and device
+  // SDXL: the second encoder's projected pooled output [N, projection_dim]
+  // (of each prompt's first chunk); undefined for SD1/SD2.
+  torch::Tensor pooled;
+};
+
 // Classifier-free guidance of one step: uncond + cfg_scale * (cond - uncond),
 // then, when guidance_rescale > 0, diffusers' rescale_noise_cfg (each image's
 // standard deviation, unbiased over C, H, W, matched to cond's by that share).
@@ -101,8 +133,14 @@ class Pipeline {
   // prompts are padded with empty chunks to max(min_chunks, the longest), and
   // emphasis weights are applied with the mean restored. A plain prompt of at
   // most 75 tokens gives exactly diffusers' [N, 77, hidden] embedding.
+  // For SDXL the context is both encoders' states side by side (see
+  // encode_prompt_embeddings).
   torch::Tensor encode_prompts(const std::vector<std::string>& prompts, int clip_skip,
                                int min_chunks = 0);
+  // encode_prompts with SDXL's pooled output too. SDXL: clip_skip k takes
+  // hidden_states[-max(k, 2)] of both encoders without the final layer norm.
+  PromptEmbeddings encode_prompt_embeddings(const std::vector<std::string>& prompts, int clip_skip,
+                                            int min_chunks = 0);
   // How many 77-token chunks encode_prompts gives `prompt` on its own; the
   // caller pads the negative and positive prompts to the larger count.
   int prompt_chunk_count(const std::string& prompt) const;
@@ -124,8 +162,9 @@ class Pipeline {
  private:
   // The guided UNet step for the current latents; replays a captured CUDA
   // graph when the model runs on CUDA with graphs enabled.
+  // `added`: SDXL's addition embedding rows for the UNet batch (undefined otherwise).
   torch::Tensor guided_noise(const torch::Tensor& latents, double t, const torch::Tensor& context,
-                             const GenerationRequest& request);
+                             const torch::Tensor& added, const GenerationRequest& request);
   // VAE decode of final latents, in the VAE's dtype; an fp16/bf16 decode that
   // overflows is redone in fp32 with a warning, and this pipeline keeps an
   // fp32 copy of the VAE for later decodes (the model's VAE is left as is).
@@ -140,6 +179,7 @@ class Pipeline {
   // Handles to the model's modules (shared, not copied): their forward passes
   // are non-const in libtorch; the pipeline never changes their parameters.
   CLIPTextModel text_encoder_;
+  CLIPTextModel text_encoder_2_;  // SDXL, else null
   UNet2DConditionModel unet_;
   // The model's VAE, or after an fp16/bf16 overflow the pipeline's fp32 copy.
   AutoencoderKL vae_;

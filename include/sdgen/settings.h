@@ -75,6 +75,17 @@ std::optional<DtypeChoice> parse_dtype_choice(const std::string& name);
 std::optional<ChannelsLast> parse_channels_last(const std::string& name);
 std::optional<DeviceChoice> parse_device_choice(const std::string& name);
 
+// ---- Pairs of whole numbers (SDXL's size and crop conditioning) ------------
+
+// The largest size or crop coordinate sdgen takes (SDXL's micro-conditioning
+// values are features of any size; this only bounds typos).
+inline constexpr int kMaxConditioningPixels = 65536;
+// "WxH" (whole numbers 1..kMaxConditioningPixels; spaces around the parts
+// allowed, 'X' too) -> {width, height}. Throws SettingError naming the form.
+std::pair<int, int> parse_wxh(const std::string& text);
+// "TOP,LEFT" (whole numbers 0..kMaxConditioningPixels) -> {top, left}.
+std::pair<int, int> parse_top_left(const std::string& text);
+
 // ---- The sampler registry: sdgen, A1111 and diffusers names ---------------
 
 struct SamplerInfo {

@@ -16,6 +16,14 @@ namespace sdgen {
 struct CLIPTextOutput {
   torch::Tensor hidden;  // [B, 77, hidden]: last layer (clip_skip 1) or the chosen earlier layer
   torch::Tensor pooled;  // [B, hidden]: final-layer-normed last state at the eos position
+  // [B, projection_dim]: text_projection(pooled) with_projection, else undefined.
+  torch::Tensor text_embeds;
+};
+
+// How CLIPTextModel::forward returns a layer chosen by clip_skip.
+enum class HiddenNorm {
+  final_layer_norm,  // through final_layer_norm (SD1/SD2 pipelines)
+  none,              // transformers' hidden_states[-clip_skip] as is (SDXL)
 };
 
 struct CLIPTextEmbeddingsImpl;
@@ -29,7 +37,11 @@ class CLIPTextModelImpl : public torch::nn::Module {
   // chosen hidden state is passed through final_layer_norm either way (as
   // diffusers' StableDiffusionPipeline does for clip_skip). input_ids: [B, L]
   // integer ids, L <= max_position_embeddings; clip_skip in [1, num_hidden_layers].
-  CLIPTextOutput forward(const torch::Tensor& input_ids, int clip_skip = 1);
+  // With HiddenNorm::none the chosen state is transformers'
+  // hidden_states[-clip_skip] unnormalized (SDXL conditions on
+  // hidden_states[-2]).
+  CLIPTextOutput forward(const torch::Tensor& input_ids, int clip_skip = 1,
+                         HiddenNorm norm = HiddenNorm::final_layer_norm);
 
   const CLIPTextConfig& config() const { return config_; }
 
@@ -40,6 +52,7 @@ class CLIPTextModelImpl : public torch::nn::Module {
   std::shared_ptr<CLIPTextEmbeddingsImpl> embeddings_;
   std::shared_ptr<CLIPEncoderImpl> encoder_;
   nn::LayerNorm final_layer_norm_{nullptr};
+  nn::Linear text_projection_{nullptr};  // with_projection only
 };
 TORCH_MODULE(CLIPTextModel);
 

@@ -18,7 +18,7 @@ namespace {
 class CudaUNetGraph : public UNetGraph {
  public:
   CudaUNetGraph(UNet2DConditionModel unet, const UNetGraphKey& key, const torch::Tensor& context,
-                bool channels_last)
+                const torch::Tensor& added, bool channels_last)
       : unet_(std::move(unet)), key_(key), channels_last_(channels_last) {
     const auto device = context.device();
     const auto dtype = context.scalar_type();
@@ -29,6 +29,7 @@ class CudaUNetGraph : public UNetGraph {
     const int64_t rows = key.guided ? 2 * key.batch : key.batch;
     t_ = torch::zeros({rows}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
     context_ = context.clone();
+    if (added.defined()) added_ = added.clone();
     t_.fill_(500.0);
 
     torch::NoGradGuard no_grad;
@@ -49,10 +50,13 @@ class CudaUNetGraph : public UNetGraph {
 
   const UNetGraphKey& key() const override { return key_; }
 
-  void set_context(const torch::Tensor& context) override {
+  void set_context(const torch::Tensor& context, const torch::Tensor& added) override {
     if (context.sizes() != context_.sizes())
       throw std::runtime_error("UNet graph: context shape changed");
+    if (added.defined() != added_.defined() || (added.defined() && added.sizes() != added_.sizes()))
+      throw std::runtime_error("UNet graph: addition embedding shape changed");
     context_.copy_(context);
+    if (added.defined()) added_.copy_(added);
   }
 
   torch::Tensor run(const torch::Tensor& latents, double t) override {
@@ -66,7 +70,7 @@ class CudaUNetGraph : public UNetGraph {
   torch::Tensor forward() {
     auto x = key_.guided ? torch::cat({latents_, latents_}, 0) : latents_;
     if (channels_last_) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
-    auto eps = unet_->forward(x, t_, context_);
+    auto eps = unet_->forward(x, t_, context_, added_);
     if (key_.guided) {
       auto parts = eps.chunk(2, 0);
       eps = combine_guidance(parts[0], parts[1], key_.cfg_scale, key_.guidance_rescale);
@@ -77,15 +81,16 @@ class CudaUNetGraph : public UNetGraph {
   UNet2DConditionModel unet_;
   UNetGraphKey key_;
   bool channels_last_;
-  torch::Tensor latents_, t_, context_, output_;
+  torch::Tensor latents_, t_, context_, added_, output_;
   at::cuda::CUDAGraph graph_;
 };
 
 }  // namespace
 
 std::unique_ptr<UNetGraph> capture_unet_graph(UNet2DConditionModel unet, const UNetGraphKey& key,
-                                              const torch::Tensor& context, bool channels_last) {
-  return std::make_unique<CudaUNetGraph>(std::move(unet), key, context, channels_last);
+                                              const torch::Tensor& context,
+                                              const torch::Tensor& added, bool channels_last) {
+  return std::make_unique<CudaUNetGraph>(std::move(unet), key, context, added, channels_last);
 }
 
 }  // namespace sdgen

@@ -127,6 +127,43 @@ std::optional<DeviceChoice> parse_device_choice(const std::string& text) {
 
 // ---- Samplers ----------------------------------------------------------------
 
+namespace {
+// A whole number from `text` (surrounding spaces allowed), in [lo, hi].
+int pair_part(const std::string& text, int lo, int hi, const char* form) {
+  size_t a = 0, b = text.size();
+  while (a < b && std::isspace(static_cast<unsigned char>(text[a]))) ++a;
+  while (b > a && std::isspace(static_cast<unsigned char>(text[b - 1]))) --b;
+  if (a == b || b - a > 9) throw SettingError(std::string("must be ") + form);
+  int v = 0;
+  for (size_t i = a; i < b; ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(text[i])))
+      throw SettingError(std::string("must be ") + form);
+    v = v * 10 + (text[i] - '0');
+  }
+  if (v < lo || v > hi)
+    throw SettingError(std::string("must be ") + form + " with each part from " +
+                       std::to_string(lo) + " to " + std::to_string(hi));
+  return v;
+}
+
+std::pair<int, int> parse_pair(const std::string& text, const char* separators, int lo,
+                               const char* form) {
+  const auto at = text.find_first_of(separators);
+  if (at == std::string::npos || text.find_first_of(separators, at + 1) != std::string::npos)
+    throw SettingError(std::string("must be ") + form);
+  return {pair_part(text.substr(0, at), lo, kMaxConditioningPixels, form),
+          pair_part(text.substr(at + 1), lo, kMaxConditioningPixels, form)};
+}
+}  // namespace
+
+std::pair<int, int> parse_wxh(const std::string& text) {
+  return parse_pair(text, "xX", 1, "WIDTHxHEIGHT (e.g. 1024x768)");
+}
+
+std::pair<int, int> parse_top_left(const std::string& text) {
+  return parse_pair(text, ",", 0, "TOP,LEFT (e.g. 0,0)");
+}
+
 const std::vector<SamplerInfo>& sampler_registry() {
   // Labels: A1111's sd_samplers_compvis / sd_samplers_kdiffusion names; classes:
   // the diffusers scheduler each follows. Order: what --help and errors list.

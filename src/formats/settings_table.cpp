@@ -91,6 +91,21 @@ Rule output_pattern() {
   };
   return r;
 }
+// "" (unset: the pipeline's default) or a pair parse_wxh / parse_top_left takes.
+Rule wxh() {
+  Rule r;
+  r.check_text = [](const std::string& text) {
+    if (!text.empty()) parse_wxh(text);
+  };
+  return r;
+}
+Rule top_left() {
+  Rule r;
+  r.check_text = [](const std::string& text) {
+    if (!text.empty()) parse_top_left(text);
+  };
+  return r;
+}
 Rule shard() {
   Rule r;
   r.check_text = [](const std::string& text) {
@@ -352,6 +367,13 @@ A1111Hooks field(const std::string& label, std::function<bool(const json&)> writ
             else if (absent_is_default)
               r.settings.set(spec.name, spec.get(Settings{}));
           }};
+}
+
+// Written when the value is not empty (a text setting that is set); a
+// missing field reads as unset.
+A1111Hooks when_set(const std::string& label) {
+  return field(
+      label, [](const json& v) { return !v.get<std::string>().empty(); }, true);
 }
 
 A1111Hooks always(const std::string& label) {

@@ -1,0 +1,314 @@
+// SDXL parity with diffusers (StableDiffusionXLPipeline) on the tiny SDXL of
+// ../shared/models/sdxl-tiny, in both layouts: tokens, both text encoders,
+// encode_prompt, add_time_ids, one UNet forward, VAE, schedules and whole
+// pipelines (golden/sdxl/golden.safetensors).
+
+#include <filesystem>
+#include <memory>
+
+#include <gtest/gtest.h>
+
+#include "sdgen/checkpoint.h"
+#include "sdgen/error.h"
+#include "sdgen/model.h"
+#include "sdgen/pipeline.h"
+#include "sdgen/safetensors.h"
+#include "sdgen/weights.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace sdgen {
+namespace {
+
+std::string sdxl_dir() { return test::shared_dir() + "/models/sdxl-tiny"; }
+std::string sdxl_file() { return test::shared_dir() + "/models/sdxl-tiny.safetensors"; }
+std::string sdxl_golden_path() { return test::shared_dir() + "/golden/sdxl/golden.safetensors"; }
+
+bool has_sdxl() {
+  return fs::exists(sdxl_dir() + "/model_index.json") && fs::exists(sdxl_file()) &&
+         fs::exists(sdxl_golden_path());
+}
+
+#define SDGEN_REQUIRE_SDXL()                                                                \
+  do {                                                                                      \
+    if (!has_sdxl())                                                                        \
+      GTEST_SKIP() << "SDXL reference data not found under " << ::sdgen::test::shared_dir() \
+                   << " (models/sdxl-tiny, golden/sdxl); skipping";                         \
+  } while (0)
+
+torch::Tensor gold(const std::string& key) {
+  static const SafeTensorsFile file(sdxl_golden_path());
+  EXPECT_TRUE(file.contains(key)) << "golden/sdxl has no " << key;
+  return file.tensor(key).clone();
+}
+
+// The tiny SDXL in each layout, loaded once per process.
+StableDiffusionModel& model(bool single_file) {
+  static std::unique_ptr<StableDiffusionModel> folder, file;
+  auto& slot = single_file ? file : folder;
+  if (!slot) {
+    LoadOptions o;
+    o.model_path = single_file ? sdxl_file() : sdxl_dir();
+    // The single file's architecture is not a standard preset: its configs
+    // (and tokenizers) come from the folder, as users pass --config.
+    if (single_file) o.config_dir = sdxl_dir();
+    slot = std::make_unique<StableDiffusionModel>(load_model(o));
+  }
+  return *slot;
+}
+
+GenerationRequest golden_call(const std::string& sampler) {
+  return test::request_from_meta(gold("pipe." + sampler + ".meta"), sampler);
+}
+
+class SDXLLayouts : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    if (!has_sdxl())
+      GTEST_SKIP() << "SDXL reference data not found under " << test::shared_dir()
+                   << " (models/sdxl-tiny, golden/sdxl); skipping";
+  }
+  StableDiffusionModel& m() { return model(GetParam()); }
+  std::string layout() const { return GetParam() ? "single-file" : "diffusers"; }
+};
+
+TEST_P(SDXLLayouts, DetectedAsSDXL) {
+  EXPECT_EQ(m().family, "SDXL");
+  EXPECT_TRUE(m().is_sdxl());
+  EXPECT_TRUE(m().force_zeros_for_empty_prompt);
+  EXPECT_TRUE(m().unet->has_addition_embedding());
+  EXPECT_EQ(m().vae->config().scaling_factor, 0.13025);
+  EXPECT_EQ(m().scheduler_config.class_name, "EulerDiscreteScheduler");
+  EXPECT_EQ(m().text_encoder_2->config().projection_dim, 32);
+}
+
+TEST_P(SDXLLayouts, TokensOfBothTokenizers) {
+  const std::vector<std::string> prompts = {
+      "a photograph of an astronaut riding a horse", "", "blurry, low quality",
+      "A  Cat's   TOY!!  isn't   it? highly detailed, 8k, (masterpiece:1.2), [blurry]"};
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    for (int which : {1, 2}) {
+      const Tokenizer& tok = which == 1 ? *m().tokenizer : *m().tokenizer_2;
+      const auto ids = tok.encode_padded(prompts[i]);
+      const auto expected = gold("tokens." + std::to_string(i) + ".te" + std::to_string(which));
+      ASSERT_EQ(static_cast<int64_t>(ids.size()), expected.size(1));
+      for (size_t k = 0; k < ids.size(); ++k)
+        ASSERT_EQ(ids[k], expected[0][static_cast<int64_t>(k)].item<int64_t>())
+            << "prompt " << i << " tokenizer " << which << " position " << k;
+    }
+  }
+}
+
+TEST_P(SDXLLayouts, TextEncodersMatchTransformers) {
+  torch::NoGradGuard no_grad;
+  double worst = 0;
+  for (int i = 0; i < 5; ++i) {
+    const std::string n = std::to_string(i);
+    const auto ids1 = gold("tokens." + n + ".te1");
+    const auto ids2 = gold("tokens." + n + ".te2");
+    const auto a = m().text_encoder->forward(ids1, 2, HiddenNorm::none);
+    const auto last1 = m().text_encoder->forward(ids1, 1).hidden;
+    const auto b = m().text_encoder_2->forward(ids2, 2, HiddenNorm::none);
+    const auto last2 = m().text_encoder_2->forward(ids2, 1).hidden;
+    for (const auto& [got, key] : std::vector<std::pair<torch::Tensor, std::string>>{
+             {a.hidden, "te1." + n + ".penult"},
+             {last1, "te1." + n + ".last"},
+             {b.hidden, "te2." + n + ".penult"},
+             {last2, "te2." + n + ".last"},
+             {b.text_embeds, "te2." + n + ".text_embeds"}}) {
+      const double d = test::max_abs_diff(got, gold(key));
+      worst = std::max(worst, d);
+      EXPECT_LT(d, 1e-5) << key << " (" << layout() << ")";
+    }
+  }
+  std::cout << "[parity] SDXL text encoders (" << layout() << "): max err " << worst << std::endl;
+}
+
+TEST_P(SDXLLayouts, EncodePromptAndTimeIds) {
+  Pipeline pipeline(m());
+  const auto e =
+      pipeline.encode_prompt_embeddings({"a photograph of an astronaut riding a horse"}, 1);
+  EXPECT_LT(test::max_abs_diff(e.context, gold("enc.prompt_embeds")), 1e-5);
+  EXPECT_LT(test::max_abs_diff(e.pooled, gold("enc.pooled_prompt_embeds")), 1e-5);
+  // Clip skip 1 and 2 are the same layer for SDXL (hidden_states[-2]).
+  const auto e2 =
+      pipeline.encode_prompt_embeddings({"a photograph of an astronaut riding a horse"}, 2);
+  EXPECT_TRUE(torch::equal(e.context, e2.context));
+  // The golden call has no negative prompt: zeros (force_zeros_for_empty_prompt).
+  EXPECT_EQ(gold("enc.negative_prompt_embeds").abs().max().item<double>(), 0.0);
+
+  GenerationRequest r = golden_call("euler");
+  const auto [ids, negative_ids] = sdxl_add_time_ids(r);
+  EXPECT_TRUE(torch::equal(ids, gold("add_time_ids")));
+  EXPECT_TRUE(torch::equal(negative_ids, gold("negative_add_time_ids")));
+  // WxH settings become diffusers' (height, width) tuples.
+  r.size_conditioning.original_size = std::make_pair(1536, 1024);
+  r.size_conditioning.crop_top_left = std::make_pair(16, 32);
+  r.size_conditioning.negative_target_size = std::make_pair(512, 256);
+  const auto [ids2, negative_ids2] = sdxl_add_time_ids(r);
+  EXPECT_TRUE(
+      torch::equal(ids2, torch::tensor({1024.f, 1536.f, 16.f, 32.f, 64.f, 64.f}).view({1, 6})));
+  EXPECT_TRUE(torch::equal(negative_ids2,
+                           torch::tensor({1024.f, 1536.f, 16.f, 32.f, 256.f, 512.f}).view({1, 6})));
+}
+
+TEST_P(SDXLLayouts, UNetForwardMatchesDiffusers) {
+  torch::NoGradGuard no_grad;
+  auto& unet = m().unet;
+  const auto added =
+      unet->addition_embedding(gold("unet.in.text_embeds"), gold("unet.in.time_ids"));
+  const auto out = unet->forward(gold("unet.in.x"), gold("unet.in.t"), gold("unet.in.ctx"), added);
+  const double d = test::max_abs_diff(out, gold("unet.out"));
+  EXPECT_LT(d, 1e-4);
+  // The 8x12 call: t = 1, the first row's context and pooled embedding, the
+  // second row's time ids (128x96 original, crop (8, 4), 64x48 target).
+  const auto added1 = unet->addition_embedding(gold("unet.in.text_embeds").narrow(0, 0, 1),
+                                               gold("unet.in.time_ids").narrow(0, 1, 1));
+  const auto wide = unet->forward(gold("unet.in.x_wide"), torch::tensor({1}),
+                                  gold("unet.in.ctx").narrow(0, 0, 1), added1);
+  const double dw = test::max_abs_diff(wide, gold("unet.out_wide"));
+  EXPECT_LT(dw, 1e-4);
+  std::cout << "[parity] SDXL UNet (" << layout() << "): max err " << d << ", 8x12 " << dw
+            << std::endl;
+  // The addition embedding is required, and refused for the wrong width.
+  EXPECT_THROW(unet->forward(gold("unet.in.x"), gold("unet.in.t"), gold("unet.in.ctx")), Error);
+  EXPECT_THROW(unet->addition_embedding(gold("unet.in.text_embeds"),
+                                        gold("unet.in.time_ids").narrow(1, 0, 5)),
+               Error);
+}
+
+TEST_P(SDXLLayouts, VaeMatchesDiffusers) {
+  torch::NoGradGuard no_grad;
+  const auto image = m().vae->decode(gold("vae.in.z"));
+  EXPECT_LT(test::max_abs_diff(image, gold("vae.out.image")), 1e-4);
+  const auto posterior = m().vae->encode(gold("vae.enc.in.image"));
+  EXPECT_LT(test::max_abs_diff(posterior.mean, gold("vae.enc.mean")), 1e-4);
+  EXPECT_LT(test::max_abs_diff(posterior.std, gold("vae.enc.std")), 1e-4);
+}
+
+TEST_P(SDXLLayouts, SchedulesMatchDiffusers) {
+  Pipeline pipeline(m());
+  for (const std::string s : {"euler", "euler_a", "dpmpp_2m", "ddim"}) {
+    auto r = golden_call("euler");
+    r.sampler = parse_sampler(s);
+    const auto scheduler = pipeline.make_request_scheduler(r);
+    const auto expected = gold("sched." + s + ".10.timesteps").to(torch::kFloat64);
+    ASSERT_EQ(static_cast<int64_t>(scheduler->timesteps().size()), expected.size(0)) << s;
+    for (int64_t i = 0; i < expected.size(0); ++i)
+      EXPECT_NEAR(scheduler->timesteps()[static_cast<size_t>(i)], expected[i].item<double>(), 1e-6)
+          << s << " timestep " << i;
+    EXPECT_NEAR(scheduler->init_noise_sigma(),
+                gold("sched." + s + ".10.init_noise_sigma").item<double>(), 1e-4)
+        << s;
+  }
+}
+
+// The whole pipeline: every step's latents and the image, within 1 level.
+void check_pipeline(StableDiffusionModel& model, const std::string& key, GenerationRequest r,
+                    const std::string& layout) {
+  Pipeline pipeline(model);
+  const auto expected_steps = gold(key + ".latents_steps");
+  std::vector<torch::Tensor> steps;
+  const auto result = pipeline.generate(r, [&](const StepInfo&, const torch::Tensor& l) {
+    steps.push_back(l.to(torch::kCPU, torch::kFloat32).clone());
+  });
+  ASSERT_EQ(static_cast<int64_t>(steps.size()), expected_steps.size(0)) << key;
+  double worst = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const auto expected = expected_steps[static_cast<int64_t>(i)];
+    const double d = test::max_abs_diff(steps[i], expected);
+    worst = std::max(worst, d);
+    const double scale = std::max(1.0, expected.abs().max().item<double>());
+    EXPECT_LT(d, 1e-4 * scale) << key << " step " << i << " (" << layout << ")";
+  }
+  const double image_err = test::max_abs_diff(result.images, gold(key + ".image"));
+  const double u8_err = test::max_abs_diff(result.images_u8, gold(key + ".image_u8"));
+  std::cout << "[parity] SDXL " << key << " (" << layout << "): latents max err " << worst
+            << ", image max err " << image_err << ", u8 max diff " << u8_err << std::endl;
+  EXPECT_LT(image_err, 1e-4) << key << " (" << layout << ")";
+  EXPECT_LE(u8_err, 1.0) << key << " (" << layout << ")";
+}
+
+TEST_P(SDXLLayouts, PipelinesMatchDiffusers) {
+  for (const std::string s : {"euler", "euler_a", "dpmpp_2m", "ddim"})
+    check_pipeline(m(), "pipe." + s, golden_call(s), layout());
+}
+
+TEST_P(SDXLLayouts, NegativePromptMatchesDiffusers) {
+  auto r = golden_call("euler");
+  r.negative_prompt = "blurry, low quality";
+  check_pipeline(m(), "pipe_neg.euler", r, layout());
+}
+
+INSTANTIATE_TEST_SUITE_P(Both, SDXLLayouts, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("SingleFile") : std::string("Diffusers");
+                         });
+
+TEST(SDXL, SizeConditioningRefusedForSD1) {
+  SDGEN_REQUIRE_SHARED();
+  Pipeline pipeline(test::tiny_model());
+  auto r = test::golden_request("ddim");
+  r.size_conditioning.original_size = std::make_pair(1024, 1024);
+  try {
+    pipeline.validate(r);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--original-size applies to SDXL models only"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(SDXL, SingleFileDetection) {
+  SDGEN_REQUIRE_SDXL();
+  SafeTensorsFile f(sdxl_file());
+  const TensorMap all = tensors_with_prefix(f, "");
+  EXPECT_EQ(detect_family(all), ModelFamily::SDXL);
+  // The addition embedding's widths come from label_emb and the projection.
+  const auto unet = infer_unet_config(all, ModelFamily::SDXL);
+  EXPECT_EQ(unet.addition_embed_type, "text_time");
+  EXPECT_EQ(unet.projection_class_embeddings_input_dim, 80);
+  EXPECT_EQ(unet.addition_time_embed_dim, 8);
+  EXPECT_EQ(unet.transformer_layers_per_block, (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(unet.down_block_types[0], "DownBlock2D");
+  EXPECT_EQ(unet.cross_attention_dim, 96);
+  const auto clip2 = infer_clip2_config(all);
+  EXPECT_TRUE(clip2.with_projection);
+  EXPECT_EQ(clip2.projection_dim, 32);
+  EXPECT_EQ(clip2.num_hidden_layers, 4);
+  EXPECT_EQ(infer_vae_config(all, ModelFamily::SDXL).scaling_factor, 0.13025);
+
+  auto expect_refused = [](const TensorMap& m, const std::string& words) {
+    try {
+      detect_family(m);
+      ADD_FAILURE() << "expected an error with: " << words;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  };
+  // A refiner: one OpenCLIP encoder as embedders.0.
+  TensorMap refiner;
+  for (const auto& [k, t] : all) {
+    if (k.rfind("conditioner.embedders.0.", 0) == 0) continue;
+    std::string key = k;
+    if (key.rfind("conditioner.embedders.1.", 0) == 0)
+      key = "conditioner.embedders.0." + key.substr(24);
+    refiner.emplace(key, t);
+  }
+  expect_refused(refiner, "SDXL refiner");
+  // One text encoder missing.
+  TensorMap no_g;
+  for (const auto& [k, t] : all)
+    if (k.rfind("conditioner.embedders.1.", 0) != 0) no_g.emplace(k, t);
+  expect_refused(no_g, "without its second text encoder");
+  // A LoRA given as a model.
+  TensorMap lora;
+  lora.emplace("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight",
+               torch::zeros({4, 64}));
+  expect_refused(lora, "looks like a LoRA");
+}
+
+}  // namespace
+}  // namespace sdgen
