@@ -316,10 +316,14 @@ void load_single_file(const ModelFiles& files, const LoadOptions& options,
                   " checkpoint but the --config folder's UNet is " +
                   (sdxl ? "not SDXL's" : "SDXL's") + " (addition_embed_type)");
   } else {
-    unet_cfg = infer_unet_config(all, family);
-    vae_cfg = infer_vae_config(all, family);
-    clip_cfg = infer_clip_config(all, family);
-    if (sdxl) clip2_cfg = infer_clip2_config(all);
+    try {
+      unet_cfg = infer_unet_config(all, family);
+      vae_cfg = infer_vae_config(all, family);
+      clip_cfg = infer_clip_config(all, family);
+      if (sdxl) clip2_cfg = infer_clip2_config(all);
+    } catch (const Error& e) {
+      throw Error(path.string() + ": " + e.what());
+    }
   }
   model.scheduler_config = scheduler_config_of(files, sdxl);
   model.vae_dtype = vae_dtype_for(options, vae_cfg, sdxl);

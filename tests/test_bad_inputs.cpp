@@ -69,6 +69,20 @@ Tensors tiny_tensors() {
   return out;
 }
 
+// The tiny SDXL single file's tensors (copies), renamed by `rename` (""
+// drops a tensor).
+Tensors sdxl_tensors(const std::function<std::string(const std::string&)>& rename) {
+  SafeTensorsFile file(test::shared_dir() + "/models/sdxl-tiny.safetensors");
+  Tensors out;
+  for (const auto& name : file.names()) {
+    const std::string to = rename(name);
+    if (!to.empty()) out.emplace_back(to, file.tensor(name).clone());
+  }
+  return out;
+}
+
+bool starts(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
 torch::Tensor image(int h, int w, int c) {
   return torch::arange(h * w * c, torch::kInt64).remainder(251).to(torch::kUInt8).view({h, w, c});
 }
@@ -191,6 +205,54 @@ std::vector<BadCase> cases() {
        },
        3,
        {"cut.safetensors", "outside the data section", "truncated"}});
+  // SDXL files (the tiny SDXL of ../shared, architecture from its folder).
+  const std::string sdxl_dir = test::shared_dir() + "/models/sdxl-tiny";
+  add({"sdxl_truncated",
+       Model::tiny,
+       [sdxl_dir](const Ctx& x) {
+         const std::string bytes = read_file(test::shared_dir() + "/models/sdxl-tiny.safetensors");
+         return "--model " + q(x.file("cut-xl.safetensors", bytes.substr(0, bytes.size() / 3))) +
+                " --config " + q(sdxl_dir) + " -o " + q(x.out + "/img.png") + " -p x";
+       },
+       3,
+       {"cut-xl.safetensors", "truncated"}});
+  add({"sdxl_without_second_text_encoder",
+       Model::tiny,
+       [sdxl_dir](const Ctx& x) {
+         const std::string p = x.in + "/no-bigg.safetensors";
+         write_safetensors(p, sdxl_tensors([](const std::string& n) {
+                             return starts(n, "conditioner.embedders.1.") ? "" : n;
+                           }));
+         return "--model " + q(p) + " --config " + q(sdxl_dir) + " -o " + q(x.out + "/img.png") +
+                " -p x";
+       },
+       3,
+       {"no-bigg.safetensors", "without its second text encoder", "conditioner.embedders.1"}});
+  add({"sdxl_refiner",
+       Model::tiny,
+       [](const Ctx& x) {
+         // A refiner's layout: one OpenCLIP encoder, as conditioner.embedders.0.
+         const std::string p = x.in + "/refiner.safetensors";
+         write_safetensors(p, sdxl_tensors([](const std::string& n) -> std::string {
+                             if (starts(n, "conditioner.embedders.0.")) return "";
+                             if (starts(n, "conditioner.embedders.1."))
+                               return "conditioner.embedders.0." + n.substr(24);
+                             return n;
+                           }));
+         return "--model " + q(p) + " -o " + q(x.out + "/img.png") + " -p x";
+       },
+       3,
+       {"refiner.safetensors", "SDXL refiner"}});
+  add({"sdxl_lora_as_model",
+       Model::tiny,
+       [](const Ctx& x) {
+         const std::string lora =
+             test::shared_dir() + "/golden/sdxl-extras/lora_kohya_sdxl.safetensors";
+         return "--model " + q(x.file("style-lora.safetensors", read_file(lora))) + " -o " +
+                q(x.out + "/img.png") + " -p x";
+       },
+       3,
+       {"style-lora.safetensors", "looks like a LoRA"}});
   add({"header_length_past_end",
        Model::none,
        [](const Ctx& x) {
@@ -272,7 +334,7 @@ std::vector<BadCase> cases() {
        },
        3,
        {"clip.safetensors", "not a Stable Diffusion", "only text-encoder weights"}});
-  add({"sdxl_file",
+  add({"sdxl_file_one_text_encoder",
        Model::none,
        [](const Ctx& x) {
          const std::string p = x.in + "/xl.safetensors";
@@ -282,7 +344,7 @@ std::vector<BadCase> cases() {
          return "--model " + q(p) + " -o " + q(x.out + "/img.png") + " -p x";
        },
        3,
-       {"xl.safetensors", "SDXL", "not supported"}});
+       {"xl.safetensors", "SDXL", "without its second text encoder"}});
   add({"tensor_with_wrong_shape",
        Model::tiny,
        [](const Ctx& x) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "sdgen/config.h"
 #include "sdgen/error.h"
 #include "sdgen/safetensors.h"
+#include "sdgen/text_encoder.h"
 #include "sdgen/weights.h"
 #include "test_util.h"
 
@@ -209,6 +211,67 @@ TEST(CheckpointManifest, SD21DetectInferConvertDropsLayer24) {
   EXPECT_EQ(infer_clip_config(meta_tensors(manifest_shapes("sd21.single")), ModelFamily::SD2)
                 .num_hidden_layers,
             23);
+}
+
+// SDXL base 1.0's single file: the architecture stable-diffusion-xl-base-1.0's
+// configs give, and every tensor renamed to the diffusers UNet's names.
+TEST(CheckpointManifest, SDXLBaseConfigsAndNames) {
+  SDGEN_REQUIRE_SHARED();
+  const TensorMap all = meta_tensors(manifest_shapes("sdxl.single"));
+  ASSERT_EQ(detect_family(all), ModelFamily::SDXL);
+  const UNetConfig unet = infer_unet_config(all, ModelFamily::SDXL);
+  EXPECT_EQ(unet.block_out_channels, (std::vector<int>{320, 640, 1280}));
+  EXPECT_EQ(unet.down_block_types, (std::vector<std::string>{"DownBlock2D", "CrossAttnDownBlock2D",
+                                                             "CrossAttnDownBlock2D"}));
+  EXPECT_EQ(unet.up_block_types,
+            (std::vector<std::string>{"CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"}));
+  EXPECT_EQ(unet.transformer_layers_per_block, (std::vector<int>{1, 2, 10}));
+  EXPECT_EQ(unet.attention_head_dim, (std::vector<int>{5, 10, 20}));
+  EXPECT_EQ(unet.layers_per_block, 2);
+  EXPECT_EQ(unet.cross_attention_dim, 2048);
+  EXPECT_TRUE(unet.use_linear_projection);
+  EXPECT_EQ(unet.addition_embed_type, "text_time");
+  EXPECT_EQ(unet.addition_time_embed_dim, 256);
+  EXPECT_EQ(unet.projection_class_embeddings_input_dim, 2816);
+  EXPECT_EQ(unet.sample_size, 128);
+  const VAEConfig vae = infer_vae_config(all, ModelFamily::SDXL);
+  EXPECT_EQ(vae.scaling_factor, 0.13025);
+  EXPECT_TRUE(vae.force_upcast);
+  const CLIPTextConfig clip = infer_clip_config(all, ModelFamily::SDXL);
+  EXPECT_EQ(clip.hidden_size, 768);
+  EXPECT_EQ(clip.num_hidden_layers, 12);
+  EXPECT_EQ(clip.hidden_act, "quick_gelu");
+  const CLIPTextConfig clip2 = infer_clip2_config(all);
+  EXPECT_EQ(clip2.hidden_size, 1280);
+  EXPECT_EQ(clip2.num_hidden_layers, 32);  // all kept: the pooled output uses the last
+  EXPECT_EQ(clip2.num_attention_heads, 20);
+  EXPECT_EQ(clip2.intermediate_size, 5120);
+  EXPECT_EQ(clip2.hidden_act, "gelu");
+  EXPECT_TRUE(clip2.with_projection);
+  EXPECT_EQ(clip2.projection_dim, 1280);
+
+  const ConvertedWeights w = convert_single_file(all, ModelFamily::SDXL, unet, vae, clip, clip2);
+  const Shapes expected_unet = manifest_shapes("sdxl.diffusers.unet");
+  EXPECT_EQ(shapes_of(w.unet), expected_unet) << shape_diff(expected_unet, shapes_of(w.unet));
+  EXPECT_EQ(w.vae.size(), manifest_shapes("sd15.diffusers.vae").size());
+  // The encoders' names are the modules' own (checked on narrow copies of
+  // the same depth: a full bigG would take 2.8 GB here).
+  for (const auto& [config, weights] :
+       {std::pair{clip, &w.text_encoder}, std::pair{clip2, &w.text_encoder_2}}) {
+    CLIPTextConfig narrow = config;
+    narrow.hidden_size = 64;
+    narrow.intermediate_size = 64;
+    narrow.num_attention_heads = 1;
+    narrow.vocab_size = 8;
+    narrow.projection_dim = 8;
+    CLIPTextModel module(narrow);
+    std::set<std::string> names, converted;
+    for (const auto& p : module->named_parameters()) names.insert(p.key());
+    for (const auto& kv : *weights) converted.insert(kv.first);
+    EXPECT_EQ(converted, names);
+  }
+  EXPECT_EQ(w.text_encoder_2.at("text_projection.weight").sizes().vec(),
+            (std::vector<int64_t>{1280, 1280}));
 }
 
 TEST(CheckpointManifest, ProjectionFormFollowsConfig) {

@@ -63,6 +63,8 @@ std::map<std::string, std::map<std::string, int>> stored_dtypes(const std::strin
           component = "unet";
         else if (name.rfind("first_stage_model.", 0) == 0)
           component = "vae";
+        else if (name.rfind("conditioner.embedders.1.", 0) == 0)
+          component = "text_encoder_2";  // SDXL's OpenCLIP ViT-bigG
         else if (name.rfind("cond_stage_model.", 0) == 0 || name.rfind("conditioner.", 0) == 0)
           component = "text_encoder";
         else
@@ -79,7 +81,8 @@ std::map<std::string, std::map<std::string, int>> stored_dtypes(const std::strin
     return out;
   }
   for (const auto& [component, part] :
-       {std::pair{"text_encoder", &files.text_encoder}, std::pair{"unet", &files.unet},
+       {std::pair{"text_encoder", &files.text_encoder},
+        std::pair{"text_encoder_2", &files.text_encoder_2}, std::pair{"unet", &files.unet},
         std::pair{"vae", &files.vae}}) {
     std::error_code ec;
     if (fs::exists(part->weights, ec)) add_file(part->weights, component);
@@ -119,10 +122,16 @@ int run_info(const Settings& o) {
     hash = std::string("(") + e.what() + ")";
   }
   const int64_t n_text = parameter_count(*model.text_encoder);
+  const int64_t n_text2 = model.text_encoder_2 ? parameter_count(*model.text_encoder_2) : 0;
   const int64_t n_unet = parameter_count(*model.unet);
   const int64_t n_vae = parameter_count(*model.vae);
   const auto& text_cfg = model.text_encoder->config();
   const std::string tokenizer = tokenizer_source(o, load.model_path, folder);
+  // The clip skip range (SDXL: both encoders', 1 and 2 being the same layer).
+  int text_layers = text_cfg.num_hidden_layers;
+  if (model.text_encoder_2)
+    text_layers = std::min(text_layers, model.text_encoder_2->config().num_hidden_layers);
+  const int native = model.unet->config().sample_size * model.vae->downsample_factor();
 
   nlohmann::json j = {
       {"model", load.model_path},
@@ -135,11 +144,14 @@ int run_info(const Settings& o) {
                                        : nlohmann::json(nullptr)},
       {"parameters",
        {{"text_encoder", n_text},
+        {"text_encoder_2", n_text2},
         {"unet", n_unet},
         {"vae", n_vae},
-        {"total", n_text + n_unet + n_vae}}},
+        {"total", n_text + n_text2 + n_unet + n_vae}}},
       {"stored_dtypes", dtypes},
-      {"text_layers", text_cfg.num_hidden_layers},
+      {"text_layers", text_layers},
+      {"native_size", native},
+      {"vae_scaling_factor", model.vae->config().scaling_factor},
       {"tokenizer", tokenizer},
       {"sha256", hash},
       {"model_hash", hash.size() == 64 ? hash.substr(0, 10) : ""},
@@ -161,16 +173,21 @@ int run_info(const Settings& o) {
             << "prediction:  " << model.scheduler_config.prediction_type << " ("
             << model.scheduler_config.class_name << " config)\n"
             << "parameters:  text encoder " << with_commas(n_text) << " ("
-            << dtype_text("text_encoder") << ")\n"
-            << "             unet " << with_commas(n_unet) << " (" << dtype_text("unet") << ")\n"
+            << dtype_text("text_encoder") << ")\n";
+  if (model.text_encoder_2)
+    std::cout << "             text encoder 2 " << with_commas(n_text2) << " ("
+              << dtype_text("text_encoder_2") << ", projection "
+              << model.text_encoder_2->config().projection_dim << ")\n";
+  std::cout << "             unet " << with_commas(n_unet) << " (" << dtype_text("unet") << ")\n"
             << "             vae " << with_commas(n_vae) << " (" << dtype_text("vae") << ")\n"
-            << "             total " << with_commas(n_text + n_unet + n_vae) << "\n";
+            << "             total " << with_commas(n_text + n_text2 + n_unet + n_vae) << "\n"
+            << "native size: " << native << "x" << native << " (the default -W/-H)\n";
   if (dtypes.count("other")) std::cout << "other:       " << dtype_text("other") << "\n";
   if (model.default_guidance_rescale)
     std::cout << "guidance:    --guidance-rescale " << *model.default_guidance_rescale
               << " unless given (model_index.json)\n";
-  std::cout << "text layers: " << text_cfg.num_hidden_layers << " (--clip-skip 1.."
-            << text_cfg.num_hidden_layers << ")\n"
+  std::cout << "text layers: " << text_layers << " (--clip-skip 1.." << text_layers
+            << (model.is_sdxl() ? "; 1 and 2 are both SDXL's penultimate layer" : "") << ")\n"
             << "tokenizer:   " << tokenizer << "\n"
             << "model hash:  " << j["model_hash"].get<std::string>() << " (sha256 " << hash
             << ")\n";

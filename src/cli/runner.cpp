@@ -182,10 +182,19 @@ void Runner::load_model_and_pipeline() {
     throw CliError(kExitGeneration, load_out_of_memory_text(load));
   }
   load_s_ = seconds(t0, Clock::now());
-  // The model folder's layer: the guidance rescale it asks for and its native
-  // size (diffusers' unet.config.sample_size * vae_scale_factor).
+  // The model folder's layer: the guidance rescale it asks for, its native
+  // size (diffusers' unet.config.sample_size * vae_scale_factor) and SDXL's
+  // pipeline defaults.
   if (model_->default_guidance_rescale)
     model_layer_.set("guidance_rescale", *model_->default_guidance_rescale);
+  // SDXL: diffusers' StableDiffusionXLPipeline defaults, the model's own
+  // scheduler (Euler for SDXL base; its spacing from the scheduler config)
+  // and guidance 5.0.
+  if (model_->is_sdxl()) {
+    if (const auto own = find_sampler(model_->scheduler_config.class_name))
+      model_layer_.set("sampler", to_string(*own));
+    model_layer_.set("cfg_scale", 5.0);
+  }
   const int native = model_->unet->config().sample_size * model_->vae->downsample_factor();
   try {
     model_layer_.set_checked(setting("width"), native);
