@@ -45,6 +45,11 @@ ModelFootprint inspect_model_files(const LoadOptions& options) {
     out.unet_parameters = file_elements(files.unet.weights);
     out.vae_parameters = file_elements(files.vae.weights);
     out.text_encoder_parameters = file_elements(files.text_encoder.weights);
+    if (out.unet.addition_embed_type == "text_time") {  // SDXL
+      out.text_encoder_2 =
+          CLIPTextConfig::from_json(read_json_file(files.text_encoder_2.config));
+      out.text_encoder_parameters += file_elements(files.text_encoder_2.weights);
+    }
     return out;
   }
   const SafeTensorsFile file(files.model_path);
@@ -54,10 +59,14 @@ ModelFootprint inspect_model_files(const LoadOptions& options) {
     out.unet = UNetConfig::from_json(read_json_file(files.unet.config));
     out.vae = VAEConfig::from_json(read_json_file(files.vae.config));
     out.text_encoder = CLIPTextConfig::from_json(read_json_file(files.text_encoder.config));
+    if (family == ModelFamily::SDXL)
+      out.text_encoder_2 =
+          CLIPTextConfig::from_json(read_json_file(files.text_encoder_2.config));
   } else {
     out.unet = infer_unet_config(all, family);
-    out.vae = infer_vae_config(all);
+    out.vae = infer_vae_config(all, family);
     out.text_encoder = infer_clip_config(all, family);
+    if (family == ModelFamily::SDXL) out.text_encoder_2 = infer_clip2_config(all);
   }
   // The parts load_model keeps (EMA copies, scheduler buffers and the VAE's
   // training loss are ignored by the loader, so here too).
@@ -66,7 +75,7 @@ ModelFootprint inspect_model_files(const LoadOptions& options) {
       out.unet_parameters += element_count(info);
     } else if (starts_with(name, kLDMVAEPrefix) && !starts_with(name, "first_stage_model.loss.")) {
       out.vae_parameters += element_count(info);
-    } else if (starts_with(name, "cond_stage_model.")) {
+    } else if (starts_with(name, "cond_stage_model.") || starts_with(name, "conditioner.")) {
       out.text_encoder_parameters += element_count(info);
     }
   }
@@ -86,6 +95,10 @@ ModelFootprint model_footprint(const StableDiffusionModel& model) {
   out.unet_parameters = count(*model.unet);
   out.vae_parameters = count(*model.vae);
   out.text_encoder_parameters = count(*model.text_encoder);
+  if (model.text_encoder_2) {
+    out.text_encoder_2 = model.text_encoder_2->config();
+    out.text_encoder_parameters += count(*model.text_encoder_2);
+  }
   return out;
 }
 
@@ -447,8 +460,13 @@ MemoryEstimate estimate_memory(const ModelFootprint& model, const MemorySettings
   const double context_len = 77.0 * std::max(1, request.prompt_chunks);
   const double latents = unet_batch * model.unet.in_channels * static_cast<double>(lh * lw) * 4.0;
 
-  out.text_encoder = static_cast<int64_t>(text_encoder_peak(
-      model.text_encoder, e, (request.guided ? 2.0 : 1.0) * std::max(1, request.prompt_chunks)));
+  // SDXL's two encoders run one after the other: the larger one peaks.
+  const double sequences = (request.guided ? 2.0 : 1.0) * std::max(1, request.prompt_chunks);
+  out.text_encoder = static_cast<int64_t>(text_encoder_peak(model.text_encoder, e, sequences));
+  if (model.text_encoder_2)
+    out.text_encoder = std::max(
+        out.text_encoder,
+        static_cast<int64_t>(text_encoder_peak(*model.text_encoder_2, e, sequences)));
   // The sampler's own tensors (latents, noise, model output, history of the
   // multistep samplers) in float32 at most: a few latent-sized tensors.
   out.unet = static_cast<int64_t>(unet_peak(model.unet, e, cpu, unet_batch, lh, lw, context_len) +

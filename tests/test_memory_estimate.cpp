@@ -182,6 +182,29 @@ TEST(MemoryEstimate, InspectFilesMatchesLoadedModel) {
   EXPECT_LE(s.text_encoder_parameters, loaded.text_encoder_parameters + 1000);
 }
 
+TEST(MemoryEstimate, InspectFilesMatchesLoadedSDXL) {
+  const std::string dir = test::shared_dir() + "/models/sdxl-tiny";
+  if (!std::filesystem::exists(dir + "/model_index.json")) GTEST_SKIP() << "no " << dir;
+  LoadOptions folder;
+  folder.model_path = dir;
+  const ModelFootprint loaded = model_footprint(load_model(folder));
+  ASSERT_TRUE(loaded.text_encoder_2.has_value());
+  for (const bool single_file : {false, true}) {
+    LoadOptions o;
+    o.model_path = single_file ? dir + ".safetensors" : dir;
+    if (single_file) o.config_dir = dir;
+    const ModelFootprint f = inspect_model_files(o);
+    ASSERT_TRUE(f.text_encoder_2.has_value()) << o.model_path;
+    EXPECT_EQ(f.text_encoder_2->hidden_size, loaded.text_encoder_2->hidden_size);
+    EXPECT_EQ(f.unet_parameters, loaded.unet_parameters) << o.model_path;
+    EXPECT_EQ(f.vae_parameters, loaded.vae_parameters) << o.model_path;
+    // Both encoders (the single file's may carry position-id buffers too).
+    EXPECT_GE(f.text_encoder_parameters, loaded.text_encoder_parameters) << o.model_path;
+    EXPECT_LE(f.text_encoder_parameters, loaded.text_encoder_parameters + 1000) << o.model_path;
+    EXPECT_EQ(f.unet.transformer_layers_per_block, loaded.unet.transformer_layers_per_block);
+  }
+}
+
 // ---- through the binary --------------------------------------------------------
 
 std::string sdgen_cmd(const std::string& env, const std::string& args) {

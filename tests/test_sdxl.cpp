@@ -4,12 +4,14 @@
 // pipelines (golden/sdxl/golden.safetensors).
 
 #include <filesystem>
+#include <fstream>
 #include <memory>
 
 #include <gtest/gtest.h>
 
 #include "sdgen/checkpoint.h"
 #include "sdgen/error.h"
+#include "sdgen/image_io.h"
 #include "sdgen/model.h"
 #include "sdgen/pipeline.h"
 #include "sdgen/safetensors.h"
@@ -308,6 +310,119 @@ TEST(SDXL, SingleFileDetection) {
   lora.emplace("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight",
                torch::zeros({4, 64}));
   expect_refused(lora, "looks like a LoRA");
+}
+
+}  // namespace
+}  // namespace sdgen
+
+namespace sdgen {
+namespace {
+
+std::string sdgen_bin() { return test::binary_dir() + "/sdgen"; }
+
+// `sdgen` with no sampler or guidance flags runs diffusers' default SDXL call
+// (the model's Euler scheduler, guidance 5.0): the golden image, within 1 level.
+TEST(SDXLCli, DefaultsAreDiffusersDefaults) {
+  SDGEN_REQUIRE_SDXL();
+  const std::string dir = test::temp_dir("sdxl-cli");
+  for (const bool single_file : {false, true}) {
+    const std::string out = dir + (single_file ? "/file.png" : "/folder.png");
+    const std::string model = single_file ? "'" + sdxl_file() + "' --config '" + sdxl_dir() + "'"
+                                          : "'" + sdxl_dir() + "'";
+    std::string log;
+    ASSERT_EQ(test::run(sdgen_bin() + " -m " + model +
+                            " -p 'a photograph of an astronaut riding a horse' --steps 10 -s 42 "
+                            "-W 64 -H 64 -q -o '" +
+                            out + "'",
+                        &log),
+              0)
+        << log;
+    const auto image = read_png(out).pixels;
+    const double d = test::max_abs_diff(image.unsqueeze(0), gold("pipe.euler.image_u8"));
+    EXPECT_LE(d, 1.0) << out;
+    std::string params;
+    ASSERT_EQ(test::run(sdgen_bin() + " --show-params '" + out + "'", &params), 0);
+    EXPECT_NE(params.find("Sampler: Euler, CFG scale: 5,"), std::string::npos) << params;
+  }
+}
+
+// The size/crop settings: written to the PNG, read back by --from-png (same
+// bytes), taken from prompt-file lines, and refused for an SD1 model.
+TEST(SDXLCli, SizeConditioningSettings) {
+  SDGEN_REQUIRE_SDXL();
+  const std::string dir = test::temp_dir("sdxl-cond");
+  const std::string base = sdgen_bin() + " -m '" + sdxl_dir() + "' --steps 3 -s 7 -q ";
+  std::string log;
+  ASSERT_EQ(test::run(base +
+                          "-p fox --original-size 128x96 --crop-top-left 8,4 "
+                          "--negative-target-size 32x32 -o '" +
+                          dir + "/a.png'",
+                      &log),
+            0)
+      << log;
+  ASSERT_EQ(test::run(base + "-p fox -o '" + dir + "/plain.png'", &log), 0) << log;
+  std::string params;
+  ASSERT_EQ(test::run(sdgen_bin() + " --show-params '" + dir + "/a.png'", &params), 0);
+  for (const char* field :
+       {"Original size: 128x96", "Crop top-left: \"8,4\"", "Negative target size: 32x32"})
+    EXPECT_NE(params.find(field), std::string::npos) << params;
+  EXPECT_EQ(params.find("Target size:"), std::string::npos) << params;  // unset: not written
+  ASSERT_EQ(test::run(sdgen_bin() + " -m '" + sdxl_dir() + "' -q --from-png '" + dir +
+                          "/a.png' -o '" + dir + "/b.png'",
+                      &log),
+            0)
+      << log;
+  const auto a = read_png(dir + "/a.png").pixels, b = read_png(dir + "/b.png").pixels;
+  EXPECT_TRUE(torch::equal(a, b)) << "--from-png did not reproduce the image";
+  EXPECT_FALSE(torch::equal(a, read_png(dir + "/plain.png").pixels))
+      << "the size conditioning changed nothing";
+  // A prompt-file line with the same keys makes the same image.
+  {
+    std::ofstream f(dir + "/p.jsonl");
+    f << R"({"prompt": "fox", "original_size": "128x96", "crop_top_left": "8,4", )"
+      << R"("negative_target_size": "32x32", "output": ")" << dir << R"(/c.png"})"
+      << "\n";
+  }
+  ASSERT_EQ(test::run(base + "--prompt-file '" + dir + "/p.jsonl'", &log), 0) << log;
+  EXPECT_TRUE(torch::equal(a, read_png(dir + "/c.png").pixels));
+  // Bad values name the flag; an SD1 model refuses the settings.
+  EXPECT_EQ(test::run(base + "-p fox --original-size 1024 -o '" + dir + "/x.png'", &log), 2);
+  EXPECT_NE(log.find("--original-size"), std::string::npos) << log;
+  if (test::has_shared()) {
+    EXPECT_NE(test::run(sdgen_bin() + " -m '" + test::tiny_model_dir() +
+                            "' -q -p fox --steps 2 --target-size 64x64 -o '" + dir + "/y.png'",
+                        &log),
+              0);
+    EXPECT_NE(log.find("--target-size applies to SDXL models only"), std::string::npos) << log;
+    EXPECT_FALSE(fs::exists(dir + "/y.png"));
+  }
+}
+
+// img2img, batches, tiling and a made-up tiny SDXL (sdgen-mkmodel tiny-sdxl).
+TEST(SDXLCli, Img2ImgBatchTilingAndMkmodel) {
+  SDGEN_REQUIRE_SDXL();
+  const std::string dir = test::temp_dir("sdxl-misc");
+  const std::string base = sdgen_bin() + " -m '" + sdxl_dir() + "' --steps 4 -s 3 -q ";
+  std::string log;
+  ASSERT_EQ(test::run(base + "-p fox -b 2 -W 64 -H 96 -o '" + dir + "/batch.png'", &log), 0) << log;
+  EXPECT_TRUE(fs::exists(dir + "/batch-0.png") && fs::exists(dir + "/batch-1.png")) << log;
+  EXPECT_EQ(read_png(dir + "/batch-0.png").pixels.size(0), 96);
+  ASSERT_EQ(test::run(base + "-p fox -i '" + dir + "/batch-0.png' --strength 0.5 -o '" + dir +
+                          "/i2i.png'",
+                      &log),
+            0)
+      << log;
+  ASSERT_EQ(test::run(base + "-p fox --vae-tiling -o '" + dir + "/tiled.png'", &log), 0) << log;
+  const std::string made = dir + "/made";
+  ASSERT_EQ(test::run(test::binary_dir() + "/sdgen-mkmodel tiny-sdxl -o '" + made + "'", &log), 0)
+      << log;
+  ASSERT_EQ(test::run(sdgen_bin() + " -m '" + made + "' --info", &log), 0) << log;
+  EXPECT_NE(log.find("family:      SDXL"), std::string::npos) << log;
+  ASSERT_EQ(test::run(sdgen_bin() + " -m '" + made + "' -q -p 'a (cat:1.2)' --steps 2 -o '" + dir +
+                          "/made.png'",
+                      &log),
+            0)
+      << log;
 }
 
 }  // namespace

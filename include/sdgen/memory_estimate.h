@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <exception>
+#include <optional>
 #include <string>
 
 #include <torch/torch.h>
@@ -33,9 +34,11 @@ struct ModelFootprint {
   UNetConfig unet;
   VAEConfig vae;
   CLIPTextConfig text_encoder;
+  // SDXL's second text encoder (its parameters are in text_encoder_parameters).
+  std::optional<CLIPTextConfig> text_encoder_2;
   int64_t unet_parameters = 0;
   int64_t vae_parameters = 0;
-  int64_t text_encoder_parameters = 0;
+  int64_t text_encoder_parameters = 0;  // all text encoders
 };
 
 // From the model's files without loading any weight: the configs (read, or

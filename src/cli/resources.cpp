@@ -42,6 +42,16 @@ MemorySettings settings_of(const LoadOptions& load) {
   return s;
 }
 
+// load_model's VAE dtype: an SDXL VAE with force_upcast decodes in fp32
+// when the model runs in fp16.
+MemorySettings settings_of(const LoadOptions& load, const ModelFootprint& footprint) {
+  MemorySettings s = settings_of(load);
+  if (!load.vae_dtype && footprint.text_encoder_2 && footprint.vae.force_upcast &&
+      load.dtype == torch::kHalf)
+    s.vae_dtype = torch::kFloat32;
+  return s;
+}
+
 MemorySettings settings_of(const StableDiffusionModel& model) {
   MemorySettings s;
   s.device = model.device;
@@ -60,7 +70,7 @@ std::string memory_problem_before_load(const LoadOptions& load, const MemoryRequ
   } catch (const std::exception&) {
     return "";  // load_model reports what is wrong with the files
   }
-  const MemorySettings settings = settings_of(load);
+  const MemorySettings settings = settings_of(load, footprint);
   MemoryEstimate estimate =
       estimate_memory(footprint, settings, request ? *request : MemoryRequest{});
   if (!request) {
@@ -80,10 +90,12 @@ std::string memory_problem(const StableDiffusionModel& model, const MemoryReques
 
 std::string load_out_of_memory_text(const LoadOptions& load) {
   release_cached_memory(load.device);
-  const MemorySettings settings = settings_of(load);
+  MemorySettings settings = settings_of(load);
   MemoryEstimate estimate;
   try {
-    estimate = estimate_memory(inspect_model_files(load), settings, MemoryRequest{});
+    const ModelFootprint footprint = inspect_model_files(load);
+    settings = settings_of(load, footprint);
+    estimate = estimate_memory(footprint, settings, MemoryRequest{});
   } catch (const std::exception&) {
   }
   estimate.peak_stage.clear();  // the weights alone
