@@ -71,6 +71,10 @@ std::unique_ptr<Scheduler> Pipeline::make_request_scheduler(const GenerationRequ
     config.use_karras_sigmas = r.schedule == SigmaSchedule::karras;
     config.raw["use_karras_sigmas"] = config.use_karras_sigmas;
   }
+  if (!r.timestep_spacing.empty()) {
+    config.timestep_spacing = r.timestep_spacing;
+    config.raw["timestep_spacing"] = r.timestep_spacing;
+  }
   auto scheduler = make_scheduler(r.sampler, config);
   if (auto* ddim = dynamic_cast<DDIMScheduler*>(scheduler.get())) {
     ddim->set_eta(r.eta);

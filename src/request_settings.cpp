@@ -39,6 +39,7 @@ GenerationRequest request_from_settings(const Settings& s) {
   r.eta = s.eta;
   r.clip_skip = s.clip_skip;
   r.schedule = s.schedule;
+  r.timestep_spacing = s.timestep_spacing;
   r.strength = s.strength;
   r.vae_tiling = s.vae_tiling;
   auto& c = r.size_conditioning;
@@ -66,6 +67,7 @@ Settings settings_of_request(const GenerationRequest& r) {
   s.eta = r.eta;
   s.clip_skip = r.clip_skip;
   s.schedule = r.schedule;
+  s.timestep_spacing = r.timestep_spacing;
   if (r.init_image.defined()) s.init_image = "init image";
   s.strength = r.strength;
   s.vae_tiling = r.vae_tiling;

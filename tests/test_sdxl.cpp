@@ -206,6 +206,20 @@ TEST_P(SDXLLayouts, SchedulesMatchDiffusers) {
   }
 }
 
+// --timestep-spacing trailing (SDXL-Turbo / Lightning): diffusers'
+// np.arange(1000, 0, -1000 / steps) - 1, without steps_offset.
+TEST_P(SDXLLayouts, TrailingSpacing) {
+  Pipeline pipeline(m());
+  auto r = golden_call("euler");
+  r.steps = 4;
+  r.timestep_spacing = "trailing";
+  const auto scheduler = pipeline.make_request_scheduler(r);
+  EXPECT_EQ(scheduler->timesteps(), (std::vector<double>{999, 749, 499, 249}));
+  r.sampler = Sampler::euler_a;
+  r.steps = 1;
+  EXPECT_EQ(pipeline.make_request_scheduler(r)->timesteps(), (std::vector<double>{999}));
+}
+
 // The whole pipeline: every step's latents and the image, within 1 level.
 void check_pipeline(StableDiffusionModel& model, const std::string& key, GenerationRequest r,
                     const std::string& layout) {

@@ -34,13 +34,15 @@ TEST(Settings, RowsAreConsistent) {
     EXPECT_EQ(s.get(copy), s.get(defaults)) << s.name;
     if (!s.default_text.empty()) EXPECT_EQ(s.from_text(s.default_text), s.get(defaults)) << s.name;
   }
-  // The 38 of cli::Options before the table, --vae and SDXL's six size/crop settings.
-  EXPECT_EQ(names.size(), 45u);
+  // The 38 of cli::Options before the table, --vae, --timestep-spacing and
+  // SDXL's six size/crop settings.
+  EXPECT_EQ(names.size(), 46u);
   EXPECT_EQ(prompt_file_keys(), std::vector<std::string>({"prompt",
                                                           "negative_prompt",
                                                           "steps",
                                                           "sampler",
                                                           "scheduler",
+                                                          "timestep_spacing",
                                                           "cfg_scale",
                                                           "seed",
                                                           "width",
@@ -103,6 +105,8 @@ TEST(Settings, TextAndJsonShareOneRule) {
       {"crop_top_left", "0,0", "0,0", true},
       {"crop_top_left", "-1,0", "-1,0", false},
       {"negative_crop_top_left", "3x4", "3x4", false},
+      {"timestep_spacing", "trailing", "trailing", true},
+      {"timestep_spacing", "sgm_uniform", "sgm_uniform", false},
   };
   for (const auto& c : cases) {
     const SettingSpec& spec = setting(c.name);

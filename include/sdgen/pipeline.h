@@ -53,6 +53,9 @@ struct GenerationRequest {
   int clip_skip = 1;  // A1111 convention: 1 = last layer, 2 = penultimate
   // The sigma schedule of sigma-based samplers (diffusers' use_karras_sigmas).
   SigmaSchedule schedule = SigmaSchedule::automatic;
+  // diffusers' timestep_spacing ("leading", "trailing", "linspace"); "" = the
+  // model's scheduler config.
+  std::string timestep_spacing;
   // img2img: uint8 [H, W, 3] image to start from (undefined for txt2img) and
   // how much of the schedule to run over it, 0 < strength <= 1.
   torch::Tensor init_image;

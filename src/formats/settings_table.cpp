@@ -106,6 +106,15 @@ Rule top_left() {
   };
   return r;
 }
+// "" (the model's scheduler config) or one of diffusers' timestep_spacing values.
+Rule timestep_spacing() {
+  Rule r;
+  r.check_text = [](const std::string& text) {
+    if (!text.empty() && text != "leading" && text != "trailing" && text != "linspace")
+      throw SettingError("must be leading, trailing or linspace");
+  };
+  return r;
+}
 Rule shard() {
   Rule r;
   r.check_text = [](const std::string& text) {
