@@ -8,9 +8,16 @@
 # data in .deps/shared (a copy of ../shared), all git-ignored.
 #
 #   scripts/gpu-bench.sh OUTDIR [steps]
+#
+# BENCH_MODEL=sdxl benchmarks a full-size random SDXL base instead (1024x1024,
+# Euler, guidance 5, 30 steps unless given) and, when diffusers' src/ is in
+# .deps/diffusers/src (git-ignored; carry it), times diffusers'
+# StableDiffusionXLPipeline eager and compiled in the same run
+# (scripts/diffusers-baseline.py; BENCH_MODEL=sd15 does the same for SD1.5).
 set -uo pipefail
 out=${1:?usage: scripts/gpu-bench.sh OUTDIR [steps]}
-steps=${2:-50}
+model=${BENCH_MODEL:-sd15}
+if [ "$model" = sdxl ]; then steps=${2:-30}; else steps=${2:-50}; fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-gpu"
 mkdir -p "$out"
@@ -54,14 +61,41 @@ log "test_cuda"
 "$build/test_cuda" ${TEST_CUDA_FILTER:+--gtest_filter=$TEST_CUDA_FILTER} 2>&1 | tee "$out/test_cuda.log" | grep -E "parity|device:|OK|FAILED|PASSED|Failure|error" | head -40
 
 ckpt=/tmp/sdgen-sd15-fp16.safetensors
+model_args=()
+bench_timeout=100
+if [ "$model" = sdxl ]; then
+  ckpt=/tmp/sdgen-sdxl-fp16.safetensors
+  model_args=(--manifest-key sdxl.single -W 1024 -H 1024 --sampler euler --cfg-scale 5)
+  bench_timeout=400
+fi
 bench() {
   local label=$1
   shift
-  timeout 100 "$build/sdgen-bench" --device cuda --steps "$steps" --cache "$ckpt" \
-    --manifest "$shared/data/manifests.json" --tokenizer "$shared/data/clip" --label "$label" "$@" \
-    2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
+  timeout $bench_timeout "$build/sdgen-bench" --device cuda --steps "$steps" --cache "$ckpt" \
+    --manifest "$shared/data/manifests.json" --tokenizer "$shared/data/clip" --label "$label" \
+    "${model_args[@]}" "$@" 2>>"$out/bench.err" | tee -a "$out/bench.jsonl"
 }
-log "bench"
+# diffusers' pipeline on the same device, same settings (random fp16 weights).
+diffusers_baseline() {
+  local src="$root/.deps/diffusers/src"
+  [ -d "$src" ] || { log "no $src: diffusers baseline skipped"; return; }
+  local guidance=7.5
+  [ "$model" = sdxl ] && guidance=5
+  log "diffusers baseline ($model)"
+  PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}" timeout ${DIFFUSERS_TIMEOUT:-480} \
+    python3 "$root/scripts/diffusers-baseline.py" --model "$model" --steps "$steps" \
+    --guidance "$guidance" --repeats "${DIFFUSERS_REPEATS:-2}" --vocab "$shared/data/clip" \
+    2>>"$out/diffusers.err" | tee -a "$out/diffusers.jsonl"
+}
+log "bench ($model)"
+if [ "$model" = sdxl ]; then
+  bench sdxl-fp16-graphs-cl --dtype fp16 --channels-last on --batch-sizes 1 --repeats 2
+  bench sdxl-fp16-eager-cl --dtype fp16 --channels-last on --no-cuda-graphs --batch-sizes 1 \
+    --repeats 1
+  diffusers_baseline
+  log "done"
+  exit 0
+fi
 # Main configuration (the defaults), then one optimisation off at a time.
 bench fp16-graphs-cl --dtype fp16 --channels-last on
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
@@ -74,6 +108,7 @@ bench fp16-eager --dtype fp16 --channels-last off --no-cuda-graphs --batch-sizes
 bench bf16-graphs-cl --dtype bf16 --channels-last on --batch-sizes 1
 bench fp32-graphs --dtype fp32 --channels-last off --batch-sizes 1 --repeats 1
 log "bench done"
+[ "${BENCH_DIFFUSERS:-0}" = 1 ] && diffusers_baseline
 
 if [ "${SKIP_CTEST:-0}" = 1 ]; then
   # Quick look at the CPU test binaries' exit instead of the whole suite.

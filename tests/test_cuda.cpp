@@ -9,6 +9,7 @@
 
 #include "sdgen/device_info.h"
 #include "sdgen/pipeline.h"
+#include "sdgen/runtime.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/weights.h"
 #include "test_util.h"
@@ -180,4 +181,52 @@ TEST(Cuda, Fp16VaeOverflowFallsBackToFp32) {
   EXPECT_EQ(model.vae_dtype, torch::kFloat16);
   for (const auto& p : model.vae->named_parameters())
     ASSERT_EQ(p.value().scalar_type(), torch::kFloat16) << p.key();
+}
+
+// SDXL on CUDA: fp32 (graphs and eager) within the golden tolerances, fp16
+// and bf16 within a few levels of the fp32 golden image; an fp16 model
+// decodes with an fp32 VAE (force_upcast).
+TEST(Cuda, SDXLPipelines) {
+  SDGEN_REQUIRE_SDXL();
+  SDGEN_REQUIRE_CUDA();
+  using sdgen::test::sdxl_golden;
+  const auto call = sdgen::test::request_from_meta(sdxl_golden("pipe.euler.meta"), "euler");
+  for (auto dtype : {torch::kFloat32, torch::kFloat16, torch::kBFloat16}) {
+    for (bool graphs : {true, false}) {
+      if (dtype != torch::kFloat32 && !graphs) continue;
+      sdgen::LoadOptions o;
+      o.model_path = sdgen::test::sdxl_model_dir();
+      o.device = torch::Device(torch::kCUDA, 0);
+      o.dtype = dtype;
+      o.cuda_graphs = graphs;
+      auto model = sdgen::load_model(o);
+      if (dtype == torch::kFloat16) EXPECT_EQ(model.vae_dtype, torch::kFloat32);
+      sdgen::Pipeline pipeline(model);
+      std::vector<torch::Tensor> steps;
+      const auto result =
+          pipeline.generate(call, [&](const sdgen::StepInfo&, const torch::Tensor& l) {
+            steps.push_back(l.to(torch::kCPU, torch::kFloat32));
+          });
+      const auto expected = sdxl_golden("pipe.euler.latents_steps");
+      double worst = 0;
+      for (size_t i = 0; i < steps.size(); ++i)
+        worst = std::max(worst, max_abs_diff(steps[i], expected[static_cast<int64_t>(i)]));
+      const auto golden_u8 = sdxl_golden("pipe.euler.image_u8");
+      const double u8 = max_abs_diff(result.images_u8, golden_u8);
+      const double mean = (result.images_u8.to(torch::kFloat) - golden_u8.to(torch::kFloat))
+                              .abs()
+                              .mean()
+                              .item<double>();
+      std::cout << "[cuda parity] SDXL " << sdgen::dtype_name(dtype)
+                << (graphs ? " graphs" : " eager") << " euler: latents " << worst << ", u8 max "
+                << u8 << ", mean " << mean << "\n";
+      if (dtype == torch::kFloat32) {
+        EXPECT_LT(worst, 1e-3);
+        EXPECT_LE(u8, 1.0);
+      } else {
+        EXPECT_LE(u8, dtype == torch::kFloat16 ? 4.0 : 12.0);
+        EXPECT_LT(mean, 1.0);
+      }
+    }
+  }
 }

@@ -23,27 +23,10 @@ namespace fs = std::filesystem;
 namespace sdgen {
 namespace {
 
-std::string sdxl_dir() { return test::shared_dir() + "/models/sdxl-tiny"; }
-std::string sdxl_file() { return test::shared_dir() + "/models/sdxl-tiny.safetensors"; }
-std::string sdxl_golden_path() { return test::shared_dir() + "/golden/sdxl/golden.safetensors"; }
-
-bool has_sdxl() {
-  return fs::exists(sdxl_dir() + "/model_index.json") && fs::exists(sdxl_file()) &&
-         fs::exists(sdxl_golden_path());
-}
-
-#define SDGEN_REQUIRE_SDXL()                                                                \
-  do {                                                                                      \
-    if (!has_sdxl())                                                                        \
-      GTEST_SKIP() << "SDXL reference data not found under " << ::sdgen::test::shared_dir() \
-                   << " (models/sdxl-tiny, golden/sdxl); skipping";                         \
-  } while (0)
-
-torch::Tensor gold(const std::string& key) {
-  static const SafeTensorsFile file(sdxl_golden_path());
-  EXPECT_TRUE(file.contains(key)) << "golden/sdxl has no " << key;
-  return file.tensor(key).clone();
-}
+std::string sdxl_dir() { return test::sdxl_model_dir(); }
+std::string sdxl_file() { return test::sdxl_model_file(); }
+bool has_sdxl() { return test::has_sdxl(); }
+torch::Tensor gold(const std::string& key) { return test::sdxl_golden(key); }
 
 // The tiny SDXL in each layout, loaded once per process.
 StableDiffusionModel& model(bool single_file) {

@@ -48,6 +48,25 @@ torch::Tensor golden(const std::string& key) {
   return file.tensor(key).clone();
 }
 
+std::string sdxl_model_dir() { return shared_dir() + "/models/sdxl-tiny"; }
+std::string sdxl_model_file() { return shared_dir() + "/models/sdxl-tiny.safetensors"; }
+
+bool has_sdxl() {
+  std::error_code ec;
+  return std::filesystem::exists(sdxl_model_dir() + "/model_index.json", ec) &&
+         std::filesystem::exists(sdxl_model_file(), ec) &&
+         std::filesystem::exists(shared_dir() + "/golden/sdxl/golden.safetensors", ec);
+}
+
+torch::Tensor sdxl_golden(const std::string& key) {
+  static const SafeTensorsFile file(shared_dir() + "/golden/sdxl/golden.safetensors");
+  if (!file.contains(key)) {
+    ADD_FAILURE() << "golden tensor '" << key << "' not in golden/sdxl";
+    return {};
+  }
+  return file.tensor(key).clone();
+}
+
 std::string golden_meta() {
   const auto& meta = golden_file().metadata();
   auto it = meta.find("meta");

@@ -21,6 +21,13 @@ std::string tiny_model_dir();   // <shared>/models/sd1-tiny
 std::string tiny_model_file();  // <shared>/models/sd1-tiny.safetensors
 std::string clip_vocab_dir();   // <shared>/data/clip
 const SafeTensorsFile& golden_file();
+// The tiny SDXL (<shared>/models/sdxl-tiny[.safetensors]) and its golden
+// tensors (<shared>/golden/sdxl/golden.safetensors); has_sdxl() when all three exist.
+std::string sdxl_model_dir();
+std::string sdxl_model_file();
+bool has_sdxl();
+// A copy of golden/sdxl tensor `key`; fails the test if absent.
+torch::Tensor sdxl_golden(const std::string& key);
 // A copy of golden tensor `key` (CPU, stored dtype); fails the test if absent.
 torch::Tensor golden(const std::string& key);
 // The JSON string in the golden file's __metadata__["meta"].
@@ -50,6 +57,14 @@ GenerationRequest golden_request(const std::string& sampler);
 void check_golden_pipeline(const std::string& sampler);
 
 }  // namespace sdgen::test
+
+// Skips the current test when the SDXL reference data is missing.
+#define SDGEN_REQUIRE_SDXL()                                                                \
+  do {                                                                                      \
+    if (!::sdgen::test::has_sdxl())                                                         \
+      GTEST_SKIP() << "SDXL reference data not found under " << ::sdgen::test::shared_dir() \
+                   << " (models/sdxl-tiny, golden/sdxl); skipping";                         \
+  } while (0)
 
 // Skips the current test with a clear message when ../shared is missing.
 #define SDGEN_REQUIRE_SHARED()                                                      \
