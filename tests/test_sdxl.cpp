@@ -14,6 +14,7 @@
 #include "sdgen/image_io.h"
 #include "sdgen/model.h"
 #include "sdgen/pipeline.h"
+#include "sdgen/runtime.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/weights.h"
 #include "test_util.h"
@@ -240,10 +241,59 @@ TEST_P(SDXLLayouts, NegativePromptMatchesDiffusers) {
   check_pipeline(m(), "pipe_neg.euler", r, layout());
 }
 
+// A1111's syntax on both encoders: chunks of 75 tokens side by side on the
+// sequence axis, emphasis per encoder, the pooled output of the first chunk.
+TEST_P(SDXLLayouts, LongPromptsAndEmphasis) {
+  Pipeline pipeline(m());
+  std::string long_prompt;
+  for (int i = 0; i < 30; ++i) long_prompt += "a red fox and a blue bird, ";
+  const auto e = pipeline.encode_prompt_embeddings({long_prompt}, 1);
+  const int64_t chunks = pipeline.prompt_chunk_count(long_prompt);
+  ASSERT_GT(chunks, 2);
+  EXPECT_EQ(e.context.sizes().vec(), (std::vector<int64_t>{1, chunks * 77, 96}));
+  EXPECT_EQ(e.pooled.sizes().vec(), (std::vector<int64_t>{1, 32}));
+  const auto plain = pipeline.encode_prompt_embeddings({"a fox in the snow"}, 1);
+  const auto weighted = pipeline.encode_prompt_embeddings({"a (fox:1.5) in the snow"}, 1);
+  EXPECT_FALSE(torch::allclose(plain.context, weighted.context));
+  // Emphasis scales the hidden states, not the pooled embedding (A1111).
+  EXPECT_TRUE(torch::allclose(plain.pooled, weighted.pooled));
+  auto r = golden_call("euler");
+  r.steps = 2;
+  r.prompt = long_prompt;
+  r.negative_prompt = "blurry";
+  EXPECT_TRUE(torch::isfinite(pipeline.generate(r).images).all().item<bool>());
+}
+
 INSTANTIATE_TEST_SUITE_P(Both, SDXLLayouts, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& info) {
                            return info.param ? std::string("SingleFile") : std::string("Diffusers");
                          });
+
+// The CPU's other dtypes and layouts: within a few levels of the fp32 golden
+// image (looser where libtorch emulates bf16, as test_pipeline measures).
+TEST(SDXL, CpuDtypesAndLayoutsStayWithinAFewLevels) {
+  SDGEN_REQUIRE_SDXL();
+  for (const auto& [dtype, channels_last] :
+       {std::pair{torch::kFloat32, 1}, std::pair{torch::kBFloat16, 0},
+        std::pair{torch::kBFloat16, 1}}) {
+    LoadOptions o;
+    o.model_path = sdxl_dir();
+    o.dtype = dtype;
+    o.channels_last = channels_last;
+    auto model = load_model(o);
+    Pipeline pipeline(model);
+    const auto result = pipeline.generate(golden_call("euler"));
+    const auto diff =
+        (result.images_u8.to(torch::kFloat) - gold("pipe.euler.image_u8").to(torch::kFloat)).abs();
+    const bool fp32 = dtype == torch::kFloat32;
+    std::cout << "[parity] SDXL cpu " << (fp32 ? "fp32" : "bf16")
+              << (channels_last ? " channels_last" : "") << " euler: u8 max diff "
+              << diff.max().item<double>() << ", mean " << diff.mean().item<double>() << "\n";
+    const bool emulated = !fp32 && !cpu_has_native_bf16();
+    EXPECT_LE(diff.max().item<double>(), fp32 ? 1.0 : emulated ? 32.0 : 8.0);
+    EXPECT_LT(diff.mean().item<double>(), fp32 ? 0.5 : emulated ? 5.0 : 2.0);
+  }
+}
 
 TEST(SDXL, SizeConditioningRefusedForSD1) {
   SDGEN_REQUIRE_SHARED();
