@@ -118,6 +118,10 @@ std::string unet_name(const std::string& name, int per_block) {
 
 }  // namespace
 
+std::string ldm_unet_name_to_diffusers(const std::string& name, const UNetConfig& config) {
+  return unet_name(name, config.layers_per_block + 1);
+}
+
 TensorMap convert_ldm_unet(const TensorMap& all, const UNetConfig& config) {
   const PrefixRange range = with_prefix(all, kUNet);
   if (range.empty()) throw Error("checkpoint: no UNet tensors (" + kUNet + "*)");

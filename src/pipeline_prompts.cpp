@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "sdgen/error.h"
+#include "sdgen/extra_networks.h"
 #include "sdgen/pipeline.h"
 #include "sdgen/prompt_weights.h"
 
@@ -18,7 +19,9 @@ std::vector<PromptChunk> prompt_chunks(const Tokenizer& tokenizer, const std::st
   // A1111 looks up ",</w>" in the vocabulary; "," alone encodes to exactly it.
   const auto comma = tokenizer.encode(",");
   options.comma_token = comma.size() == 1 ? comma[0] : -1;
-  const auto parsed = parse_prompt_attention(prompt);
+  // A1111 cuts extra-network tags (<lora:NAME:W>) out of a prompt before it
+  // parses the rest; whoever applies the LoRAs reads them (extra_networks.h).
+  const auto parsed = parse_prompt_attention(parse_extra_networks(prompt).prompt);
   auto tokenize = [&tokenizer](const std::string& text) { return tokenizer.encode(text); };
   return mode == Pipeline::LongPrompt::truncate ? truncate_prompt_chunks(parsed, tokenize, options)
                                                 : split_prompt_chunks(parsed, tokenize, options);

@@ -103,6 +103,11 @@ ConvertedWeights convert_single_file(const TensorMap& all, ModelFamily family,
 // [C, C, 1, 1] as config.use_linear_projection asks.
 TensorMap convert_ldm_unet(const TensorMap& all, const UNetConfig& config);
 
+// One LDM UNet name (without "model.diffusion_model.", e.g.
+// "input_blocks.4.1.proj_in.weight") -> its diffusers name, "" when unknown;
+// what convert_ldm_unet does to each key (LoRA files use these names too).
+std::string ldm_unet_name_to_diffusers(const std::string& name, const UNetConfig& config);
+
 // first_stage_model.* -> AutoencoderKL names (diffusers'
 // convert_ldm_vae_checkpoint); mid attention 1x1 convs become linear weights.
 TensorMap convert_ldm_vae(const TensorMap& all, const VAEConfig& config);
