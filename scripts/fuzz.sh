@@ -17,7 +17,8 @@ WORK=$BUILD_DIR/fuzz-work
 # Longest input per target: long enough for every construct of the format,
 # short enough that each run stays fast (BPE and PNG decoding grow with size).
 declare -A MAX_LEN=([safetensors]=4096 [tokenizer]=1024 [prompt_weights]=2048
-                    [prompt_file]=4096 [png_params]=8192 [sentencepiece]=4096)
+                    [prompt_file]=4096 [png_params]=8192 [sentencepiece]=4096
+                    [lora_names]=1024)
 
 scripts/install-deps.sh
 need=()

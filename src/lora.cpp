@@ -16,6 +16,7 @@
 
 #include "sdgen/checkpoint.h"
 #include "sdgen/error.h"
+#include "sdgen/lora_keys.h"
 #include "sdgen/safetensors.h"
 #include "sdgen/weights.h"
 
@@ -45,31 +46,6 @@ bool finishes(const std::string& s, const std::string& p) {
 std::string to_underscored(std::string s) {
   std::replace(s.begin(), s.end(), '.', '_');
   return s;
-}
-
-// The suffixes a layer's tensors carry after the layer's name.
-const char* const kSuffixes[] = {
-    ".lora_down.weight", ".lora_up.weight", ".lora_mid.weight", ".alpha",      // kohya / LoCon
-    ".lora_A.weight",    ".lora_B.weight",                                     // PEFT
-    ".lora.down.weight", ".lora.up.weight",                                    // diffusers (old)
-    ".hada_w1_a",        ".hada_w1_b",      ".hada_w2_a",       ".hada_w2_b",  // LoHa
-    ".hada_t1",          ".hada_t2",                                           // LoHa, Tucker
-    ".lokr_w1",          ".lokr_w2",        ".lokr_w1_a",       ".lokr_w1_b",  // LoKr
-    ".lokr_w2_a",        ".lokr_w2_b",      ".lokr_t2",                        //
-    ".dora_scale",       ".diff",           ".diff_b",          ".bias",       // DoRA, full diffs
-};
-
-// Splits "layer.suffix" into the layer's name and suffix; false when no
-// known suffix ends the key.
-bool split_key(const std::string& key, std::string* layer, std::string* suffix) {
-  for (const char* s : kSuffixes) {
-    if (finishes(key, s)) {
-      *layer = key.substr(0, key.size() - std::string(s).size());
-      *suffix = s;
-      return true;
-    }
-  }
-  return false;
 }
 
 // The modules a LoRA can change, by the names files use for them.
@@ -111,24 +87,10 @@ struct ModuleTable {
         {"input_blocks_0_0", "input_blocks.0.0"}, {"out_2", "out.2"}};
     for (const auto& [u, dotted] : kTop)
       if (rest == u) return convert(std::string(dotted) + ".weight");
-    std::string head, tail;
-    for (const std::string block : {"input_blocks_", "output_blocks_", "middle_block_"}) {
-      if (!begins(rest, block)) continue;
-      size_t pos = block.size();
-      std::vector<std::string> numbers;
-      const int wanted = block == "middle_block_" ? 1 : 2;
-      while (static_cast<int>(numbers.size()) < wanted) {
-        size_t end = pos;
-        while (end < rest.size() && std::isdigit(static_cast<unsigned char>(rest[end]))) ++end;
-        if (end == pos || end >= rest.size() || rest[end] != '_') return "";
-        numbers.push_back(rest.substr(pos, end - pos));
-        pos = end + 1;
-      }
-      head = block.substr(0, block.size() - 1);
-      for (const auto& n : numbers) head += "." + n;
-      tail = rest.substr(pos);
-    }
-    if (head.empty()) return "";
+    const auto ldm = split_ldm_layer_name(rest);
+    if (!ldm) return "";
+    const std::string& head = ldm->block;
+    const std::string& tail = ldm->rest;
     // ResBlock parts and samplers keep LDM names below the block.
     static const std::pair<const char*, const char*> kParts[] = {
         {"in_layers_2", "in_layers.2"},
@@ -258,7 +220,7 @@ LoraFile read_lora(const std::string& path, const StableDiffusionModel& model) {
   std::map<std::string, std::map<std::string, std::string>> layers;  // layer -> suffix -> key
   for (const auto& name : file.names()) {
     std::string layer, suffix;
-    if (split_key(name, &layer, &suffix)) layers[layer][suffix] = name;
+    if (split_lora_key(name, &layer, &suffix)) layers[layer][suffix] = name;
   }
   bool any_lora = false, te12 = false;
   for (const auto& [layer, parts] : layers) {
@@ -371,7 +333,7 @@ LoraSummary summarize_lora(const std::string& path) {
   std::set<std::string> seen;
   for (const auto& name : file.names()) {
     std::string layer, suffix;
-    if (!split_key(name, &layer, &suffix) || suffix == ".alpha") continue;
+    if (!split_lora_key(name, &layer, &suffix) || suffix == ".alpha") continue;
     if (!seen.insert(layer).second) continue;
     ++s.layers;
     const bool te = begins(layer, "lora_te") || begins(layer, "text_encoder");

@@ -205,6 +205,88 @@ std::vector<BadCase> cases() {
        },
        3,
        {"cut.safetensors", "outside the data section", "truncated"}});
+  // LoRAs (the kohya LoRA of ../shared/golden/sd1-extras, or broken copies).
+  const std::string kohya = test::shared_dir() + "/golden/sd1-extras/lora_kohya.safetensors";
+  auto lora_tensors = [kohya](const std::function<void(Tensors&)>& change) {
+    SafeTensorsFile file(kohya);
+    Tensors out;
+    for (const auto& name : file.names()) out.emplace_back(name, file.tensor(name).clone());
+    change(out);
+    return out;
+  };
+  add({"lora_unknown_name",
+       Model::tiny,
+       [](const Ctx& x) {
+         fs::create_directories(x.in + "/loras");
+         return x.tiny() + " --lora-dir " + q(x.in + "/loras") + " -p 'a cat <lora:missing:0.5>'";
+       },
+       2,
+       {"unknown LoRA 'missing'", "/loras"}});
+  add({"lora_for_sdxl_on_sd1",
+       Model::tiny,
+       [](const Ctx& x) {
+         const std::string lora =
+             test::shared_dir() + "/golden/sdxl-extras/lora_kohya_sdxl.safetensors";
+         return x.tiny() + " --lora " + q(x.file("xl-style.safetensors", read_file(lora))) +
+                " -p cat";
+       },
+       2,
+       {"xl-style.safetensors", "SDXL LoRA", "SD1.x"}});
+  add({"lora_shape_mismatch",
+       Model::tiny,
+       [lora_tensors](const Ctx& x) {
+         const std::string p = x.in + "/wide.safetensors";
+         write_safetensors(p, lora_tensors([](Tensors& t) {
+                             for (auto& [name, tensor] : t)
+                               if (name ==
+                                   "lora_unet_down_blocks_0_attentions_0_transformer_"
+                                   "blocks_0_attn1_to_q.lora_up.weight")
+                                 tensor = torch::zeros({48, 4});
+                           }));
+         return x.tiny() + " --lora " + q(p) + " -p cat";
+       },
+       2,
+       {"wide.safetensors", "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+        "does not fit"}});
+  add({"lora_matching_no_layer",
+       Model::tiny,
+       [lora_tensors](const Ctx& x) {
+         const std::string p = x.in + "/other.safetensors";
+         write_safetensors(p, lora_tensors([](Tensors& t) {
+                             for (auto& [name, tensor] : t) name = "lora_unet_nowhere_" + name;
+                           }));
+         return x.tiny() + " --lora " + q(p) + " -p cat";
+       },
+       2,
+       {"other.safetensors", "none of its 90 LoRA layers"}});
+  add({"lora_with_nan",
+       Model::tiny,
+       [lora_tensors](const Ctx& x) {
+         const std::string p = x.in + "/nan.safetensors";
+         write_safetensors(p, lora_tensors([](Tensors& t) {
+                             t.back().second = t.back().second.clone().fill_(NAN);
+                           }));
+         return x.tiny() + " --lora " + q(p) + " -p cat";
+       },
+       2,
+       {"nan.safetensors", "NaN or Inf"}});
+  add({"lora_truncated",
+       Model::tiny,
+       [kohya](const Ctx& x) {
+         const std::string bytes = read_file(kohya);
+         return x.tiny() + " --lora " +
+                q(x.file("cut-lora.safetensors", bytes.substr(0, bytes.size() / 2))) + " -p cat";
+       },
+       2,
+       {"cut-lora.safetensors", "truncated"}});
+  add({"lora_pickled",
+       Model::tiny,
+       [](const Ctx& x) {
+         x.file("loras/old.pt", "PK\x03\x04 pickle");
+         return x.tiny() + " --lora-dir " + q(x.in + "/loras") + " -p 'a cat <lora:old>'";
+       },
+       2,
+       {"old.pt", "pickled", ".safetensors"}});
   // SDXL files (the tiny SDXL of ../shared, architecture from its folder).
   const std::string sdxl_dir = test::shared_dir() + "/models/sdxl-tiny";
   add({"sdxl_truncated",

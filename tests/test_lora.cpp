@@ -4,11 +4,13 @@
 // the files that are refused.
 
 #include <filesystem>
+#include <fstream>
 
 #include <gtest/gtest.h>
 
 #include "sdgen/error.h"
 #include "sdgen/extra_networks.h"
+#include "sdgen/image_io.h"
 #include "sdgen/lora.h"
 #include "sdgen/pipeline.h"
 #include "sdgen/safetensors.h"
@@ -218,6 +220,88 @@ TEST(Lora, StackingZeroWeightAndFamilies) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("SDXL LoRA"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace sdgen
+
+namespace sdgen {
+namespace {
+
+// ---- through the binary ----------------------------------------------------------
+
+std::string sdgen_bin() { return test::binary_dir() + "/sdgen"; }
+
+torch::Tensor png_pixels(const std::string& path) { return read_png(path).pixels; }
+
+// <lora:NAME:W> in the prompt, found in --lora-dir's subfolders, gives
+// diffusers' fused image; --from-png reproduces it; a prompt file that
+// switches LoRA sets gives each image the bytes a fresh process gives it.
+TEST(LoraCli, PromptTagsFromPngAndPromptFiles) {
+  SDGEN_REQUIRE_EXTRAS();
+  const std::string dir = test::temp_dir("lora-cli");
+  fs::create_directories(dir + "/loras/styles");
+  fs::copy_file(extras("sd1-extras/lora_kohya.safetensors"),
+                dir + "/loras/styles/kohya.safetensors");
+  fs::copy_file(extras("sd1-extras/lora_kohya_ldm.safetensors"), dir + "/loras/ldm.safetensors");
+  const std::string base = sdgen_bin() + " -m '" + test::tiny_model_dir() + "' --lora-dir '" + dir +
+                           "/loras' -q --steps 10 -s 42 -W 64 -H 64 -n 'blurry, low quality' ";
+  std::string log;
+  ASSERT_EQ(
+      test::run(base + "-p 'a photograph of an astronaut riding a horse <lora:kohya:0.8>' -o '" +
+                    dir + "/a.png'",
+                &log),
+      0)
+      << log;
+  EXPECT_LE(
+      test::max_abs_diff(png_pixels(dir + "/a.png").unsqueeze(0),
+                         extras_golden("sd1-extras/golden.safetensors", "lora.ddim.image_u8")),
+      1.0);
+  std::string params;
+  ASSERT_EQ(test::run(sdgen_bin() + " --show-params '" + dir + "/a.png'", &params), 0);
+  EXPECT_NE(params.find("<lora:kohya:0.8>"), std::string::npos) << params;  // kept, as A1111
+  EXPECT_NE(params.find("Lora hashes: \"kohya: "), std::string::npos) << params;
+  ASSERT_EQ(test::run(sdgen_bin() + " -m '" + test::tiny_model_dir() + "' --lora-dir '" + dir +
+                          "/loras' -q --from-png '" + dir + "/a.png' -o '" + dir + "/b.png'",
+                      &log),
+            0)
+      << log;
+  EXPECT_TRUE(torch::equal(png_pixels(dir + "/a.png"), png_pixels(dir + "/b.png")));
+
+  // --lora FILE:W is the same LoRA by path.
+  ASSERT_EQ(test::run(base + "-p 'a photograph of an astronaut riding a horse' --lora '" + dir +
+                          "/loras/styles/kohya.safetensors:0.8' -o '" + dir + "/c.png'",
+                      &log),
+            0)
+      << log;
+  EXPECT_TRUE(torch::equal(png_pixels(dir + "/a.png"), png_pixels(dir + "/c.png")));
+
+  // Separate runs, then one prompt file alternating sets (and none).
+  const std::vector<std::string> prompts = {"a fox <lora:kohya:0.8>", "a fox", "a fox <lora:ldm:1>",
+                                            "a fox <lora:kohya:0.5> <lora:ldm:0.3>", "a fox"};
+  std::ofstream lines(dir + "/p.txt");
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const std::string alone = dir + "/alone" + std::to_string(i) + ".png";
+    ASSERT_EQ(test::run(base + "-p '" + prompts[i] + "' -o '" + alone + "'", &log), 0) << log;
+    lines << R"({"prompt": ")" << prompts[i] << R"(", "output": ")" << dir << "/file" << i
+          << R"(.png"})"
+          << "\n";
+  }
+  lines.close();
+  ASSERT_EQ(test::run(base + "--prompt-file '" + dir + "/p.txt'", &log), 0) << log;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    EXPECT_TRUE(torch::equal(png_pixels(dir + "/alone" + std::to_string(i) + ".png"),
+                             png_pixels(dir + "/file" + std::to_string(i) + ".png")))
+        << prompts[i];
+  // A "loras" key in a line does what --lora does.
+  {
+    std::ofstream f(dir + "/q.txt");
+    f << R"({"prompt": "a photograph of an astronaut riding a horse", "loras": [")" << dir
+      << R"(/loras/styles/kohya.safetensors:0.8"], "output": ")" << dir << R"(/d.png"})"
+      << "\n";
+  }
+  ASSERT_EQ(test::run(base + "--prompt-file '" + dir + "/q.txt'", &log), 0) << log;
+  EXPECT_TRUE(torch::equal(png_pixels(dir + "/a.png"), png_pixels(dir + "/d.png")));
 }
 
 }  // namespace

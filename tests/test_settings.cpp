@@ -34,9 +34,9 @@ TEST(Settings, RowsAreConsistent) {
     EXPECT_EQ(s.get(copy), s.get(defaults)) << s.name;
     if (!s.default_text.empty()) EXPECT_EQ(s.from_text(s.default_text), s.get(defaults)) << s.name;
   }
-  // The 38 of cli::Options before the table, --vae, --timestep-spacing and
-  // SDXL's six size/crop settings.
-  EXPECT_EQ(names.size(), 46u);
+  // The 38 of cli::Options before the table, --vae, --timestep-spacing,
+  // SDXL's six size/crop settings, --lora and --lora-dir.
+  EXPECT_EQ(names.size(), 48u);
   EXPECT_EQ(prompt_file_keys(), std::vector<std::string>({"prompt",
                                                           "negative_prompt",
                                                           "steps",
@@ -47,6 +47,7 @@ TEST(Settings, RowsAreConsistent) {
                                                           "seed",
                                                           "width",
                                                           "height",
+                                                          "loras",
                                                           "init_image",
                                                           "strength",
                                                           "clip_skip",

@@ -143,6 +143,7 @@ struct SettingSpec {
   std::string a1111_label;   // the A1111 parameters label it writes/reads, "" = none
   std::string api_key;       // A1111 web API field, "" = none
   bool is_flag = false;      // a bool set by a flag without a value
+  bool is_list = false;      // a list: the flag repeats, each value one item
   std::string default_text;  // the default as --help shows it ("" = none)
   std::string allowed;       // the allowed values in words ("1 to 1000")
 
@@ -213,6 +214,9 @@ struct ImageMetadata {
   std::string model_name;  // the "Model:" name (a1111_model_name)
   std::string vae_hash;    // the same for a separate VAE (--vae), or ""
   std::string vae_name;
+  // The LoRAs applied, A1111's "Lora hashes": (name, first 12 hex digits of
+  // the SHA-256 of the file's data after its header), in order.
+  std::vector<std::pair<std::string, std::string>> lora_hashes;
   int batch_pos = 0;  // this image's place in its batch
   std::string version = SDGEN_VERSION;
 };

@@ -31,7 +31,11 @@ class Sha256 {
 
 std::string sha256_hex(const std::string& data);
 // Streams the file; throws Error naming it when it cannot be read.
-std::string sha256_file_hex(const std::string& path);
+std::string sha256_file_hex(const std::string& path, uint64_t offset = 0);
+// A1111's "addnet" hash of a .safetensors file (hashes.addnet_hash_safetensors,
+// what its "Lora hashes" field shows the first 12 digits of): the SHA-256 of
+// the bytes after the 8-byte header length and the header.
+std::string safetensors_data_sha256_hex(const std::string& path);
 
 // The file whose hash identifies a model: the checkpoint itself, or for a
 // diffusers folder its UNet weights (unet/diffusion_pytorch_model*.safetensors).

@@ -25,6 +25,7 @@ namespace {
 // setting is a flag, the others take a value that the table checks.
 struct FlagStorage {
   std::vector<std::string> texts;
+  std::vector<std::vector<std::string>> lists;  // list settings: every occurrence
   std::unique_ptr<bool[]> bools;
   std::vector<CLI::Option*> options;
 };
@@ -48,6 +49,7 @@ std::string type_name(const sdgen::SettingSpec& spec) {
 void add_table_flags(CLI::App& app, FlagStorage& storage) {
   const auto& table = sdgen::settings_table();
   storage.texts.resize(table.size());
+  storage.lists.resize(table.size());
   storage.bools.reset(new bool[table.size()]());
   for (size_t i = 0; i < table.size(); ++i) {
     const auto& spec = table[i];
@@ -57,10 +59,20 @@ void add_table_flags(CLI::App& app, FlagStorage& storage) {
       for (const auto& n : sdgen::sampler_names()) names += (names.empty() ? "" : ", ") + n;
       help += ": " + names;
     }
-    CLI::Option* option = spec.is_flag ? app.add_flag(spec.flags, storage.bools[i], help)
-                                       : app.add_option(spec.flags, storage.texts[i], help);
+    CLI::Option* option = nullptr;
+    if (spec.is_flag) {
+      option = app.add_flag(spec.flags, storage.bools[i], help);
+    } else if (spec.is_list) {
+      // Repeated, every value counts, one per flag (not split on spaces).
+      option = app.add_option(spec.flags, storage.lists[i], help)
+                   ->type_name(type_name(spec))
+                   ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+                   ->allow_extra_args(false);
+    } else {
+      option = app.add_option(spec.flags, storage.texts[i], help);
+    }
     // Given twice, the last one counts (a script can append an override).
-    if (!spec.is_flag)
+    if (!spec.is_flag && !spec.is_list)
       option->type_name(type_name(spec))->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     if (!spec.default_text.empty()) option->default_str(spec.default_text);
     option->group(spec.group);
@@ -78,6 +90,19 @@ CommandLine read_table_flags(const FlagStorage& storage) {
     const auto& spec = table[i];
     if (spec.is_flag) {
       c.layer.set(spec.name, storage.bools[i]);
+      continue;
+    }
+    if (spec.is_list) {
+      nlohmann::json items = nlohmann::json::array();
+      for (const auto& text : storage.lists[i]) {
+        try {
+          for (const auto& item : spec.from_text(text)) items.push_back(item);
+        } catch (const sdgen::SettingError& e) {
+          throw CliError(sdgen::cli::kExitUsage,
+                         sdgen::describe_flag_value(spec, text) + ": " + e.what());
+        }
+      }
+      c.layer.set(spec.name, items);
       continue;
     }
     try {

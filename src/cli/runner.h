@@ -13,6 +13,7 @@
 
 #include <torch/torch.h>
 
+#include "loras.h"
 #include "options.h"
 #include "progress.h"
 #include "sdgen/model.h"
@@ -36,6 +37,7 @@ struct Job {
   Settings settings;  // the layers resolved, with the request's size and seed
   GenerationRequest request;
   bool pattern_from_entry = false;
+  std::vector<AppliedLora> loras;  // merged into the model for this job's images
 };
 
 class Runner {
@@ -79,6 +81,8 @@ class Runner {
   std::string png_model_hash_, png_model_name_, png_vae_hash_, png_vae_name_;
   std::unique_ptr<StableDiffusionModel> model_;
   std::unique_ptr<Pipeline> pipeline_;
+  // Declared after model_: destroyed first, it takes its LoRAs out of the model.
+  std::unique_ptr<LoraLibrary> loras_;
   std::unique_ptr<Progress> progress_;
   std::string model_path_, model_hash10_, model_name_;
   std::string vae_hash10_, vae_name_;  // --vae (A1111's "VAE hash" and "VAE")

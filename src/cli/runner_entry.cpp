@@ -59,6 +59,7 @@ Job Runner::make_job(const PromptEntry& e) {
   }
   pipeline_->validate(r);
   pipeline_->make_request_scheduler(r);  // sampler/eta combinations
+  job.loras = loras_->resolve(s);
   return job;
 }
 
@@ -186,6 +187,7 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
     GenerationResult result;
     try {
       Progress* progress = progress_.get();
+      loras_->activate(job.loras);
       result = pipeline_->generate(r, [progress](const StepInfo& info, const torch::Tensor&) {
         progress->step(info.index + 1, info.total);
         throw_if_interrupted();  // abandons the image at this step boundary
@@ -217,6 +219,7 @@ void Runner::write_image(const Job& job, const GenerationResult& result, int pos
   meta.vae_hash = vae_hash10_;
   meta.vae_name = vae_name_;
   meta.batch_pos = pos;
+  for (const auto& l : job.loras) meta.lora_hashes.emplace_back(l.name, l.hash);
   const std::string params = format_a1111_parameters(a1111_parameters(job.settings, meta));
   try {
     write_png(path, result.images_u8[pos], {{"parameters", params}});
@@ -242,13 +245,19 @@ void Runner::write_image(const Job& job, const GenerationResult& result, int pos
   out["model_hash"] = model_hash10_;
   out["device"] = device_.str();
   out["dtype"] = std::string(c10::toString(dtype_));
-  out["timings"] = {{"load_s", load_s_},
-                    {"text_s", t.text_s},
-                    {"sampling_s", t.sampling_s},
-                    {"decode_s", t.decode_s},
-                    {"total_s", total_s},
-                    {"steps", t.steps},
-                    {"it_per_s", t.sampling_s > 0 ? t.steps / t.sampling_s : 0.0}};
+  nlohmann::json loras = nlohmann::json::array();
+  for (const auto& l : job.loras)
+    loras.push_back({{"name", l.name},
+                     {"path", l.file->path},
+                     {"hash", l.hash},
+                     {"te_weight", l.te_weight},
+                     {"unet_weight", l.unet_weight}});
+  out["loras"] = loras;
+  out["timings"] = {
+      {"load_s", load_s_},          {"text_s", t.text_s},
+      {"sampling_s", t.sampling_s}, {"decode_s", t.decode_s},
+      {"total_s", total_s},         {"lora_merge_s", loras_->last_merge_seconds()},
+      {"steps", t.steps},           {"it_per_s", t.sampling_s > 0 ? t.steps / t.sampling_s : 0.0}};
   std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
 }
 

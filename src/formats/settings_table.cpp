@@ -11,6 +11,7 @@
 #include "formats/strings.h"
 #include "sdgen/a1111.h"
 #include "sdgen/error.h"
+#include "sdgen/extra_networks.h"
 #include "sdgen/output_pattern.h"
 #include "sdgen/settings.h"
 
@@ -112,6 +113,20 @@ Rule timestep_spacing() {
   r.check_text = [](const std::string& text) {
     if (!text.empty() && text != "leading" && text != "trailing" && text != "linspace")
       throw SettingError("must be leading, trailing or linspace");
+  };
+  return r;
+}
+// A LoRA argument, FILE[:WEIGHT] (parse_lora_argument).
+Rule lora() {
+  Rule r;
+  r.check_text = [](const std::string& text) {
+    try {
+      parse_lora_argument(text);
+    } catch (const Error& e) {
+      std::string why = e.what();
+      const auto colon = why.find(": ");
+      throw SettingError(colon == std::string::npos ? why : why.substr(colon + 2));
+    }
   };
   return r;
 }
@@ -222,6 +237,24 @@ struct Codec<std::string> {
   }
   static json to_json(const std::string& v) { return v; }
   static std::string from_json(const json& v) { return v.get<std::string>(); }
+};
+
+// A list of strings: each flag occurrence or text is one item; JSON takes a
+// string (one item) or an array of strings.
+template <>
+struct Codec<std::vector<std::string>> {
+  static json from_text(const std::string& text) { return json::array({text}); }
+  static json check(const json& v) {
+    if (v.is_string()) return json::array({v});
+    if (!v.is_array()) throw SettingError("must be a string or a list of strings", true);
+    for (const auto& item : v)
+      if (!item.is_string()) throw SettingError("must be a list of strings", true);
+    return v;
+  }
+  static json to_json(const std::vector<std::string>& v) { return v; }
+  static std::vector<std::string> from_json(const json& v) {
+    return v.get<std::vector<std::string>>();
+  }
 };
 
 // Seeds are unsigned 64-bit: A1111 writes them as they are.
@@ -494,6 +527,42 @@ A1111Hooks model() {
           }};
 }
 
+// --lora files: sdgen's own "LoRA files" field (FILE:WEIGHT, comma-separated),
+// read back into the list. (LoRAs named in the prompt stay in its text, as
+// A1111 keeps them; A1111's "Lora hashes" comes from ImageMetadata.)
+A1111Hooks lora_files() {
+  return {"LoRA files",
+          [](const SettingSpec&, const Settings& s, const ImageMetadata& m, A1111Parameters& p) {
+            std::string text;
+            for (const auto& item : s.lora) text += (text.empty() ? "" : ", ") + item;
+            if (!text.empty()) p.set("LoRA files", text);
+            std::string hashes;
+            for (const auto& [name, hash] : m.lora_hashes)
+              hashes += (hashes.empty() ? "" : ", ") + name + ": " + hash;
+            if (!hashes.empty()) p.set("Lora hashes", hashes);
+          },
+          [](const SettingSpec& spec, const A1111Parameters& p, A1111Reading& r) {
+            const auto* v = p.find("LoRA files");
+            if (!v) return;
+            json items = json::array();
+            size_t start = 0;
+            while (start <= v->size()) {
+              const size_t comma = v->find(", ", start);
+              const std::string item = strip(
+                  v->substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+              if (!item.empty()) items.push_back(item);
+              if (comma == std::string::npos) break;
+              start = comma + 2;
+            }
+            try {
+              r.settings.set(spec.name, spec.check(items));
+            } catch (const SettingError& e) {
+              r.errors.push_back("LoRA files '" + *v + "' (from " + r.settings.source() +
+                                 "): " + e.what());
+            }
+          }};
+}
+
 // "VAE hash" and "VAE": the separate VAE's file (A1111's sd_vae
 // get_loaded_vae_hash / get_loaded_vae_name: the file's name with its
 // extension); read back for a warning when it is not the one in use.
@@ -569,6 +638,10 @@ json checked(const Rule& rule, const json& value) {
   if constexpr (std::is_same_v<T, std::string>) {
     if (rule.check_text) rule.check_text(value.get<std::string>());
   }
+  if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    if (rule.check_text)
+      for (const auto& item : value) rule.check_text(item.get<std::string>());
+  }
   return value;
 }
 
@@ -588,9 +661,10 @@ SettingSpec make_row(T Settings::*field, const T& default_value, const char* nam
   s.a1111_label = a1111_hooks.label;
   s.api_key = api_key;
   s.is_flag = rule.kind == Rule::Kind::flag;
+  s.is_list = std::is_same_v<T, std::vector<std::string>>;
   s.allowed = rule.allowed();
   const json d = Codec<T>::to_json(default_value);
-  const bool shown = !s.is_flag && !d.is_null() &&
+  const bool shown = !s.is_flag && !d.is_null() && !(d.is_array() && d.empty()) &&
                      !(d.is_string() && d.get<std::string>().empty()) &&
                      (!d.is_number() || rule.problem(d.get<double>()).empty());
   if (shown) s.default_text = a1111_text(d);

@@ -132,9 +132,11 @@ std::string sha256_hex(const std::string& data) {
   return h.hex_digest();
 }
 
-std::string sha256_file_hex(const std::string& path) {
+std::string sha256_file_hex(const std::string& path, uint64_t offset) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open for hashing: " + std::strerror(errno));
+  if (offset > 0 && !in.seekg(static_cast<std::streamoff>(offset)))
+    throw Error(path + ": cannot seek to byte " + std::to_string(offset) + " for hashing");
   Sha256 h;
   std::vector<char> buffer(4 << 20);
   while (in) {
@@ -143,6 +145,18 @@ std::string sha256_file_hex(const std::string& path) {
   }
   if (in.bad()) throw Error(path + ": read error while hashing");
   return h.hex_digest();
+}
+
+std::string safetensors_data_sha256_hex(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot open for hashing: " + std::strerror(errno));
+  unsigned char n[8] = {};
+  if (!in.read(reinterpret_cast<char*>(n), 8)) throw Error(path + ": too short to be safetensors");
+  uint64_t header = 0;
+  for (int i = 7; i >= 0; --i) header = (header << 8) | n[i];
+  const uint64_t size = static_cast<uint64_t>(fs::file_size(path));
+  if (header > size - 8) throw Error(path + ": header length runs past the end of the file");
+  return sha256_file_hex(path, 8 + header);
 }
 
 std::string model_weights_file(const std::string& model_path) {

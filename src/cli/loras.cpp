@@ -1,0 +1,108 @@
+#include "loras.h"
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "sdgen/error.h"
+#include "sdgen/sha256.h"
+
+namespace fs = std::filesystem;
+
+namespace sdgen::cli {
+
+LoraLibrary::LoraLibrary(StableDiffusionModel& model, std::vector<std::string> dirs)
+    : model_(model), dirs_(std::move(dirs)) {
+  if (const char* env = std::getenv("SDGEN_LORA_DIR")) {
+    std::string list = env;
+    size_t start = 0;
+    while (start <= list.size()) {
+      const size_t colon = list.find(':', start);
+      const std::string dir =
+          list.substr(start, colon == std::string::npos ? colon : colon - start);
+      if (!dir.empty()) dirs_.push_back(dir);
+      if (colon == std::string::npos) break;
+      start = colon + 1;
+    }
+  }
+}
+
+LoraLibrary::~LoraLibrary() = default;
+
+// A name is a path when it names an existing file (or holds a '/'); else
+// NAME.safetensors is looked for in each folder and its subfolders, as
+// A1111 lists its Lora folder.
+std::string LoraLibrary::find(const std::string& name) const {
+  std::error_code ec;
+  if (fs::is_regular_file(name, ec)) return name;
+  if (name.find('/') != std::string::npos) throw Error("LoRA file " + name + " not found");
+  std::vector<std::string> pickled;
+  for (const auto& dir : dirs_) {
+    if (!fs::is_directory(dir, ec)) continue;
+    for (auto it = fs::recursive_directory_iterator(
+             dir, fs::directory_options::skip_permission_denied, ec);
+         it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (ec) break;
+      if (!it->is_regular_file(ec) || it->path().stem().string() != name) continue;
+      const std::string ext = it->path().extension().string();
+      if (ext == ".safetensors") return it->path().string();
+      if (ext == ".pt" || ext == ".ckpt" || ext == ".pth" || ext == ".bin")
+        pickled.push_back(it->path().string());
+    }
+  }
+  if (!pickled.empty())
+    throw Error(pickled.front() +
+                ": pickled LoRA files are not read (loading them can run "
+                "code); convert it to .safetensors");
+  std::string where;
+  for (const auto& d : dirs_) where += (where.empty() ? "" : ", ") + d;
+  throw Error("unknown LoRA '" + name + "': no " + name + ".safetensors in " +
+              (where.empty() ? std::string("any folder (give --lora-dir DIR or set SDGEN_LORA_DIR)")
+                             : where));
+}
+
+const LoraFile& LoraLibrary::load(const std::string& path) {
+  const std::string key = fs::weakly_canonical(path).string();
+  auto it = files_.find(key);
+  if (it == files_.end()) {
+    LoraFile file = read_lora(path, model_);
+    const std::string hash = safetensors_data_sha256_hex(path).substr(0, 12);
+    it = files_.emplace(key, std::make_pair(std::move(file), hash)).first;
+  }
+  return it->second.first;
+}
+
+std::vector<AppliedLora> LoraLibrary::resolve(const Settings& s) {
+  std::vector<LoraRef> refs = lora_refs(parse_extra_networks(s.prompt));
+  for (const auto& item : s.lora) refs.push_back(parse_lora_argument(item));
+  std::vector<AppliedLora> out;
+  for (const auto& ref : refs) {
+    AppliedLora a;
+    a.name = ref.name;
+    if (fs::path(ref.name).extension() == ".safetensors") a.name = fs::path(ref.name).stem();
+    a.file = &load(find(ref.name));
+    a.hash = files_.at(fs::weakly_canonical(a.file->path).string()).second;
+    a.te_weight = ref.te_weight;
+    a.unet_weight = ref.unet_weight;
+    out.push_back(a);
+  }
+  return out;
+}
+
+void LoraLibrary::activate(const std::vector<AppliedLora>& loras) {
+  merge_s_ = 0;
+  if (loras == active_) return;
+  if (!merger_) merger_ = std::make_unique<LoraMerger>(model_);
+  std::vector<LoraMerger::Item> items;
+  for (const auto& l : loras) items.push_back({l.file, l.te_weight, l.unet_weight});
+  active_.clear();  // unknown if apply throws half-way; restore() below then reapplies
+  try {
+    merger_->apply(items);
+  } catch (...) {
+    merger_->restore();
+    throw;
+  }
+  active_ = loras;
+  merge_s_ = merger_->last_apply_seconds();
+}
+
+}  // namespace sdgen::cli
