@@ -117,6 +117,7 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
     return std::chrono::duration<double>(Clock::now() - t0).count();
   };
   GenerationResult out;
+  embeddings_used_.clear();
   const int64_t batch = r.batch_size;
   const bool guided = r.cfg_scale > 1.0;
 

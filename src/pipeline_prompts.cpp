@@ -13,8 +13,9 @@ namespace {
 
 // The chunks of one prompt (prompt_weights.h) for a tokenizer.
 std::vector<PromptChunk> prompt_chunks(const Tokenizer& tokenizer, const std::string& prompt,
-                                       Pipeline::LongPrompt mode) {
+                                       Pipeline::LongPrompt mode, const EmbeddingFinder& finder) {
   ChunkingOptions options;
+  options.find_embedding = finder;
   options.chunk_length = tokenizer.max_length() - 2;
   // A1111 looks up ",</w>" in the vocabulary; "," alone encodes to exactly it.
   const auto comma = tokenizer.encode(",");
@@ -29,11 +30,48 @@ std::vector<PromptChunk> prompt_chunks(const Tokenizer& tokenizer, const std::st
 
 }  // namespace
 
+namespace {
+
+// A1111 EmbeddingDatabase.find_embedding_at_position: the longest embedding
+// name (as token ids) that starts at `position`.
+template <typename Entries>
+EmbeddingFinder finder_for(const Entries& entries, bool second) {
+  if (entries.empty()) return {};
+  return [&entries, second](const std::vector<int64_t>& tokens, size_t position) {
+    EmbeddingMatch best;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const auto& ids = second ? entries[i].name_ids_2 : entries[i].name_ids;
+      if (ids.empty() || ids.size() <= best.name_tokens || position + ids.size() > tokens.size())
+        continue;
+      if (std::equal(ids.begin(), ids.end(),
+                     tokens.begin() + static_cast<std::ptrdiff_t>(position)))
+        best = {static_cast<int>(i), entries[i].embedding.count(), ids.size()};
+    }
+    return best;
+  };
+}
+
+}  // namespace
+
 int Pipeline::prompt_chunk_count(const std::string& prompt) const {
-  size_t count = prompt_chunks(*model_.tokenizer, prompt, long_prompt_).size();
+  size_t count =
+      prompt_chunks(*model_.tokenizer, prompt, long_prompt_, finder_for(embeddings_, false)).size();
   if (model_.tokenizer_2)
-    count = std::max(count, prompt_chunks(*model_.tokenizer_2, prompt, long_prompt_).size());
+    count = std::max(count, prompt_chunks(*model_.tokenizer_2, prompt, long_prompt_,
+                                          finder_for(embeddings_, true))
+                                .size());
   return static_cast<int>(count);
+}
+
+void Pipeline::set_embeddings(std::vector<TextualInversion> embeddings) {
+  embeddings_.clear();
+  for (auto& e : embeddings) {
+    EmbeddingEntry entry;
+    entry.name_ids = model_.tokenizer->encode(e.name);
+    if (model_.tokenizer_2) entry.name_ids_2 = model_.tokenizer_2->encode(e.name);
+    entry.embedding = std::move(e);
+    embeddings_.push_back(std::move(entry));
+  }
 }
 
 namespace {
@@ -53,9 +91,14 @@ struct EncoderOutput {
 // Chunks are concatenated along the sequence (torch.hstack); the pooled output
 // is the first chunk's, before emphasis (A1111: zs[0].pooled). A one-chunk
 // prompt without emphasis is encoded exactly as diffusers' encode_prompt.
+// The vectors each embedding gives this encoder, in the finder's numbering.
+using EmbeddingVectors = std::vector<const torch::Tensor*>;
+
 EncoderOutput encode_with(const Tokenizer& tokenizer, CLIPTextModel& encoder,
                           const std::vector<std::string>& prompts, int clip_skip, HiddenNorm norm,
-                          size_t chunk_count, Pipeline::LongPrompt mode, torch::Device device) {
+                          size_t chunk_count, Pipeline::LongPrompt mode, torch::Device device,
+                          const EmbeddingFinder& finder, const EmbeddingVectors& vectors,
+                          std::vector<int>* used) {
   const int64_t length = tokenizer.max_length();
   // encode_padded("") = [bos, eos, pad, ...]: the special ids of any tokenizer.
   const auto empty = tokenizer.encode_padded("");
@@ -64,7 +107,7 @@ EncoderOutput encode_with(const Tokenizer& tokenizer, CLIPTextModel& encoder,
   const int64_t bos = empty[0], eos = empty[1], pad = empty[2];
 
   std::vector<std::vector<PromptChunk>> all;
-  for (const auto& p : prompts) all.push_back(prompt_chunks(tokenizer, p, mode));
+  for (const auto& p : prompts) all.push_back(prompt_chunks(tokenizer, p, mode, finder));
   const int64_t rows = static_cast<int64_t>(prompts.size() * chunk_count);
   std::vector<int64_t> ids;
   std::vector<float> multipliers;
@@ -72,10 +115,18 @@ EncoderOutput encode_with(const Tokenizer& tokenizer, CLIPTextModel& encoder,
   multipliers.reserve(static_cast<size_t>(rows * length));
   bool weighted = false;
   const PromptChunk none;
+  std::vector<TokenEmbeddingOverride> overrides;
   for (const auto& chunks : all) {
     for (size_t c = 0; c < chunk_count; ++c) {
       const PromptChunk& chunk = c < chunks.size() ? chunks[c] : none;
       const size_t start = ids.size();
+      for (const auto& fix : chunk.fixes) {
+        // After the start token; A1111's EmbeddingsWithFixes (offset + 1).
+        const torch::Tensor& v = *vectors.at(static_cast<size_t>(fix.embedding));
+        overrides.push_back({static_cast<int64_t>(start / static_cast<size_t>(length)),
+                             static_cast<int64_t>(fix.offset) + 1, v.narrow(0, 0, fix.vectors)});
+        if (used) used->push_back(fix.embedding);
+      }
       ids.push_back(bos);
       multipliers.push_back(1.0f);
       for (size_t t = 0; t < chunk.tokens.size() && t + 2 < static_cast<size_t>(length); ++t) {
@@ -90,7 +141,7 @@ EncoderOutput encode_with(const Tokenizer& tokenizer, CLIPTextModel& encoder,
     }
   }
   auto input = torch::tensor(ids, torch::kInt64).view({rows, length}).to(device);
-  const auto out = encoder->forward(input, clip_skip, norm);
+  const auto out = encoder->forward(input, clip_skip, norm, overrides);
   auto z = out.hidden;
   if (weighted) {
     auto m = torch::tensor(multipliers, torch::kFloat32).view({rows, length, 1}).to(device);
@@ -130,18 +181,36 @@ PromptEmbeddings Pipeline::encode_prompt_embeddings(const std::vector<std::strin
   for (const auto& p : prompts)
     chunk_count = std::max(chunk_count, static_cast<size_t>(prompt_chunk_count(p)));
   PromptEmbeddings out;
+  EmbeddingVectors vectors, vectors_2;
+  for (const auto& e : embeddings_) {
+    vectors.push_back(&e.embedding.vectors);
+    vectors_2.push_back(&e.embedding.vectors_2);
+  }
+  std::vector<int> used;
+  auto note_used = [&] {
+    for (int i : used) {
+      const std::string& name = embeddings_[static_cast<size_t>(i)].embedding.name;
+      if (std::find(embeddings_used_.begin(), embeddings_used_.end(), name) ==
+          embeddings_used_.end())
+        embeddings_used_.push_back(name);
+    }
+  };
   if (!model_.is_sdxl()) {
-    out.context =
-        encode_with(*model_.tokenizer, text_encoder_, prompts, clip_skip,
-                    HiddenNorm::final_layer_norm, chunk_count, long_prompt_, model_.device)
-            .hidden.to(model_.dtype);
+    out.context = encode_with(*model_.tokenizer, text_encoder_, prompts, clip_skip,
+                              HiddenNorm::final_layer_norm, chunk_count, long_prompt_,
+                              model_.device, finder_for(embeddings_, false), vectors, &used)
+                      .hidden.to(model_.dtype);
+    note_used();
     return out;
   }
   const int layer = std::max(clip_skip, 2);
-  const auto first = encode_with(*model_.tokenizer, text_encoder_, prompts, layer, HiddenNorm::none,
-                                 chunk_count, long_prompt_, model_.device);
+  const auto first =
+      encode_with(*model_.tokenizer, text_encoder_, prompts, layer, HiddenNorm::none, chunk_count,
+                  long_prompt_, model_.device, finder_for(embeddings_, false), vectors, &used);
   const auto second = encode_with(*model_.tokenizer_2, text_encoder_2_, prompts, layer,
-                                  HiddenNorm::none, chunk_count, long_prompt_, model_.device);
+                                  HiddenNorm::none, chunk_count, long_prompt_, model_.device,
+                                  finder_for(embeddings_, true), vectors_2, nullptr);
+  note_used();
   out.context = torch::cat({first.hidden, second.hidden}, -1).to(model_.dtype);
   out.pooled = second.pooled.to(model_.dtype);
   return out;

@@ -1,11 +1,13 @@
 #include "sdgen/text_encoder.h"
 #include "sdgen/layers.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "nn/attention.h"
 #include "sdgen/error.h"
+#include "sdgen/weights.h"
 
 namespace sdgen {
 
@@ -52,9 +54,21 @@ struct CLIPTextEmbeddingsImpl : torch::nn::Module {
         "position_embedding", nn::Embedding(config.max_position_embeddings, config.hidden_size));
   }
 
-  torch::Tensor forward(const torch::Tensor& input_ids) {
+  torch::Tensor forward(const torch::Tensor& input_ids,
+                        const std::vector<TokenEmbeddingOverride>& overrides) {
     const int64_t length = input_ids.size(1);
-    return token_embedding(input_ids) + position_embedding->weight.narrow(0, 0, length);
+    torch::Tensor tokens = token_embedding(input_ids);
+    for (const auto& o : overrides) {
+      if (o.row < 0 || o.row >= tokens.size(0) || o.position < 0 || o.position >= length)
+        throw Error("CLIP text model: embedding override at row " + std::to_string(o.row) +
+                    ", position " + std::to_string(o.position) + " is outside the batch");
+      if (o.vectors.dim() != 2 || o.vectors.size(1) != tokens.size(2))
+        throw Error("CLIP text model: embedding vectors " + shape_string(o.vectors.sizes()) +
+                    " do not match the hidden size " + std::to_string(tokens.size(2)));
+      const int64_t n = std::min(o.vectors.size(0), length - o.position);
+      tokens[o.row].narrow(0, o.position, n).copy_(o.vectors.narrow(0, 0, n));
+    }
+    return tokens + position_embedding->weight.narrow(0, 0, length);
   }
 
   nn::Embedding token_embedding{nullptr}, position_embedding{nullptr};
@@ -155,7 +169,8 @@ CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& config) : config_(con
 // StableDiffusionPipeline.encode_prompt (hidden_states[-(clip_skip)] then
 // final_layer_norm, in A1111 numbering where 1 is the last layer).
 CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, int clip_skip,
-                                          HiddenNorm norm) {
+                                          HiddenNorm norm,
+                                          const std::vector<TokenEmbeddingOverride>& overrides) {
   const int layers = config_.num_hidden_layers;
   if (input_ids.dim() != 2)
     throw Error("CLIP text model: input_ids must be [batch, length], found " +
@@ -170,7 +185,7 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, int cl
 
   const auto device = final_layer_norm_->weight.device();
   const torch::Tensor ids = input_ids.to(device, torch::kLong);
-  torch::Tensor x = embeddings_->forward(ids);
+  torch::Tensor x = embeddings_->forward(ids, overrides);
   // hidden_states[i] is the output of layer i (hidden_states[0] = embeddings);
   // clip_skip k selects hidden_states[layers + 1 - k].
   const int chosen = layers + 1 - clip_skip;

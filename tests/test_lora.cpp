@@ -14,6 +14,7 @@
 #include "sdgen/lora.h"
 #include "sdgen/pipeline.h"
 #include "sdgen/safetensors.h"
+#include "sdgen/textual_inversion.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -302,6 +303,145 @@ TEST(LoraCli, PromptTagsFromPngAndPromptFiles) {
   }
   ASSERT_EQ(test::run(base + "--prompt-file '" + dir + "/q.txt'", &log), 0) << log;
   EXPECT_TRUE(torch::equal(png_pixels(dir + "/a.png"), png_pixels(dir + "/d.png")));
+}
+
+}  // namespace
+}  // namespace sdgen
+
+namespace sdgen {
+namespace {
+
+// ---- textual inversion ---------------------------------------------------------
+
+// A1111 calls an embedding by its file name: "a photograph of ti_tok riding a
+// horse" is diffusers' "a photograph of <tok> <tok>_1 riding a horse" after
+// load_textual_inversion (the same two vectors in the same places).
+TEST(TextualInversion, GoldenSD1ByFileName) {
+  SDGEN_REQUIRE_EXTRAS();
+  LoadOptions o;
+  o.model_path = test::tiny_model_dir();
+  auto model = load_model(o);
+  const auto ti = read_textual_inversion(extras("sd1-extras/ti_tok.safetensors"), model);
+  EXPECT_EQ(ti.name, "ti_tok");
+  EXPECT_EQ(ti.count(), 2);
+  EXPECT_TRUE(
+      torch::equal(ti.vectors, extras_golden("sd1-extras/golden.safetensors", "ti.emb_params")));
+  Pipeline pipeline(model);
+  pipeline.set_embeddings({ti});
+  const std::string prompt = "a photograph of ti_tok riding a horse";
+  const auto context = pipeline.encode_prompts({prompt}, 1);
+  const double text_err =
+      test::max_abs_diff(context, extras_golden("sd1-extras/golden.safetensors", "ti.text.last"));
+  EXPECT_LT(text_err, 1e-5);
+  auto r = test::golden_request("ddim");
+  r.prompt = prompt;
+  const auto result = pipeline.generate(r);
+  const double u8 = test::max_abs_diff(
+      result.images_u8, extras_golden("sd1-extras/golden.safetensors", "ti.ddim.image_u8"));
+  std::cout << "[parity] textual inversion: text max err " << text_err << ", u8 max diff " << u8
+            << "\n";
+  EXPECT_LE(u8, 1.0);
+  EXPECT_EQ(pipeline.embeddings_used(), (std::vector<std::string>{"ti_tok"}));
+  // Its two vectors take two token places in the 75-token chunks; in the
+  // negative prompt too; emphasis weights them.
+  std::string long_prompt;
+  for (int i = 0; i < 36; ++i) long_prompt += "red fox ";  // 72 tokens: + 2 vectors fit
+  EXPECT_EQ(pipeline.prompt_chunk_count(long_prompt + "ti_tok"), 1);
+  EXPECT_EQ(pipeline.prompt_chunk_count(long_prompt + "fox fox ti_tok"), 2);  // 72 + 2 + 2
+  const auto plain = pipeline.encode_prompts({"a cat"}, 1);
+  EXPECT_FALSE(torch::allclose(pipeline.encode_prompts({"a cat ti_tok"}, 1), plain));
+  r.prompt = "a cat";
+  r.negative_prompt = "ti_tok, blurry";
+  r.steps = 2;
+  pipeline.generate(r);
+  EXPECT_EQ(pipeline.embeddings_used(), (std::vector<std::string>{"ti_tok"}));
+  // Without the embedding the name is ordinary text.
+  Pipeline without(model);
+  EXPECT_FALSE(torch::allclose(without.encode_prompts({prompt}, 1), context));
+}
+
+// A1111's layouts: any single key ("string_to_param.*", a 1-D vector) and
+// SDXL's clip_l + clip_g; wrong widths and pickles refused with one line.
+TEST(TextualInversion, FileLayouts) {
+  SDGEN_REQUIRE_SHARED();
+  const std::string dir = test::temp_dir("ti-files");
+  LoadOptions o;
+  o.model_path = test::tiny_model_dir();
+  auto model = load_model(o);
+  write_safetensors(dir + "/a.safetensors", {{"string_to_param.*", torch::randn({3, 32})}});
+  EXPECT_EQ(read_textual_inversion(dir + "/a.safetensors", model).count(), 3);
+  write_safetensors(dir + "/one.safetensors", {{"vec", torch::randn({32})}});
+  EXPECT_EQ(read_textual_inversion(dir + "/one.safetensors", model).count(), 1);
+  auto refused = [&](const std::string& file, const std::string& words) {
+    try {
+      read_textual_inversion(file, model);
+      ADD_FAILURE() << "accepted " << file;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  };
+  write_safetensors(dir + "/wide.safetensors", {{"emb_params", torch::randn({2, 768})}});
+  refused(dir + "/wide.safetensors", "is not [vectors, 32]");
+  write_safetensors(dir + "/two.safetensors",
+                    {{"a", torch::randn({2, 32})}, {"b", torch::randn({2, 32})}});
+  refused(dir + "/two.safetensors", "holds 2 tensors");
+  write_safetensors(dir + "/xl.safetensors",
+                    {{"clip_l", torch::randn({2, 32})}, {"clip_g", torch::randn({2, 64})}});
+  refused(dir + "/xl.safetensors", "SDXL embedding");
+  refused(dir + "/old.pt", "pickled");
+  if (test::has_sdxl()) {
+    LoadOptions x;
+    x.model_path = test::sdxl_model_dir();
+    auto xl = load_model(x);
+    const auto e = read_textual_inversion(dir + "/xl.safetensors", xl);
+    EXPECT_EQ(e.vectors_2.size(1), 64);
+    Pipeline pipeline(xl);
+    const auto plain = pipeline.encode_prompt_embeddings({"a cat xl"}, 1);
+    pipeline.set_embeddings({e});
+    const auto with = pipeline.encode_prompt_embeddings({"a cat xl"}, 1);
+    EXPECT_FALSE(torch::allclose(with.context, plain.context));
+    EXPECT_EQ(pipeline.embeddings_used(), (std::vector<std::string>{"xl"}));
+  }
+}
+
+}  // namespace
+}  // namespace sdgen
+
+namespace sdgen {
+namespace {
+
+// --embeddings-dir: the file's name in the prompt calls it (diffusers' image),
+// "TI hashes" is written, --from-png reproduces, pickles and files for
+// another model are skipped with a warning.
+TEST(TextualInversionCli, NameInPromptHashesAndWarnings) {
+  SDGEN_REQUIRE_EXTRAS();
+  const std::string dir = test::temp_dir("ti-cli");
+  fs::create_directories(dir + "/emb/sub");
+  fs::copy_file(extras("sd1-extras/ti_tok.safetensors"), dir + "/emb/sub/ti_tok.safetensors");
+  std::ofstream(dir + "/emb/old.pt") << "PK pickle";
+  write_safetensors(dir + "/emb/wide.safetensors", {{"emb_params", torch::zeros({1, 768})}});
+  const std::string base = sdgen_bin() + " -m '" + test::tiny_model_dir() + "' --embeddings-dir '" +
+                           dir + "/emb' --steps 10 -s 42 -W 64 -H 64 -n 'blurry, low quality' ";
+  std::string log;
+  ASSERT_EQ(
+      test::run(base + "-p 'a photograph of ti_tok riding a horse' -o '" + dir + "/a.png'", &log),
+      0)
+      << log;
+  EXPECT_NE(log.find("pickled embeddings skipped (old.pt)"), std::string::npos) << log;
+  EXPECT_NE(log.find("embedding skipped: " + dir + "/emb/wide.safetensors"), std::string::npos)
+      << log;
+  EXPECT_LE(test::max_abs_diff(png_pixels(dir + "/a.png").unsqueeze(0),
+                               extras_golden("sd1-extras/golden.safetensors", "ti.ddim.image_u8")),
+            1.0);
+  std::string params;
+  ASSERT_EQ(test::run(sdgen_bin() + " --show-params '" + dir + "/a.png'", &params), 0);
+  EXPECT_NE(params.find("TI hashes: \"ti_tok: "), std::string::npos) << params;
+  ASSERT_EQ(test::run(sdgen_bin() + " -m '" + test::tiny_model_dir() + "' --embeddings-dir '" +
+                          dir + "/emb' -q --from-png '" + dir + "/a.png' -o '" + dir + "/b.png'",
+                      &log),
+            0)
+      << log;
+  EXPECT_TRUE(torch::equal(png_pixels(dir + "/a.png"), png_pixels(dir + "/b.png")));
 }
 
 }  // namespace

@@ -69,6 +69,48 @@ TEST(MemoryEstimate, SD15Magnitudes) {
             << e256.total / kMiB << " MiB, 64x64 " << e64.total / kMiB << " MiB)" << std::endl;
 }
 
+// SDXL base 1.0 (stable-diffusion-xl-base-1.0's configs; parameter counts
+// from ../shared/data/manifests.json sdxl.params): 1024x1024 in fp32 on the
+// CPU, against the peak resident memory measured for `sdgen --steps 1` with
+// the full-size random SDXL (18,353,728 kB on the 2-core AVX2 EPYC, libtorch
+// 1.13; docs/performance.md).
+TEST(MemoryEstimate, SDXLMagnitudes) {
+  ModelFootprint m;
+  m.unet.block_out_channels = {320, 640, 1280};
+  m.unet.down_block_types = {"DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"};
+  m.unet.up_block_types = {"CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"};
+  m.unet.transformer_layers_per_block = {1, 2, 10};
+  m.unet.attention_head_dim = {5, 10, 20};
+  m.unet.cross_attention_dim = 2048;
+  m.unet.use_linear_projection = true;
+  m.unet.addition_embed_type = "text_time";
+  m.unet.addition_time_embed_dim = 256;
+  m.unet.projection_class_embeddings_input_dim = 2816;
+  m.unet.sample_size = 128;
+  m.vae.scaling_factor = 0.13025;
+  CLIPTextConfig big_g;
+  big_g.hidden_size = 1280;
+  big_g.intermediate_size = 5120;
+  big_g.num_hidden_layers = 32;
+  big_g.num_attention_heads = 20;
+  big_g.with_projection = true;
+  big_g.projection_dim = 1280;
+  m.text_encoder_2 = big_g;
+  m.unet_parameters = 2567463684;
+  m.vae_parameters = 83653863;
+  m.text_encoder_parameters = 123060480 + 694659840;
+  MemorySettings s;
+  const auto e = estimate_memory(m, s, request(1024, 1024));
+  EXPECT_NEAR(static_cast<double>(e.weights) / 1e9, 13.9, 0.1);  // 3.47 G parameters in fp32
+  const double measured = 18353728.0 * 1024;
+  EXPECT_GT(static_cast<double>(e.total), measured);
+  EXPECT_LT(static_cast<double>(e.total), 1.5 * measured);
+  std::cout << "[memory] SDXL 1024x1024 fp32 CPU: weights " << format_bytes(e.weights) << ", UNet "
+            << format_bytes(e.unet) << ", VAE decode " << format_bytes(e.vae_decode) << ", total "
+            << format_bytes(e.total) << " (measured peak " << format_bytes(int64_t(measured))
+            << ", ratio " << static_cast<double>(e.total) / measured << ")" << std::endl;
+}
+
 TEST(MemoryEstimate, Monotonic) {
   const auto small = estimate(request(512, 512)), big = estimate(request(1024, 1024));
   EXPECT_GT(big.vae_decode, 3 * small.vae_decode);

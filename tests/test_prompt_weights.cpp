@@ -162,6 +162,44 @@ torch::Tensor diffusers_encoding(const std::string& prompt, int clip_skip) {
   return model.text_encoder->forward(input, clip_skip).hidden;
 }
 
+// Textual inversion (A1111 tokenize_line): an embedding's name becomes its
+// vectors' placeholder tokens and a fix; one that does not fit starts a new
+// chunk; a comma cut moves it with its tokens; truncation cuts its vectors.
+TEST(PromptWeights, EmbeddingsTakeTheirVectorsPlaces) {
+  ChunkingOptions options;
+  options.comma_token = 999;
+  options.placeholder_token = -7;
+  const int64_t name = fake_tokenize("emb")[0];  // a one-token name with 3 vectors
+  options.find_embedding = [name](const std::vector<int64_t>& tokens, size_t position) {
+    return tokens[position] == name ? EmbeddingMatch{4, 3, 1} : EmbeddingMatch{};
+  };
+  auto chunks =
+      split_prompt_chunks(parse_prompt_attention("a (emb:1.5) b"), fake_tokenize, options);
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0].tokens.size(), 5u);
+  EXPECT_EQ(chunks[0].fixes, (std::vector<ChunkFix>{{1, 4, 3}}));
+  EXPECT_EQ(chunks[0].tokens[1], -7);
+  EXPECT_EQ(chunks[0].multipliers[3], 1.5);
+  // 73 words: 3 vectors do not fit, they start the next chunk.
+  chunks = split_prompt_chunks(parse_prompt_attention(words(73) + " emb"), fake_tokenize, options);
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[0].tokens.size(), 73u);
+  EXPECT_TRUE(chunks[0].fixes.empty());
+  EXPECT_EQ(chunks[1].fixes, (std::vector<ChunkFix>{{0, 4, 3}}));
+  // A comma cut moves the embedding with its tokens.
+  chunks = split_prompt_chunks(parse_prompt_attention(words(66) + ", emb " + words(10)),
+                               fake_tokenize, options);
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[0].tokens.size(), 67u);
+  EXPECT_EQ(chunks[1].fixes, (std::vector<ChunkFix>{{0, 4, 3}}));
+  // diffusers' truncation: the vectors that fit.
+  const auto cut =
+      truncate_prompt_chunks(parse_prompt_attention(words(73) + " emb"), fake_tokenize, options);
+  ASSERT_EQ(cut.size(), 1u);
+  EXPECT_EQ(cut[0].tokens.size(), 75u);
+  EXPECT_EQ(cut[0].fixes, (std::vector<ChunkFix>{{73, 4, 2}}));
+}
+
 TEST(PromptEncoding, PlainPromptsEqualDiffusersExactly) {
   SDGEN_REQUIRE_SHARED();
   Pipeline pipeline(test::tiny_model());

@@ -35,8 +35,8 @@ TEST(Settings, RowsAreConsistent) {
     if (!s.default_text.empty()) EXPECT_EQ(s.from_text(s.default_text), s.get(defaults)) << s.name;
   }
   // The 38 of cli::Options before the table, --vae, --timestep-spacing,
-  // SDXL's six size/crop settings, --lora and --lora-dir.
-  EXPECT_EQ(names.size(), 48u);
+  // SDXL's six size/crop settings, --lora, --lora-dir and --embeddings-dir.
+  EXPECT_EQ(names.size(), 49u);
   EXPECT_EQ(prompt_file_keys(), std::vector<std::string>({"prompt",
                                                           "negative_prompt",
                                                           "steps",

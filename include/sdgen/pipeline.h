@@ -14,6 +14,7 @@
 #include "sdgen/model.h"
 #include "sdgen/schedulers/scheduler.h"
 #include "sdgen/settings.h"
+#include "sdgen/textual_inversion.h"
 
 namespace sdgen {
 
@@ -153,6 +154,12 @@ class Pipeline {
   LongPrompt long_prompt() const { return long_prompt_; }
   GenerationResult generate(const GenerationRequest& request, const StepCallback& on_step = {});
 
+  // Textual-inversion embeddings a prompt may name (A1111: the file name as a
+  // word; its vectors take as many token places); replaces the previous set.
+  void set_embeddings(std::vector<TextualInversion> embeddings);
+  // The names of the embeddings the last encode (generate) used, in order.
+  const std::vector<std::string>& embeddings_used() const { return embeddings_used_; }
+
   // The scheduler a request runs with (sampler, schedule type, DDIM eta), timesteps set.
   std::unique_ptr<Scheduler> make_request_scheduler(const GenerationRequest& request) const;
   // uint8 [H, W, 3] -> [1, 3, height, width] in [-1, 1] on the model's device and
@@ -189,6 +196,12 @@ class Pipeline {
   torch::ScalarType vae_dtype_;
   bool vae_fp32_fallback_ = false;
   LongPrompt long_prompt_ = LongPrompt::chunks;
+  struct EmbeddingEntry {
+    TextualInversion embedding;
+    std::vector<int64_t> name_ids, name_ids_2;  // the name as each tokenizer encodes it
+  };
+  std::vector<EmbeddingEntry> embeddings_;
+  std::vector<std::string> embeddings_used_;
   std::unique_ptr<UNetGraph> graph_;
   bool graph_context_set_ = false;
   bool graphs_failed_ = false;

@@ -217,6 +217,9 @@ struct ImageMetadata {
   // The LoRAs applied, A1111's "Lora hashes": (name, first 12 hex digits of
   // the SHA-256 of the file's data after its header), in order.
   std::vector<std::pair<std::string, std::string>> lora_hashes;
+  // The embeddings the prompts used, A1111's "TI hashes": (name, first 12 hex
+  // digits of the file's SHA-256).
+  std::vector<std::pair<std::string, std::string>> ti_hashes;
   int batch_pos = 0;  // this image's place in its batch
   std::string version = SDGEN_VERSION;
 };

@@ -5,6 +5,7 @@
 // (e.g. "encoder.layers.0.self_attn.q_proj.weight").
 
 #include <memory>
+#include <vector>
 #include "sdgen/layers.h"
 
 #include <torch/torch.h>
@@ -26,6 +27,16 @@ enum class HiddenNorm {
   none,              // transformers' hidden_states[-clip_skip] as is (SDXL)
 };
 
+// Token embeddings replaced by given vectors (textual inversion): rows
+// `position` .. position + vectors.size(0) - 1 of batch row `row`, before the
+// position embedding is added (A1111's EmbeddingsWithFixes, diffusers' added
+// tokens).
+struct TokenEmbeddingOverride {
+  int64_t row = 0;
+  int64_t position = 0;
+  torch::Tensor vectors;  // [n, hidden]; rows past the sequence's end are dropped
+};
+
 struct CLIPTextEmbeddingsImpl;
 struct CLIPEncoderImpl;
 
@@ -41,7 +52,8 @@ class CLIPTextModelImpl : public torch::nn::Module {
   // hidden_states[-clip_skip] unnormalized (SDXL conditions on
   // hidden_states[-2]).
   CLIPTextOutput forward(const torch::Tensor& input_ids, int clip_skip = 1,
-                         HiddenNorm norm = HiddenNorm::final_layer_norm);
+                         HiddenNorm norm = HiddenNorm::final_layer_norm,
+                         const std::vector<TokenEmbeddingOverride>& overrides = {});
 
   const CLIPTextConfig& config() const { return config_; }
 

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "formats/strings.h"
 #include "sdgen/error.h"
 #include "sdgen/sha256.h"
 
@@ -12,18 +13,8 @@ namespace sdgen::cli {
 
 LoraLibrary::LoraLibrary(StableDiffusionModel& model, std::vector<std::string> dirs)
     : model_(model), dirs_(std::move(dirs)) {
-  if (const char* env = std::getenv("SDGEN_LORA_DIR")) {
-    std::string list = env;
-    size_t start = 0;
-    while (start <= list.size()) {
-      const size_t colon = list.find(':', start);
-      const std::string dir =
-          list.substr(start, colon == std::string::npos ? colon : colon - start);
-      if (!dir.empty()) dirs_.push_back(dir);
-      if (colon == std::string::npos) break;
-      start = colon + 1;
-    }
-  }
+  if (const char* env = std::getenv("SDGEN_LORA_DIR"))
+    for (auto& dir : formats::split_path_list(env)) dirs_.push_back(dir);
 }
 
 LoraLibrary::~LoraLibrary() = default;

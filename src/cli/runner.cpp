@@ -3,11 +3,15 @@
 
 #include "runner.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <future>
 #include <iostream>
 #include <sstream>
 
 #include "default_model.h"
+#include "formats/strings.h"
 #include "line_sources.h"
 #include "resources.h"
 #include "sdgen/a1111.h"
@@ -213,7 +217,60 @@ void Runner::load_model_and_pipeline() {
   identify_vae();
   pipeline_ = std::make_unique<Pipeline>(*model_);
   loras_ = std::make_unique<LoraLibrary>(*model_, run_.lora_dir);
+  load_embeddings();
   pipeline_->set_long_prompt(run_.long_prompt);
+}
+
+// Every embedding in --embeddings-dir and $SDGEN_EMBEDDINGS_DIR (A1111 loads
+// its whole folder at start): files that do not fit this model, pickles and
+// name clashes are skipped with one warning each kind.
+void Runner::load_embeddings() {
+  std::vector<std::string> dirs = run_.embeddings_dir;
+  if (const char* env = std::getenv("SDGEN_EMBEDDINGS_DIR"))
+    for (auto& dir : formats::split_path_list(env)) dirs.push_back(dir);
+  std::vector<TextualInversion> loaded;
+  std::vector<std::string> unfit, pickled;
+  for (const auto& dir : dirs) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) {
+      if (!run_.quiet) std::cerr << "sdgen: warning: embeddings folder " << dir << " not found\n";
+      continue;
+    }
+    std::vector<fs::path> files;
+    for (auto it = fs::recursive_directory_iterator(
+             dir, fs::directory_options::skip_permission_denied, ec);
+         it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (ec) break;
+      if (it->is_regular_file(ec)) files.push_back(it->path());
+    }
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) {
+      const std::string ext = f.extension().string();
+      if (ext == ".pt" || ext == ".bin") {
+        pickled.push_back(f.filename().string());
+        continue;
+      }
+      if (ext != ".safetensors") continue;
+      const std::string name = f.stem().string();
+      if (embedding_hashes_.count(name)) continue;  // the first of a name wins
+      try {
+        loaded.push_back(read_textual_inversion(f.string(), *model_));
+        embedding_hashes_[name] = sha256_file_hex(f.string()).substr(0, 12);
+      } catch (const Error& e) {
+        unfit.push_back(e.what());
+      }
+    }
+  }
+  if (!run_.quiet) {
+    for (const auto& why : unfit) std::cerr << "sdgen: warning: embedding skipped: " << why << "\n";
+    if (!pickled.empty()) {
+      std::string names;
+      for (const auto& n : pickled) names += (names.empty() ? "" : ", ") + n;
+      std::cerr << "sdgen: warning: pickled embeddings skipped (" << names
+                << "): loading them can run code; convert them to .safetensors\n";
+    }
+  }
+  pipeline_->set_embeddings(std::move(loaded));
 }
 
 // A1111's "VAE hash" / "VAE" of --vae (the file's short SHA-256 and its name

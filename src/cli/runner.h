@@ -37,7 +37,8 @@ struct Job {
   Settings settings;  // the layers resolved, with the request's size and seed
   GenerationRequest request;
   bool pattern_from_entry = false;
-  std::vector<AppliedLora> loras;  // merged into the model for this job's images
+  std::vector<AppliedLora> loras;            // merged into the model for this job's images
+  std::vector<std::string> embeddings_used;  // by the last generate() of the job
 };
 
 class Runner {
@@ -83,6 +84,8 @@ class Runner {
   std::unique_ptr<Pipeline> pipeline_;
   // Declared after model_: destroyed first, it takes its LoRAs out of the model.
   std::unique_ptr<LoraLibrary> loras_;
+  std::map<std::string, std::string> embedding_hashes_;  // name -> 12 hex digits
+  void load_embeddings();
   std::unique_ptr<Progress> progress_;
   std::string model_path_, model_hash10_, model_name_;
   std::string vae_hash10_, vae_name_;  // --vae (A1111's "VAE hash" and "VAE")

@@ -203,6 +203,7 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
       report(kExitGeneration, at, generation_error_text(err, *model_, memory_request(r)));
       continue;
     }
+    job.embeddings_used = pipeline_->embeddings_used();
     const double total_s = seconds(t0, Clock::now());
     progress_->end(true, result.timings.sampling_s);
     for (int k : todo)
@@ -220,6 +221,8 @@ void Runner::write_image(const Job& job, const GenerationResult& result, int pos
   meta.vae_name = vae_name_;
   meta.batch_pos = pos;
   for (const auto& l : job.loras) meta.lora_hashes.emplace_back(l.name, l.hash);
+  for (const auto& name : job.embeddings_used)
+    meta.ti_hashes.emplace_back(name, embedding_hashes_.at(name));
   const std::string params = format_a1111_parameters(a1111_parameters(job.settings, meta));
   try {
     write_png(path, result.images_u8[pos], {{"parameters", params}});

@@ -1,5 +1,6 @@
 #include "sdgen/prompt_weights.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 
@@ -196,7 +197,8 @@ std::vector<PromptChunk> split_prompt_chunks(const std::vector<WeightedText>& pa
       continue;
     }
     const std::vector<int64_t> tokens = tokenize(run.text);
-    for (const int64_t token : tokens) {
+    for (size_t position = 0; position < tokens.size();) {
+      const int64_t token = tokens[position];
       if (token == options.comma_token && options.comma_token >= 0) {
         last_comma = static_cast<long>(chunk.tokens.size());
       } else if (options.comma_backtrack != 0 && chunk.tokens.size() == length &&
@@ -208,15 +210,40 @@ std::vector<PromptChunk> split_prompt_chunks(const std::vector<WeightedText>& pa
                                           chunk.tokens.end());
         std::vector<double> moved_mults(
             chunk.multipliers.begin() + static_cast<std::ptrdiff_t>(cut), chunk.multipliers.end());
+        // Embeddings move with their tokens (A1111 leaves its fixes behind,
+        // so their vectors land on the old chunk's padding instead).
+        std::vector<ChunkFix> moved_fixes, kept_fixes;
+        for (auto fix : chunk.fixes) {
+          if (fix.offset >= cut) {
+            fix.offset -= cut;
+            moved_fixes.push_back(fix);
+          } else {
+            kept_fixes.push_back(fix);
+          }
+        }
+        chunk.fixes = std::move(kept_fixes);
         chunk.tokens.resize(cut);
         chunk.multipliers.resize(cut);
         next_chunk();
         chunk.tokens = std::move(moved_tokens);
         chunk.multipliers = std::move(moved_mults);
+        chunk.fixes = std::move(moved_fixes);
       }
       if (chunk.tokens.size() == length) next_chunk();
-      chunk.tokens.push_back(token);
-      chunk.multipliers.push_back(run.weight);
+      const EmbeddingMatch found =
+          options.find_embedding ? options.find_embedding(tokens, position) : EmbeddingMatch{};
+      if (found.embedding < 0 || found.name_tokens == 0) {
+        chunk.tokens.push_back(token);
+        chunk.multipliers.push_back(run.weight);
+        ++position;
+        continue;
+      }
+      const size_t vectors = static_cast<size_t>(std::max(found.vectors, 0));
+      if (chunk.tokens.size() + vectors > length) next_chunk();
+      chunk.fixes.push_back({chunk.tokens.size(), found.embedding, found.vectors});
+      chunk.tokens.insert(chunk.tokens.end(), vectors, options.placeholder_token);
+      chunk.multipliers.insert(chunk.multipliers.end(), vectors, run.weight);
+      position += found.name_tokens;
     }
   }
   if (!chunk.tokens.empty() || chunks.empty()) next_chunk();
@@ -230,10 +257,24 @@ std::vector<PromptChunk> truncate_prompt_chunks(const std::vector<WeightedText>&
   PromptChunk chunk;
   for (const auto& run : parsed) {
     if (run.is_break) continue;
-    for (const int64_t token : tokenize(run.text)) {
+    const std::vector<int64_t> tokens = tokenize(run.text);
+    for (size_t position = 0; position < tokens.size();) {
       if (chunk.tokens.size() == length) return {chunk};
-      chunk.tokens.push_back(token);
-      chunk.multipliers.push_back(run.weight);
+      const EmbeddingMatch found =
+          options.find_embedding ? options.find_embedding(tokens, position) : EmbeddingMatch{};
+      if (found.embedding < 0 || found.name_tokens == 0) {
+        chunk.tokens.push_back(tokens[position]);
+        chunk.multipliers.push_back(run.weight);
+        ++position;
+        continue;
+      }
+      // diffusers expands the name to its vectors' tokens, then truncates.
+      const size_t room = length - chunk.tokens.size();
+      const size_t vectors = std::min(static_cast<size_t>(std::max(found.vectors, 0)), room);
+      chunk.fixes.push_back({chunk.tokens.size(), found.embedding, static_cast<int>(vectors)});
+      chunk.tokens.insert(chunk.tokens.end(), vectors, options.placeholder_token);
+      chunk.multipliers.insert(chunk.multipliers.end(), vectors, run.weight);
+      position += found.name_tokens;
     }
   }
   return {chunk};

@@ -540,6 +540,10 @@ A1111Hooks lora_files() {
             for (const auto& [name, hash] : m.lora_hashes)
               hashes += (hashes.empty() ? "" : ", ") + name + ": " + hash;
             if (!hashes.empty()) p.set("Lora hashes", hashes);
+            std::string ti;
+            for (const auto& [name, hash] : m.ti_hashes)
+              ti += (ti.empty() ? "" : ", ") + name + ": " + hash;
+            if (!ti.empty()) p.set("TI hashes", ti);
           },
           [](const SettingSpec& spec, const A1111Parameters& p, A1111Reading& r) {
             const auto* v = p.find("LoRA files");
