@@ -446,3 +446,98 @@ TEST(TextualInversionCli, NameInPromptHashesAndWarnings) {
 
 }  // namespace
 }  // namespace sdgen
+
+namespace sdgen {
+namespace {
+
+// The other formats, against the formula W + w * alpha / rank * up @ down
+// (LoHa: (w1a @ w1b) * (w2a @ w2b)): PEFT keys (alpha = rank when absent),
+// LoCon 3x3 convolutions in both UNet naming styles, LoHa, unmatched layers
+// counted, LoKr refused.
+TEST(Lora, OtherFormatsFollowTheFormula) {
+  SDGEN_REQUIRE_EXTRAS();
+  const std::string dir = test::temp_dir("lora-formats");
+  LoadOptions o;
+  o.model_path = test::tiny_model_dir();
+  auto model = load_model(o);
+  auto unet_w = [&](const std::string& n) { return model.unet->named_parameters()[n].clone(); };
+  auto text_w = [&](const std::string& n) {
+    return model.text_encoder->named_parameters()[n].clone();
+  };
+  const std::string q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+  const std::string k = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.weight";
+  const std::string conv = "down_blocks.0.resnets.0.conv1.weight";
+  const std::string tq = "encoder.layers.0.self_attn.q_proj.weight";
+  const auto q0 = unet_w(q), k0 = unet_w(k), conv0 = unet_w(conv), tq0 = text_w(tq);
+  torch::manual_seed(3);
+  const auto a = torch::randn({4, 32}), b = torch::randn({32, 4});
+  const auto ta = torch::randn({4, 32}), tb = torch::randn({32, 4});
+  const auto cd = torch::randn({4, 32, 3, 3}), cu = torch::randn({32, 4, 1, 1});
+  const auto w1a = torch::randn({32, 2}), w1b = torch::randn({2, 32}), w2a = torch::randn({32, 2}),
+             w2b = torch::randn({2, 32});
+  write_safetensors(
+      dir + "/peft.safetensors",
+      {{"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight", a},
+       {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight", b},
+       {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight", ta},
+       {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight", tb},
+       {"unet.no_such_block.lora_A.weight", a},
+       {"unet.no_such_block.lora_B.weight", b}});
+  const auto peft = read_lora(dir + "/peft.safetensors", model);
+  EXPECT_EQ(peft.format, "peft");
+  EXPECT_EQ(peft.unmatched, 1u);
+  EXPECT_EQ(peft.te_layers, 1u);
+  LoraMerger merger(model);
+  merger.apply({{&peft, 0.5, 0.7}});
+  EXPECT_LT(test::max_abs_diff(unet_w(q), q0 + 0.7 * torch::matmul(b, a)), 1e-5);
+  EXPECT_LT(test::max_abs_diff(text_w(tq), tq0 + 0.5 * torch::matmul(tb, ta)), 1e-5);
+  merger.restore();
+
+  for (const std::string name :
+       {"lora_unet_down_blocks_0_resnets_0_conv1", "lora_unet_input_blocks_1_0_in_layers_2"}) {
+    write_safetensors(dir + "/locon.safetensors", {{name + ".lora_down.weight", cd},
+                                                   {name + ".lora_up.weight", cu},
+                                                   {name + ".alpha", torch::tensor(2.0)}});
+    const auto locon = read_lora(dir + "/locon.safetensors", model);
+    EXPECT_TRUE(locon.conv) << name;
+    merger.apply({{&locon, 1.0, 0.8}});
+    const auto expected =
+        conv0 +
+        0.8 * (2.0 / 4.0) * torch::matmul(cu.flatten(1), cd.flatten(1)).reshape(conv0.sizes());
+    EXPECT_LT(test::max_abs_diff(unet_w(conv), expected), 1e-5) << name;
+    merger.restore();
+  }
+
+  const std::string lk = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k";
+  write_safetensors(dir + "/loha.safetensors", {{lk + ".hada_w1_a", w1a},
+                                                {lk + ".hada_w1_b", w1b},
+                                                {lk + ".hada_w2_a", w2a},
+                                                {lk + ".hada_w2_b", w2b},
+                                                {lk + ".alpha", torch::tensor(1.0)}});
+  const auto loha = read_lora(dir + "/loha.safetensors", model);
+  merger.apply({{&loha, 1.0, 1.0}});
+  EXPECT_LT(
+      test::max_abs_diff(unet_w(k), k0 + 0.5 * torch::matmul(w1a, w1b) * torch::matmul(w2a, w2b)),
+      1e-5);
+  merger.restore();
+  EXPECT_TRUE(torch::equal(unet_w(k), k0));
+  EXPECT_TRUE(torch::equal(unet_w(conv), conv0));
+
+  write_safetensors(dir + "/lokr.safetensors", {{lk + ".lokr_w1", torch::randn({4, 4})},
+                                                {lk + ".lokr_w2", torch::randn({8, 8})}});
+  try {
+    read_lora(dir + "/lokr.safetensors", model);
+    ADD_FAILURE() << "LoKr accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("LoKr"), std::string::npos) << e.what();
+  }
+  // What --info shows without a model.
+  const auto s = summarize_lora(extras("sd1-extras/lora_kohya.safetensors"));
+  EXPECT_EQ(s.format, "kohya");
+  EXPECT_EQ(s.layers, 90u);
+  EXPECT_EQ(s.max_rank, 4);
+  EXPECT_EQ(summarize_lora(extras("sdxl-extras/lora_kohya_sdxl.safetensors")).family, "SDXL");
+}
+
+}  // namespace
+}  // namespace sdgen

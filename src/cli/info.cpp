@@ -12,7 +12,10 @@
 #include "options.h"
 #include "sdgen/a1111.h"
 #include "sdgen/error.h"
+#include "sdgen/extra_networks.h"
 #include "sdgen/image_io.h"
+#include "sdgen/lora.h"
+#include "sdgen/lora_keys.h"
 #include "sdgen/model.h"
 #include "sdgen/model_files.h"
 #include "sdgen/runtime.h"
@@ -90,10 +93,67 @@ std::map<std::string, std::map<std::string, int>> stored_dtypes(const std::strin
   return out;
 }
 
+// --info on LoRA files (--model FILE that is one, or --lora FILE...): what
+// each is, from its keys and shapes. false when there is none to describe.
+bool describe_loras(const Settings& o) {
+  bool model_is_lora = false;
+  std::error_code ec;
+  if (!o.model.empty() && fs::is_regular_file(o.model, ec)) {
+    try {
+      const SafeTensorsFile f(o.model);
+      bool unet = false;
+      for (const auto& [name, info] : f.tensors())
+        if (name.rfind("model.diffusion_model.", 0) == 0 || name.rfind("down_blocks.", 0) == 0)
+          unet = true;
+      std::string layer, suffix;
+      for (const auto& [name, info] : f.tensors())
+        if (!unet && split_lora_key(name, &layer, &suffix)) model_is_lora = true;
+    } catch (const Error&) {
+      // not a safetensors file: the model loader says what is wrong
+    }
+  }
+  std::vector<std::string> files;
+  if (model_is_lora) files.push_back(o.model);
+  if (model_is_lora || o.model.empty())
+    for (const auto& item : o.lora) files.push_back(parse_lora_argument(item).name);
+  if (files.empty()) return false;
+  nlohmann::json all = nlohmann::json::array();
+  for (const auto& path : files) {
+    LoraSummary s;
+    try {
+      s = summarize_lora(path);
+    } catch (const Error& e) {
+      throw CliError(kExitModel, e.what());
+    }
+    nlohmann::json j = {{"path", path},
+                        {"kind", "LoRA"},
+                        {"format", s.format},
+                        {"family", s.family},
+                        {"layers", s.layers},
+                        {"text_encoder_layers", s.te_layers},
+                        {"unet_layers", s.unet_layers},
+                        {"rank", s.max_rank},
+                        {"convolutions", s.conv},
+                        {"loha", s.loha}};
+    all.push_back(j);
+    if (o.json) continue;
+    std::cout << "lora:        " << path << "\n"
+              << "format:      " << s.format << (s.loha ? " (LoHa)" : "")
+              << (s.conv ? ", with 3x3 convolution layers (LoCon)" : "") << "\n"
+              << "family:      " << s.family << "\n"
+              << "layers:      " << s.layers << " (text encoder " << s.te_layers << ", UNet "
+              << s.unet_layers << ")\n"
+              << "rank:        " << s.max_rank << "\n";
+  }
+  if (o.json) std::cout << (all.size() == 1 ? all[0] : all).dump(2) << std::endl;
+  return true;
+}
+
 }  // namespace
 
 int run_info(const Settings& o) {
   init_cpu_runtime(o.threads);
+  if (describe_loras(o)) return kExitOk;
   LoadOptions load;
   load.model_path = o.model.empty() ? find_default_model() : o.model;
   load.config_dir = o.config_dir;

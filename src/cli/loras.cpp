@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 
 #include "formats/strings.h"
 #include "sdgen/error.h"
@@ -11,8 +12,8 @@ namespace fs = std::filesystem;
 
 namespace sdgen::cli {
 
-LoraLibrary::LoraLibrary(StableDiffusionModel& model, std::vector<std::string> dirs)
-    : model_(model), dirs_(std::move(dirs)) {
+LoraLibrary::LoraLibrary(StableDiffusionModel& model, std::vector<std::string> dirs, bool quiet)
+    : model_(model), dirs_(std::move(dirs)), quiet_(quiet) {
   if (const char* env = std::getenv("SDGEN_LORA_DIR"))
     for (auto& dir : formats::split_path_list(env)) dirs_.push_back(dir);
 }
@@ -56,6 +57,10 @@ const LoraFile& LoraLibrary::load(const std::string& path) {
   auto it = files_.find(key);
   if (it == files_.end()) {
     LoraFile file = read_lora(path, model_);
+    if (file.unmatched > 0 && !quiet_)
+      std::cerr << "sdgen: warning: " << path << ": " << file.unmatched << " of its "
+                << file.unmatched + file.layers.size() << " LoRA layers name no layer of this "
+                << model_.family << " model; they are skipped\n";
     const std::string hash = safetensors_data_sha256_hex(path).substr(0, 12);
     it = files_.emplace(key, std::make_pair(std::move(file), hash)).first;
   }

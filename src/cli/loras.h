@@ -29,7 +29,8 @@ struct AppliedLora {
 class LoraLibrary {
  public:
   // dirs: --lora-dir values; $SDGEN_LORA_DIR (':'-separated) is added after them.
-  LoraLibrary(StableDiffusionModel& model, std::vector<std::string> dirs);
+  // quiet: no warning about layers a file has that the model lacks.
+  LoraLibrary(StableDiffusionModel& model, std::vector<std::string> dirs, bool quiet = false);
   ~LoraLibrary();
 
   // The LoRAs an image's settings ask for: the prompt's <lora:...> tags, then
@@ -47,6 +48,7 @@ class LoraLibrary {
 
   StableDiffusionModel& model_;
   std::vector<std::string> dirs_;
+  bool quiet_ = false;
   std::map<std::string, std::pair<LoraFile, std::string>> files_;  // path -> file, hash
   std::unique_ptr<LoraMerger> merger_;
   std::vector<AppliedLora> active_;

@@ -216,7 +216,7 @@ void Runner::load_model_and_pipeline() {
               << model_hash10_ << "); the image will differ\n";
   identify_vae();
   pipeline_ = std::make_unique<Pipeline>(*model_);
-  loras_ = std::make_unique<LoraLibrary>(*model_, run_.lora_dir);
+  loras_ = std::make_unique<LoraLibrary>(*model_, run_.lora_dir, run_.quiet);
   load_embeddings();
   pipeline_->set_long_prompt(run_.long_prompt);
 }
