@@ -92,6 +92,7 @@ if [ "$model" = sdxl ]; then
   bench sdxl-fp16-graphs-cl --dtype fp16 --channels-last on --batch-sizes 1 --repeats 2
   bench sdxl-fp16-eager-cl --dtype fp16 --channels-last on --no-cuda-graphs --batch-sizes 1 \
     --repeats 1
+  bench sdxl-lora32-merge-fp16 --dtype fp16 --load-only --lora-rank 32
   diffusers_baseline
   log "done"
   exit 0
@@ -107,6 +108,8 @@ bench fp16-graphs --dtype fp16 --channels-last off --batch-sizes 1
 bench fp16-eager --dtype fp16 --channels-last off --no-cuda-graphs --batch-sizes 1
 bench bf16-graphs-cl --dtype bf16 --channels-last on --batch-sizes 1
 bench fp32-graphs --dtype fp32 --channels-last off --batch-sizes 1 --repeats 1
+# LoRA merge and restore of a random rank-32 LoRA on kohya's default layers.
+bench lora32-merge-fp16 --dtype fp16 --load-only --lora-rank 32
 log "bench done"
 [ "${BENCH_DIFFUSERS:-0}" = 1 ] && diffusers_baseline
 

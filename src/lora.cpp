@@ -393,32 +393,51 @@ torch::Tensor LoraMerger::parameter(LoraTarget target, const std::string& name) 
   return it->second;
 }
 
+namespace {
+
+// A copy of `w` that gives it back bit for bit, as small as that allows: a
+// float32 weight loaded from an fp16 (or bf16) file is kept in that dtype
+// (half the memory: an SDXL LoRA touches most of its 2.6 G UNet weights).
+torch::Tensor compact_copy(const torch::Tensor& w) {
+  if (w.scalar_type() == torch::kFloat32) {
+    for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
+      torch::Tensor small = w.to(dtype);
+      if (torch::equal(small.to(torch::kFloat32), w)) return small;
+    }
+  }
+  return w.clone();
+}
+
+}  // namespace
+
 void LoraMerger::apply(const std::vector<Item>& loras) {
   torch::NoGradGuard no_grad;
   const auto t0 = std::chrono::steady_clock::now();
-  // Sum the updates per layer (float32, on the model's device).
-  std::map<std::string, torch::Tensor> sums;
+  // Which LoRA layers change each model layer, in order (first seen first).
+  struct Part {
+    const LoraLayer* layer;
+    double weight;
+  };
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<Part>> parts;
   std::map<std::string, std::pair<LoraTarget, std::string>> where;
   for (const auto& item : loras) {
     if (!item.file) continue;
     for (const auto& layer : item.file->layers) {
       const double weight = layer.target == LoraTarget::unet ? item.unet_weight : item.te_weight;
       if (weight == 0) continue;
-      torch::Tensor w = parameter(layer.target, layer.parameter);
       const std::string id = std::string(lora_target_name(layer.target)) + ":" + layer.parameter;
-      torch::Tensor d = layer.delta(w.sizes(), w.device()) * weight;
-      auto it = sums.find(id);
-      if (it == sums.end()) {
-        sums.emplace(id, d);
+      auto& list = parts[id];
+      if (list.empty()) {
+        order.push_back(id);
         where.emplace(id, std::make_pair(layer.target, layer.parameter));
-      } else {
-        it->second.add_(d);
       }
+      list.push_back({&layer, weight});
     }
   }
   // Layers the previous set changed and this one does not: their originals.
   for (const auto& id : touched_) {
-    if (sums.count(id)) continue;
+    if (parts.count(id)) continue;
     const auto colon = id.find(':');
     const std::string target = id.substr(0, colon);
     const LoraTarget t = target == "unet"           ? LoraTarget::unet
@@ -427,11 +446,18 @@ void LoraMerger::apply(const std::vector<Item>& loras) {
     parameter(t, id.substr(colon + 1)).copy_(originals_.at(id));
   }
   touched_.clear();
-  for (auto& [id, sum] : sums) {
+  // One layer at a time (the float32 sums of a whole SDXL LoRA would not fit
+  // beside the model): kohya merge_to / diffusers fuse_lora, W + scale * up @
+  // down in float32, written back in the model's dtype.
+  for (const auto& id : order) {
     torch::Tensor w = parameter(where[id].first, where[id].second);
     auto it = originals_.find(id);
-    if (it == originals_.end()) it = originals_.emplace(id, w.clone()).first;
-    // kohya merge_to / diffusers fuse_lora: W + scale * up @ down in float32.
+    if (it == originals_.end()) it = originals_.emplace(id, compact_copy(w)).first;
+    torch::Tensor sum;
+    for (const auto& part : parts[id]) {
+      torch::Tensor d = part.layer->delta(w.sizes(), w.device()) * part.weight;
+      sum = sum.defined() ? sum.add_(d) : d;
+    }
     w.copy_(it->second.to(torch::kFloat32) + sum);
     touched_.push_back(id);
   }

@@ -24,6 +24,7 @@
 
 #include "sdgen/device_info.h"
 #include "sdgen/error.h"
+#include "sdgen/lora.h"
 #include "sdgen/model.h"
 #include "sdgen/pipeline.h"
 #include "sdgen/random_model.h"
@@ -53,7 +54,43 @@ struct Options {
   int threads = 0;
   std::string label;
   bool load_only = false;
+  int lora_rank = 0;  // > 0: time merging a random LoRA of this rank
 };
+
+// A random LoRA of `rank` on the layers kohya's LoRA trains by default (the
+// transformer blocks' linear layers of the UNet, the text encoders'
+// attention and MLP), in memory, alpha = rank / 2.
+sdgen::LoraFile random_lora(const sdgen::StableDiffusionModel& model, int rank) {
+  sdgen::LoraFile file;
+  file.path = file.name = "random-rank-" + std::to_string(rank);
+  file.format = "kohya";
+  auto add = [&](sdgen::LoraTarget target, const torch::nn::Module& module, bool unet) {
+    for (const auto& p : module.named_parameters()) {
+      const std::string& name = p.key();
+      const auto& w = p.value();
+      if (w.dim() != 2 || name.size() < 7 || name.compare(name.size() - 7, 7, ".weight") != 0)
+        continue;
+      if (unet ? name.find(".transformer_blocks.") == std::string::npos
+               : name.find(".self_attn.") == std::string::npos &&
+                     name.find(".mlp.") == std::string::npos)
+        continue;
+      sdgen::LoraLayer l;
+      l.target = target;
+      l.parameter = name;
+      l.key = name;
+      l.rank = rank;
+      l.alpha = rank / 2.0;
+      l.down = torch::randn({rank, w.size(1)}).to(w.device(), w.scalar_type()) * 0.01;
+      l.up = torch::randn({w.size(0), rank}).to(w.device(), w.scalar_type()) * 0.01;
+      file.layers.push_back(std::move(l));
+    }
+  };
+  add(sdgen::LoraTarget::unet, *model.unet, true);
+  add(sdgen::LoraTarget::text_encoder, *model.text_encoder, false);
+  if (model.text_encoder_2) add(sdgen::LoraTarget::text_encoder_2, *model.text_encoder_2, false);
+  file.max_rank = rank;
+  return file;
+}
 
 std::vector<int> parse_list(const std::string& text) {
   std::vector<int> out;
@@ -110,6 +147,26 @@ int run(const Options& o) {
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   say("loaded in " + std::to_string(load_s) + " s");
+  nlohmann::json lora_result;
+  if (o.lora_rank > 0) {
+    // Merge (twice: the first pays for first-touch allocations) and restore.
+    const sdgen::LoraFile lora = random_lora(model, o.lora_rank);
+    sdgen::LoraMerger merger(model);
+    merger.apply({{&lora, 1.0, 1.0}});
+    const double first = merger.last_apply_seconds();
+    merger.restore();
+    const double restore = merger.last_apply_seconds();
+    merger.apply({{&lora, 1.0, 1.0}});
+    lora_result = {{"lora_rank", o.lora_rank},
+                   {"lora_layers", lora.layers.size()},
+                   {"lora_merge_first_s", first},
+                   {"lora_merge_s", merger.last_apply_seconds()},
+                   {"lora_restore_s", restore}};
+    merger.restore();
+    say("LoRA rank " + std::to_string(o.lora_rank) + " (" + std::to_string(lora.layers.size()) +
+        " layers): merge " + lora_result["lora_merge_s"].dump() + " s, restore " +
+        std::to_string(restore) + " s");
+  }
   if (o.load_only) {
     nlohmann::json r = {{"label", o.label},
                         {"device", sdgen::device_name(device)},
@@ -117,6 +174,7 @@ int run(const Options& o) {
                         {"load_s", load_s},
                         {"peak_rss_mb", mb(sdgen::peak_rss_bytes())},
                         {"rss_after_load_mb", mb(sdgen::current_rss_bytes())}};
+    if (!lora_result.is_null()) r.update(lora_result);
     std::cout << r.dump() << std::endl;
     return 0;
   }
@@ -207,6 +265,7 @@ int run(const Options& o) {
   }
   result["peak_rss_mb"] = mb(sdgen::peak_rss_bytes());
   result["model"] = model_path;
+  if (!lora_result.is_null()) result.update(lora_result);
   std::cout << result.dump() << std::endl;
   return 0;
 }
@@ -250,6 +309,9 @@ int main(int argc, char** argv) {
   app.add_option("-t,--threads", o.threads, "CPU threads (default: all cores)");
   app.add_option("--label", o.label, "A label copied into the JSON");
   app.add_flag("--load-only", o.load_only, "Only load the model: load time and memory");
+  app.add_option("--lora-rank", o.lora_rank,
+                 "Also time merging and restoring a random LoRA of this rank (kohya's default "
+                 "layers)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
