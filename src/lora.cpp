@@ -386,18 +386,20 @@ LoraMerger::~LoraMerger() {
   }
 }
 
-torch::Tensor LoraMerger::parameter(LoraTarget target, const std::string& name) {
-  const auto it = parameters_.find(std::string(lora_target_name(target)) + ":" + name);
-  if (it == parameters_.end())
-    throw Error("LoRA: no parameter " + name + " in the model's " + lora_target_name(target));
+torch::Tensor LoraMerger::parameter(const std::string& id) {
+  const auto it = parameters_.find(id);
+  if (it == parameters_.end()) {
+    const auto colon = id.find(':');
+    throw Error("LoRA: no parameter " + id.substr(colon + 1) + " in the model's " +
+                id.substr(0, colon));
+  }
   return it->second;
 }
 
 namespace {
 
 // A copy of `w` that gives it back bit for bit, as small as that allows: a
-// float32 weight loaded from an fp16 (or bf16) file is kept in that dtype
-// (half the memory: an SDXL LoRA touches most of its 2.6 G UNet weights).
+// float32 weight loaded from an fp16 (or bf16) file is kept in that dtype.
 torch::Tensor compact_copy(const torch::Tensor& w) {
   if (w.scalar_type() == torch::kFloat32) {
     for (const auto dtype : {torch::kFloat16, torch::kBFloat16}) {
@@ -410,6 +412,56 @@ torch::Tensor compact_copy(const torch::Tensor& w) {
 
 }  // namespace
 
+torch::Tensor LoraMerger::original(const std::string& id, const torch::Tensor& w) {
+  auto it = originals_.find(id);
+  if (it != originals_.end()) return it->second;
+  // A CPU model keeps the mapped file tensor each parameter was converted
+  // from: converting it again (the same copy_ as load_weights) gives W bit for
+  // bit, and holds no memory between merges. Checked once against W, so a
+  // file changed on disk since loading falls back to a copy.
+  const auto colon = id.find(':');
+  const auto comp = model_.weight_sources.find(id.substr(0, colon));
+  if (comp != model_.weight_sources.end()) {
+    const auto src = comp->second.find(id.substr(colon + 1));
+    if (src != comp->second.end() && src->second.sizes() == w.sizes()) {
+      prefault_mapped_pages(src->second);
+      const bool same = torch::equal(src->second.to(w.scalar_type()), w);
+      release_mapped_pages(src->second);
+      if (same) {
+        from_file_[id] = true;
+        return originals_.emplace(id, src->second).first->second;
+      }
+    }
+  }
+  return originals_.emplace(id, compact_copy(w)).first->second;
+}
+
+int64_t LoraMerger::new_copy_bytes(const std::vector<Item>& loras) const {
+  std::set<std::string> seen;
+  int64_t bytes = 0;
+  for (const auto& item : loras) {
+    if (!item.file) continue;
+    for (const auto& layer : item.file->layers) {
+      const std::string component = lora_target_name(layer.target);
+      const std::string id = component + ":" + layer.parameter;
+      if (originals_.count(id) || !seen.insert(id).second) continue;
+      const auto comp = model_.weight_sources.find(component);
+      if (comp != model_.weight_sources.end() && comp->second.count(layer.parameter)) continue;
+      const auto p = parameters_.find(id);
+      if (p == parameters_.end()) continue;
+      // At most the weight's own size (compact_copy may halve a float32 one).
+      bytes += p->second.numel() * static_cast<int64_t>(p->second.element_size());
+    }
+  }
+  return bytes;
+}
+
+void LoraMerger::put_back(const std::string& id) {
+  const torch::Tensor& orig = originals_.at(id);
+  parameter(id).copy_(orig);
+  if (from_file_.count(id)) release_mapped_pages(orig);
+}
+
 void LoraMerger::apply(const std::vector<Item>& loras) {
   torch::NoGradGuard no_grad;
   const auto t0 = std::chrono::steady_clock::now();
@@ -420,7 +472,6 @@ void LoraMerger::apply(const std::vector<Item>& loras) {
   };
   std::vector<std::string> order;
   std::map<std::string, std::vector<Part>> parts;
-  std::map<std::string, std::pair<LoraTarget, std::string>> where;
   for (const auto& item : loras) {
     if (!item.file) continue;
     for (const auto& layer : item.file->layers) {
@@ -428,37 +479,29 @@ void LoraMerger::apply(const std::vector<Item>& loras) {
       if (weight == 0) continue;
       const std::string id = std::string(lora_target_name(layer.target)) + ":" + layer.parameter;
       auto& list = parts[id];
-      if (list.empty()) {
-        order.push_back(id);
-        where.emplace(id, std::make_pair(layer.target, layer.parameter));
-      }
+      if (list.empty()) order.push_back(id);
       list.push_back({&layer, weight});
     }
   }
   // Layers the previous set changed and this one does not: their originals.
-  for (const auto& id : touched_) {
-    if (parts.count(id)) continue;
-    const auto colon = id.find(':');
-    const std::string target = id.substr(0, colon);
-    const LoraTarget t = target == "unet"           ? LoraTarget::unet
-                         : target == "text_encoder" ? LoraTarget::text_encoder
-                                                    : LoraTarget::text_encoder_2;
-    parameter(t, id.substr(colon + 1)).copy_(originals_.at(id));
-  }
+  for (const auto& id : touched_)
+    if (!parts.count(id)) put_back(id);
   touched_.clear();
   // One layer at a time (the float32 sums of a whole SDXL LoRA would not fit
   // beside the model): kohya merge_to / diffusers fuse_lora, W + scale * up @
   // down in float32, written back in the model's dtype.
   for (const auto& id : order) {
-    torch::Tensor w = parameter(where[id].first, where[id].second);
-    auto it = originals_.find(id);
-    if (it == originals_.end()) it = originals_.emplace(id, compact_copy(w)).first;
+    torch::Tensor w = parameter(id);
+    const torch::Tensor& orig = original(id, w);
     torch::Tensor sum;
     for (const auto& part : parts[id]) {
       torch::Tensor d = part.layer->delta(w.sizes(), w.device()) * part.weight;
       sum = sum.defined() ? sum.add_(d) : d;
     }
-    w.copy_(it->second.to(torch::kFloat32) + sum);
+    // W in float32: the original converted to the model's dtype first (a
+    // bf16 model loaded from an fp16 file holds bf16-rounded values).
+    w.copy_(orig.to(w.scalar_type()).to(torch::kFloat32) + sum);
+    if (from_file_.count(id)) release_mapped_pages(orig);
     touched_.push_back(id);
   }
   if (model_.device.is_cuda()) torch::cuda::synchronize(model_.device.index());

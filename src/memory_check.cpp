@@ -101,8 +101,10 @@ std::string describe(const MemorySettings& settings, const MemoryRequest& reques
 }
 
 std::string breakdown(const MemoryEstimate& estimate) {
-  return "weights " + format_bytes(estimate.weights) + " + " + estimate.peak_stage + " " +
-         format_bytes(estimate.peak_activations()) + " + runtime " +
+  return "weights " + format_bytes(estimate.weights) + " + " +
+         (estimate.lora_copies > 0 ? "LoRA originals " + format_bytes(estimate.lora_copies) + " + "
+                                   : std::string()) +
+         estimate.peak_stage + " " + format_bytes(estimate.peak_activations()) + " + runtime " +
          format_bytes(estimate.overhead);
 }
 

@@ -46,8 +46,7 @@ ModelFootprint inspect_model_files(const LoadOptions& options) {
     out.vae_parameters = file_elements(files.vae.weights);
     out.text_encoder_parameters = file_elements(files.text_encoder.weights);
     if (out.unet.addition_embed_type == "text_time") {  // SDXL
-      out.text_encoder_2 =
-          CLIPTextConfig::from_json(read_json_file(files.text_encoder_2.config));
+      out.text_encoder_2 = CLIPTextConfig::from_json(read_json_file(files.text_encoder_2.config));
       out.text_encoder_parameters += file_elements(files.text_encoder_2.weights);
     }
     return out;
@@ -60,8 +59,7 @@ ModelFootprint inspect_model_files(const LoadOptions& options) {
     out.vae = VAEConfig::from_json(read_json_file(files.vae.config));
     out.text_encoder = CLIPTextConfig::from_json(read_json_file(files.text_encoder.config));
     if (family == ModelFamily::SDXL)
-      out.text_encoder_2 =
-          CLIPTextConfig::from_json(read_json_file(files.text_encoder_2.config));
+      out.text_encoder_2 = CLIPTextConfig::from_json(read_json_file(files.text_encoder_2.config));
   } else {
     out.unet = infer_unet_config(all, family);
     out.vae = infer_vae_config(all, family);
@@ -464,9 +462,9 @@ MemoryEstimate estimate_memory(const ModelFootprint& model, const MemorySettings
   const double sequences = (request.guided ? 2.0 : 1.0) * std::max(1, request.prompt_chunks);
   out.text_encoder = static_cast<int64_t>(text_encoder_peak(model.text_encoder, e, sequences));
   if (model.text_encoder_2)
-    out.text_encoder = std::max(
-        out.text_encoder,
-        static_cast<int64_t>(text_encoder_peak(*model.text_encoder_2, e, sequences)));
+    out.text_encoder =
+        std::max(out.text_encoder,
+                 static_cast<int64_t>(text_encoder_peak(*model.text_encoder_2, e, sequences)));
   // The sampler's own tensors (latents, noise, model output, history of the
   // multistep samplers) in float32 at most: a few latent-sized tensors.
   out.unet = static_cast<int64_t>(unet_peak(model.unet, e, cpu, unet_batch, lh, lw, context_len) +
@@ -517,7 +515,8 @@ MemoryEstimate estimate_memory(const ModelFootprint& model, const MemorySettings
   // (SD1.5 fp32 at 64x64 peaks 0.45 GiB above its weights) and allocator
   // slack; on CUDA the libraries' workspaces and the allocator's rounding.
   out.overhead = cpu ? 256 * kMiB + out.weights / 10 + peak.bytes / 4 : 300 * kMiB + peak.bytes / 5;
-  out.total = out.weights + peak.bytes + out.overhead;
+  out.lora_copies = std::max<int64_t>(0, request.lora_copy_bytes);
+  out.total = out.weights + out.lora_copies + peak.bytes + out.overhead;
   return out;
 }
 

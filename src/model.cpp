@@ -76,6 +76,16 @@ void place_and_load(ModuleHolder& module, const TensorMap& weights, const std::s
   module->eval();
 }
 
+// Keeps the mapped file tensors a CPU model's `component` was loaded from
+// (StableDiffusionModel::weight_sources).
+void keep_sources(StableDiffusionModel& model, const std::string& component,
+                  const TensorMap& weights) {
+  if (!model.device.is_cpu()) return;
+  auto& kept = model.weight_sources[component];
+  for (const auto& [name, tensor] : weights)
+    if (is_file_mapped(tensor)) kept.emplace(name, tensor);
+}
+
 TokenizerConfig tokenizer_config_in(const fs::path& dir, TokenizerConfig fallback) {
   const fs::path p = dir / "tokenizer_config.json";
   if (fs::exists(p)) return TokenizerConfig::from_json(read_json_file(p.string()));
@@ -258,20 +268,24 @@ void load_diffusers_folder(const ModelFiles& files, const LoadOptions& options,
     model.tokenizer_2 = load_tokenizer_2(files);
     check_tokenizer_fits(*model.tokenizer_2, clip2_cfg);
     SafeTensorsFile f(require_weights(files.text_encoder_2));
-    load_text_encoder_2(model, clip2_cfg, text_encoder_tensors(tensors_with_prefix(f, "")),
-                        "text_encoder_2 (" + f.path() + ")", options);
+    const TensorMap weights = text_encoder_tensors(tensors_with_prefix(f, ""));
+    load_text_encoder_2(model, clip2_cfg, weights, "text_encoder_2 (" + f.path() + ")", options);
+    keep_sources(model, "text_encoder_2", weights);
   }
 
   {
     SafeTensorsFile f(require_weights(files.text_encoder));
     model.text_encoder = CLIPTextModel(clip_cfg);
-    place_and_load(model.text_encoder, text_encoder_tensors(tensors_with_prefix(f, "")),
-                   "text_encoder (" + f.path() + ")", options);
+    const TensorMap weights = text_encoder_tensors(tensors_with_prefix(f, ""));
+    place_and_load(model.text_encoder, weights, "text_encoder (" + f.path() + ")", options);
+    keep_sources(model, "text_encoder", weights);
   }
   {
     SafeTensorsFile f(require_weights(files.unet));
     model.unet = UNet2DConditionModel(unet_cfg);
-    place_and_load(model.unet, tensors_with_prefix(f, ""), "unet (" + f.path() + ")", options);
+    const TensorMap weights = tensors_with_prefix(f, "");
+    place_and_load(model.unet, weights, "unet (" + f.path() + ")", options);
+    keep_sources(model, "unet", weights);
   }
   {
     SafeTensorsFile f(require_weights(files.vae));
@@ -348,14 +362,17 @@ void load_single_file(const ModelFiles& files, const LoadOptions& options,
   model.text_encoder = CLIPTextModel(clip_cfg);
   place_and_load(model.text_encoder, converted.text_encoder, "text encoder" + where, options, {},
                  file_key);
+  keep_sources(model, "text_encoder", converted.text_encoder);
   converted.text_encoder.clear();
   if (sdxl) {
     load_text_encoder_2(model, clip2_cfg, converted.text_encoder_2, "text encoder 2" + where,
                         options, file_key);
+    keep_sources(model, "text_encoder_2", converted.text_encoder_2);
     converted.text_encoder_2.clear();
   }
   model.unet = UNet2DConditionModel(unet_cfg);
   place_and_load(model.unet, converted.unet, "unet" + where, options, {}, file_key);
+  keep_sources(model, "unet", converted.unet);
   converted.unet.clear();
   model.vae = AutoencoderKL(vae_cfg);
   place_and_load(model.vae, converted.vae, "vae" + where, options, model.vae_dtype, file_key);

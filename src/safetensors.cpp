@@ -203,6 +203,13 @@ void prefault_mapped_pages(const torch::Tensor& tensor) {
 #endif
 }
 
+bool is_file_mapped(const torch::Tensor& tensor) {
+  if (tensor.defined() && tensor.numel() == 0) return false;
+  std::lock_guard<std::mutex> lock(mappings_mutex());
+  const auto [first, last] = mapped_range(tensor, /*inner=*/false);
+  return last > first;
+}
+
 void release_mapped_pages(const torch::Tensor& tensor) {
   std::lock_guard<std::mutex> lock(mappings_mutex());
   const auto [first, last] = mapped_range(tensor, /*inner=*/true);

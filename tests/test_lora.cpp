@@ -223,6 +223,45 @@ TEST(Lora, StackingZeroWeightAndFamilies) {
   }
 }
 
+// Un-merging restores every layer bit for bit: from the mapped checkpoint
+// file for a CPU model (no copies held), from copies when the model has no
+// file sources, and in a bf16 model loaded from a float32 file.
+TEST(Lora, RestoresFromTheFileOrFromCopies) {
+  SDGEN_REQUIRE_EXTRAS();
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    for (const bool drop_sources : {false, true}) {
+      LoadOptions o;
+      o.model_path = test::tiny_model_dir();
+      o.dtype = dtype;
+      auto model = load_model(o);
+      ASSERT_FALSE(model.weight_sources["unet"].empty());
+      if (drop_sources) model.weight_sources.clear();
+      std::vector<torch::Tensor> before;
+      for (auto& p : model.unet->parameters()) before.push_back(p.clone());
+      for (auto& p : model.text_encoder->parameters()) before.push_back(p.clone());
+      const auto lora = read_lora(extras("sd1-extras/lora_kohya.safetensors"), model);
+      LoraMerger merger(model);
+      int64_t touched_bytes = 0;
+      for (const auto& layer : lora.layers)
+        touched_bytes +=
+            weight_of(model,
+                      (layer.target == LoraTarget::unet ? "unet." : "text_encoder.text_model.") +
+                          layer.parameter)
+                .nbytes();
+      EXPECT_EQ(merger.new_copy_bytes({{&lora, 0.8, 0.8}}), drop_sources ? touched_bytes : 0);
+      merger.apply({{&lora, 0.8, 0.8}});
+      EXPECT_EQ(merger.copies_kept(), drop_sources ? lora.layers.size() : 0u);
+      EXPECT_EQ(merger.new_copy_bytes({{&lora, 0.8, 0.8}}), 0);
+      merger.apply({{&lora, -0.5, 1.5}});
+      merger.restore();
+      size_t i = 0, changed = 0;
+      for (auto& p : model.unet->parameters()) changed += !torch::equal(p, before[i++]);
+      for (auto& p : model.text_encoder->parameters()) changed += !torch::equal(p, before[i++]);
+      EXPECT_EQ(changed, 0u) << c10::toString(dtype) << (drop_sources ? " copies" : " file");
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sdgen
 

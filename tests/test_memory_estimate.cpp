@@ -153,6 +153,15 @@ TEST(MemoryEstimate, CheckMessage) {
     EXPECT_NE(m.find(word), std::string::npos) << "'" << word << "' missing from: " << m;
   EXPECT_EQ(m.find("--device cpu"), std::string::npos) << m;
 
+  // LoRA originals kept as copies (GPU merges) add to the total and are named.
+  MemoryRequest with_lora = r;
+  with_lora.lora_copy_bytes = 512 * kMiB;
+  const auto el = estimate_memory(sd15(), s, with_lora);
+  EXPECT_EQ(el.total, e.total + 512 * kMiB);
+  EXPECT_EQ(el.peak_activations(), e.peak_activations());
+  const std::string ml = memory_check_message(el, {3 * 1024 * kMiB, "MemAvailable"}, s, with_lora);
+  EXPECT_NE(ml.find("LoRA originals 512 MiB"), std::string::npos) << ml;
+
   // The weights alone (before loading a prompt file): no size advice.
   MemoryEstimate w = e;
   w.total = w.weights + w.overhead;

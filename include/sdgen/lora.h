@@ -8,9 +8,10 @@
 //
 // (the product reshaped to W's shape: 1x1 and 3x3 convolutions too), computed
 // in float32 and stored in the model's dtype, as kohya's networks and
-// diffusers' fuse_lora apply it. The merge is undone exactly (the original
-// weights of every layer a LoRA touches are kept), so an image never depends
-// on the LoRAs of the images before it.
+// diffusers' fuse_lora apply it. The merge is undone exactly (each layer a
+// LoRA touches is restored from the checkpoint file it was loaded from, or
+// from a copy kept when there is none), so an image never depends on the
+// LoRAs of the images before it.
 
 #include <map>
 #include <string>
@@ -90,14 +91,28 @@ class LoraMerger {
   void restore() { apply({}); }
   // Seconds the last apply() took (device work included).
   double last_apply_seconds() const { return last_seconds_; }
+  // Layers whose originals are held as copies (the others are read back from
+  // the model's mapped checkpoint file when restored).
+  size_t copies_kept() const { return originals_.size() - from_file_.size(); }
+  // Bytes of the copies apply(loras) would add (layers it touches for the
+  // first time that have no file source: GPU models); for the memory check.
+  int64_t new_copy_bytes(const std::vector<Item>& loras) const;
 
  private:
-  torch::Tensor parameter(LoraTarget target, const std::string& name);
+  torch::Tensor parameter(const std::string& id);
+  // W as loaded, in any dtype that converts to `w`'s exactly (for `id`'s
+  // first merge: the mapped file tensor it was loaded from, or a copy).
+  torch::Tensor original(const std::string& id, const torch::Tensor& w);
+  void put_back(const std::string& id);  // W <- its original, bit for bit
 
   StableDiffusionModel& model_;
   std::map<std::string, torch::Tensor> parameters_;  // "target:parameter" -> the model's tensor
-  std::map<std::string, torch::Tensor> originals_;   // "target:parameter" -> copy of W
-  std::vector<std::string> touched_;                 // what the active set changed
+  // "target:parameter" -> W as loaded: a view of the model's mapped file
+  // (StableDiffusionModel::weight_sources: nothing resident, read back on
+  // restore) or, when there is none (GPU models, computed tensors), a copy.
+  std::map<std::string, torch::Tensor> originals_;
+  std::map<std::string, bool> from_file_;  // originals_ entries that are file views
+  std::vector<std::string> touched_;       // what the active set changed
   double last_seconds_ = 0;
 };
 

@@ -66,6 +66,10 @@ struct MemoryRequest {
   bool vae_tiling = false;
   bool img2img = false;   // the VAE encoder runs on the init image first
   int prompt_chunks = 1;  // 77-token chunks of the longest prompt
+  // Original weights the LoRA merger will copy to restore them later
+  // (LoraMerger::new_copy_bytes; 0 on the CPU, where they are read back from
+  // the checkpoint file).
+  int64_t lora_copy_bytes = 0;
 };
 
 // Bytes.
@@ -75,10 +79,11 @@ struct MemoryEstimate {
   int64_t unet = 0;
   int64_t vae_decode = 0;
   int64_t vae_encode = 0;
-  int64_t overhead = 0;    // runtime allowance (libraries, allocator slack, workspaces)
-  int64_t total = 0;       // weights + the largest stage + overhead
-  std::string peak_stage;  // "UNet", "VAE decode", ...
-  int64_t peak_activations() const { return total - weights - overhead; }
+  int64_t lora_copies = 0;  // MemoryRequest::lora_copy_bytes
+  int64_t overhead = 0;     // runtime allowance (libraries, allocator slack, workspaces)
+  int64_t total = 0;        // weights + LoRA copies + the largest stage + overhead
+  std::string peak_stage;   // "UNet", "VAE decode", ...
+  int64_t peak_activations() const { return total - weights - lora_copies - overhead; }
 };
 
 MemoryEstimate estimate_memory(const ModelFootprint& model, const MemorySettings& settings,

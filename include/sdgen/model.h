@@ -16,6 +16,7 @@
 #include "sdgen/tokenizer.h"
 #include "sdgen/unet.h"
 #include "sdgen/vae.h"
+#include "sdgen/weights.h"
 
 namespace sdgen {
 
@@ -68,6 +69,13 @@ struct StableDiffusionModel {
   torch::ScalarType vae_dtype = torch::kFloat32;  // VAE
   bool cuda_graphs = true;                        // from LoadOptions
   bool channels_last = false;                     // resolved from LoadOptions
+  // CPU models: the file tensors (views of the memory-mapped checkpoint, no
+  // resident memory of their own) that the UNet's and text encoders'
+  // parameters were converted from, by component ("unet", "text_encoder",
+  // "text_encoder_2") and parameter name; parameters converted from a
+  // computed tensor are absent. LoRA un-merging restores weights from them
+  // instead of keeping copies (an SDXL LoRA touches most of the UNet).
+  std::map<std::string, TensorMap> weight_sources;
 
   // SDXL: two text encoders and the UNet's size/crop conditioning.
   bool is_sdxl() const { return static_cast<bool>(text_encoder_2); }

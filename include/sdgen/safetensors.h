@@ -66,6 +66,9 @@ void release_mapped_pages(const torch::Tensor& tensor);
 // Reads the pages of `tensor` (inside a SafeTensorsFile mapping) in at once,
 // before it is converted or copied. No-op otherwise.
 void prefault_mapped_pages(const torch::Tensor& tensor);
+// True when `tensor` is contiguous and lies inside the read-only mapping of a
+// live SafeTensorsFile (it then keeps that mapping alive).
+bool is_file_mapped(const torch::Tensor& tensor);
 
 // Writes tensors (any device, contiguous or not) as a safetensors file, keys
 // sorted, data laid out in key order. Written to a temporary file and renamed,

@@ -84,6 +84,14 @@ std::vector<AppliedLora> LoraLibrary::resolve(const Settings& s) {
   return out;
 }
 
+int64_t LoraLibrary::new_copy_bytes(const std::vector<AppliedLora>& loras) {
+  if (loras.empty()) return 0;
+  if (!merger_) merger_ = std::make_unique<LoraMerger>(model_);
+  std::vector<LoraMerger::Item> items;
+  for (const auto& l : loras) items.push_back({l.file, l.te_weight, l.unet_weight});
+  return merger_->new_copy_bytes(items);
+}
+
 void LoraLibrary::activate(const std::vector<AppliedLora>& loras) {
   merge_s_ = 0;
   if (loras == active_) return;

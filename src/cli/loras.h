@@ -37,6 +37,8 @@ class LoraLibrary {
   // --lora / "loras". Throws Error naming the tag or file (unknown name with
   // the folders searched, a pickle, a file for another model, ...).
   std::vector<AppliedLora> resolve(const Settings& settings);
+  // Bytes of weight copies activate(loras) would add (the memory check).
+  int64_t new_copy_bytes(const std::vector<AppliedLora>& loras);
   // Merges exactly `loras` into the model (nothing when it is already so).
   void activate(const std::vector<AppliedLora>& loras);
   // Seconds the last merge that changed the model took (0 when none did).

@@ -145,7 +145,9 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
   if (!run_.no_memory_check) {
     const int chunks = std::max(pipeline_->prompt_chunk_count(r.prompt),
                                 pipeline_->prompt_chunk_count(r.negative_prompt));
-    const std::string problem = memory_problem(*model_, memory_request(r, chunks));
+    MemoryRequest request = memory_request(r, chunks);
+    request.lora_copy_bytes = loras_->new_copy_bytes(job.loras);
+    const std::string problem = memory_problem(*model_, request);
     if (!problem.empty()) {
       images_failed_ += entry_images;
       report(kExitGeneration, at, problem);
