@@ -13,6 +13,7 @@
 
 #include "sdgen/error.h"
 #include "sdgen/image_io.h"
+#include "sdgen/inpaint.h"
 #include "sdgen/rng.h"
 #include "sdgen/schedulers/ddim.h"
 #include "sdgen/schedulers/scheduler.h"
@@ -63,6 +64,26 @@ void Pipeline::validate(const GenerationRequest& r) const {
       throw Error("strength " + std::to_string(r.strength) + " with " + std::to_string(r.steps) +
                   " steps leaves no step to run; raise --strength or --steps");
   }
+  const int64_t latent_channels = model_.vae->config().latent_channels;
+  const int64_t unet_channels = model_.unet->config().in_channels;
+  if (unet_channels != latent_channels && unet_channels != 2 * latent_channels + 1)
+    throw Error("the UNet takes " + std::to_string(unet_channels) +
+                " input channels; sdgen runs text-to-image UNets (" +
+                std::to_string(latent_channels) + ") and inpainting UNets (" +
+                std::to_string(2 * latent_channels + 1) + ")");
+  if (r.mask.defined()) {
+    if (!r.init_image.defined())
+      throw Error("a mask needs an init image: the image whose masked part is repainted");
+    if (r.mask.dim() != 2 || r.mask.scalar_type() != torch::kUInt8)
+      throw Error("the mask must be a gray uint8 image [H, W]");
+    if (binarize_mask(r.mask, r.height, r.width).max().item<float>() < 0.5f)
+      throw Error(
+          "the mask is all black (nothing to repaint): white (>= 128) marks what to "
+          "repaint, black what to keep");
+  } else if (r.paste_back) {
+    throw Error("paste-back needs a mask (and an init image)");
+  }
+  if (r.mask_blur < 0) throw Error("mask blur " + std::to_string(r.mask_blur) + " must be >= 0");
 }
 
 std::unique_ptr<Scheduler> Pipeline::make_request_scheduler(const GenerationRequest& r) const {
@@ -86,20 +107,20 @@ std::unique_ptr<Scheduler> Pipeline::make_request_scheduler(const GenerationRequ
 }
 
 torch::Tensor Pipeline::preprocess_image(const torch::Tensor& image, int height, int width) const {
-  // pil_to_numpy (x / 255) then normalize (2x - 1), as VaeImageProcessor does.
+  // pil_to_numpy (x / 255) then normalize (2x - 1), as VaeImageProcessor does;
+  // resized by resize_unit_images (bicubic, not diffusers' Lanczos).
   auto x = image.to(torch::kFloat32).div(255.0).permute({2, 0, 1}).unsqueeze(0).contiguous();
-  if (x.size(2) != height || x.size(3) != width) {
-    // diffusers resizes PIL images with Lanczos; bicubic with antialiasing is
-    // the closest libtorch offers, so resized inputs differ slightly from it.
-    namespace F = torch::nn::functional;
-    x = F::interpolate(x, F::InterpolateFuncOptions()
-                              .size(std::vector<int64_t>{height, width})
-                              .mode(torch::kBicubic)
-                              .align_corners(false)
-                              .antialias(true))
-            .clamp(0, 1);
-  }
+  x = resize_unit_images(x, height, width);
   return (2.0 * x - 1.0).to(model_.device, model_.dtype);
+}
+
+torch::Tensor Pipeline::sample_image_latents(const torch::Tensor& image, Generator& generator) {
+  auto x = image.to(model_.device, vae_dtype_);
+  if (model_.channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto posterior = vae_->encode(x);
+  const auto eps = generator.randn(posterior.mean.sizes()).to(model_.device, model_.dtype);
+  return (posterior.mean.to(model_.dtype) + posterior.std.to(model_.dtype) * eps) *
+         model_.vae->config().scaling_factor;
 }
 
 // Pipeline::encode_prompts and prompt_chunk_count (A1111 prompt syntax and
@@ -170,39 +191,90 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
   auto scheduler = make_request_scheduler(r);
   Generator generator(r.seed);
   const int factor = model_.vae->downsample_factor();
-  const int64_t channels = model_.unet->config().in_channels;
+  const int64_t channels = model_.vae->config().latent_channels;
+  const int64_t lh = r.height / factor, lw = r.width / factor;
+  // A 9-channel UNet (an inpainting model) takes the mask and the masked
+  // image's latents beside the latents; a plain one inpaints by blending.
+  const bool inpaint_unet = model_.unet->config().in_channels != channels;
+  const bool inpainting = r.mask.defined() || inpaint_unet;
   torch::Tensor latents;
   size_t first_step = 0;
-  if (!r.init_image.defined()) {
-    latents = generator.randn({batch, channels, r.height / factor, r.width / factor})
-                  .to(model_.device, model_.dtype);
-    latents = latents * scheduler->init_noise_sigma();
-  } else {
+  if (r.init_image.defined()) {
     // StableDiffusionImg2ImgPipeline.get_timesteps: skip the first
     // steps - int(steps * strength) steps (times the scheduler order).
     const int init_timestep = std::min(static_cast<int>(r.steps * r.strength), r.steps);
     const int t_start = std::max(r.steps - init_timestep, 0);
     first_step = static_cast<size_t>(t_start) * static_cast<size_t>(scheduler->order());
     scheduler->set_begin_index(static_cast<int>(first_step));
+  }
+  // Inpainting: the mask at the latents' size (1 = repaint), the masked
+  // image's latents (9-channel UNets), the image latents and the noise (the
+  // blend of plain UNets).
+  torch::Tensor mask_latents, masked_image_latents, image_latents, noise;
+  if (!inpainting && !r.init_image.defined()) {
+    latents = generator.randn({batch, channels, lh, lw}).to(model_.device, model_.dtype);
+    latents = latents * scheduler->init_noise_sigma();
+  } else if (!inpainting) {
     // prepare_latents: posterior sample (drawn first), scaled, repeated for
     // the batch, then noised to the first timestep with a second draw.
-    auto image = preprocess_image(r.init_image, r.height, r.width).to(vae_dtype_);
-    if (model_.channels_last) image = image.contiguous(torch::MemoryFormat::ChannelsLast);
-    const auto posterior = vae_->encode(image);
-    const auto eps = generator.randn(posterior.mean.sizes()).to(model_.device, model_.dtype);
-    auto init = (posterior.mean.to(model_.dtype) + posterior.std.to(model_.dtype) * eps) *
-                model_.vae->config().scaling_factor;
-    init = init.repeat({batch, 1, 1, 1});
-    const auto noise = generator.randn(init.sizes()).to(model_.device, model_.dtype);
+    auto image = preprocess_image(r.init_image, r.height, r.width);
+    auto init = sample_image_latents(image, generator).repeat({batch, 1, 1, 1});
+    noise = generator.randn(init.sizes()).to(model_.device, model_.dtype);
     latents = scheduler->add_noise(init, noise, scheduler->timesteps()[first_step]);
+  } else {
+    // StableDiffusionInpaintPipeline.__call__: prepare_latents (the image's
+    // posterior sample, drawn only for a plain UNet or strength < 1, then
+    // the noise), then prepare_mask_latents (the masked image's posterior
+    // sample, drawn for every UNet; a plain UNet does not use it).
+    const bool strength_max = !r.init_image.defined() || r.strength == 1.0;
+    torch::Tensor image;  // [1, 3, H, W] in [-1, 1]; none: txt2img on an inpainting UNet
+    if (r.init_image.defined()) image = preprocess_image(r.init_image, r.height, r.width);
+    if (!inpaint_unet || !strength_max)
+      image_latents = sample_image_latents(image, generator).repeat({batch, 1, 1, 1});
+    noise = generator.randn({batch, channels, lh, lw}).to(model_.device, model_.dtype);
+    latents = strength_max
+                  ? noise * scheduler->init_noise_sigma()
+                  : scheduler->add_noise(image_latents, noise, scheduler->timesteps()[first_step]);
+    const torch::Tensor mask = r.mask.defined()
+                                   ? binarize_mask(r.mask, r.height, r.width)
+                                   : torch::ones({1, 1, r.height, r.width}, torch::kFloat32);
+    const auto masked_image =
+        image.defined()
+            ? image * (mask < 0.5).to(image.device(), image.scalar_type())
+            : torch::zeros({1, 3, r.height, r.width},
+                           torch::TensorOptions().dtype(model_.dtype).device(model_.device));
+    if (inpaint_unet) {
+      masked_image_latents = sample_image_latents(masked_image, generator).repeat({batch, 1, 1, 1});
+    } else {
+      generator.randn({1, channels, lh, lw});  // the same draw, its result unused
+    }
+    // prepare_mask_latents: nearest-neighbour down to the latents' size.
+    namespace F = torch::nn::functional;
+    mask_latents =
+        F::interpolate(
+            mask,
+            F::InterpolateFuncOptions().size(std::vector<int64_t>{lh, lw}).mode(torch::kNearest))
+            .to(model_.device, model_.dtype)
+            .repeat({batch, 1, 1, 1});
   }
 
   graph_context_set_ = false;
   const auto& timesteps = scheduler->timesteps();
   for (size_t i = first_step; i < timesteps.size(); ++i) {
     const double t = timesteps[i];
-    auto noise_pred = guided_noise(scheduler->scale_model_input(latents, t), t, context, added, r);
+    auto model_input = scheduler->scale_model_input(latents, t);
+    if (inpaint_unet)
+      model_input = torch::cat({model_input, mask_latents, masked_image_latents}, 1);
+    auto noise_pred = guided_noise(model_input, t, context, added, r);
     latents = scheduler->step(noise_pred, t, latents, generator);
+    if (inpainting && !inpaint_unet) {
+      // The kept part: the image latents noised to the next timestep (as
+      // they are after the last one), the sampler's latents elsewhere.
+      auto known = image_latents;
+      if (i + 1 < timesteps.size())
+        known = scheduler->add_noise(image_latents, noise, timesteps[i + 1]);
+      latents = (1 - mask_latents) * known + mask_latents * latents;
+    }
     ++out.timings.steps;
     check_finite_latents(latents, static_cast<int>(i - first_step) + 1,
                          static_cast<int>(timesteps.size() - first_step), scheduler->name());
@@ -217,6 +289,17 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
 
   auto decoded = decode_latents(latents, r.vae_tiling);
   out.images = to_unit_images(decoded);
+  if (r.paste_back && r.mask.defined() && r.init_image.defined()) {
+    // A1111's overlay: the init image (as resized for the generation) outside
+    // the mask, feathered by the mask blur.
+    auto original = resize_unit_images(
+        r.init_image.to(torch::kFloat32).div(255.0).permute({2, 0, 1}).unsqueeze(0), r.height,
+        r.width);
+    const auto original_u8 =
+        original.squeeze(0).permute({1, 2, 0}).mul(255).round().to(torch::kUInt8).contiguous();
+    const auto mask = blur_mask(binarize_mask(r.mask, r.height, r.width)[0][0], r.mask_blur);
+    out.images = paste_back(out.images, original_u8, mask);
+  }
   out.images_u8 = (out.images * 255).round().to(torch::kUInt8);
   out.latents = latents.to(torch::kCPU, torch::kFloat32);
   out.timings.decode_s = seconds_since(clock);

@@ -41,6 +41,8 @@ GenerationRequest request_from_settings(const Settings& s) {
   r.schedule = s.schedule;
   r.timestep_spacing = s.timestep_spacing;
   r.strength = s.strength;
+  r.paste_back = s.paste_back;
+  r.mask_blur = s.mask_blur;
   r.vae_tiling = s.vae_tiling;
   auto& c = r.size_conditioning;
   c.original_size = wxh_of(s.original_size);
@@ -70,6 +72,9 @@ Settings settings_of_request(const GenerationRequest& r) {
   s.timestep_spacing = r.timestep_spacing;
   if (r.init_image.defined()) s.init_image = "init image";
   s.strength = r.strength;
+  if (r.mask.defined()) s.mask = "mask";
+  s.paste_back = r.paste_back;
+  s.mask_blur = r.mask_blur;
   s.vae_tiling = r.vae_tiling;
   const auto& c = r.size_conditioning;
   s.original_size = wxh_text(c.original_size);

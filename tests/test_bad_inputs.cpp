@@ -597,6 +597,52 @@ std::vector<BadCase> cases() {
        false,
        {"img.png"}});
 
+  // ---- inpainting masks (exit 2, before the model loads) -----------------
+  add({"mask_missing",
+       Model::none,
+       [](const Ctx& x) {
+         return x.base() + " -p x -i " + q(x.png("init.png", image(64, 64, 3))) + " --mask " +
+                q(x.in + "/nope.png");
+       },
+       2,
+       {"nope.png", "cannot open image"}});
+  add({"mask_not_png",
+       Model::none,
+       [](const Ctx& x) {
+         return x.base() + " -p x -i " + q(x.png("init.png", image(64, 64, 3))) + " --mask " +
+                q(x.file("mask.jpg", "\xff\xd8\xff\xe0 JFIF"));
+       },
+       2,
+       {"mask.jpg", "not a PNG file"}});
+  add({"mask_all_black",
+       Model::none,
+       [](const Ctx& x) {
+         return x.base() + " -p x -i " + q(x.png("init.png", image(64, 64, 3))) + " --mask " +
+                q(x.png("black.png", torch::full({64, 64, 4}, 127, torch::kUInt8)));
+       },
+       2,
+       {"black.png", "all black", "nothing to repaint"}});
+  add({"mask_without_init_image",
+       Model::none,
+       [](const Ctx& x) {
+         return x.base() + " -p x --mask " +
+                q(x.png("mask.png", torch::full({64, 64, 1}, 255, torch::kUInt8)));
+       },
+       2,
+       {"--mask", "mask.png", "needs --init-image"}});
+  add({"paste_back_without_mask",
+       Model::none,
+       [](const Ctx& x) {
+         return x.base() + " -p x --paste-back -i " + q(x.png("init.png", image(64, 64, 3)));
+       },
+       2,
+       {"--paste-back needs --mask"}});
+  add({"mask_blur_negative",
+       Model::none,
+       [](const Ctx& x) { return x.base() + " -p x --mask-blur -2"; },
+       2,
+       {"--mask-blur"}});
+
   // ---- PNG metadata ------------------------------------------------------
   add({"from_png_without_metadata",
        Model::none,

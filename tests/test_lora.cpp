@@ -184,6 +184,10 @@ TEST(LoraGolden, KohyaSDXLBothNamingStyles) {
               << ", u8 max diff " << u8 << "\n";
     EXPECT_LT(image_err, 1e-4);
     EXPECT_LE(u8, 1.0);
+    // diffusers' unfused LoRA at the same scale draws the same image.
+    EXPECT_LE(u8_diff(result.images_u8, extras_golden("sdxl-extras/golden.safetensors",
+                                                      "lora.unfused.euler.image_u8")),
+              1.0);
   }
 }
 

@@ -35,8 +35,9 @@ TEST(Settings, RowsAreConsistent) {
     if (!s.default_text.empty()) EXPECT_EQ(s.from_text(s.default_text), s.get(defaults)) << s.name;
   }
   // The 38 of cli::Options before the table, --vae, --timestep-spacing,
-  // SDXL's six size/crop settings, --lora, --lora-dir and --embeddings-dir.
-  EXPECT_EQ(names.size(), 49u);
+  // SDXL's six size/crop settings, --lora, --lora-dir, --embeddings-dir and
+  // inpainting's --mask, --paste-back and --mask-blur.
+  EXPECT_EQ(names.size(), 52u);
   EXPECT_EQ(prompt_file_keys(), std::vector<std::string>({"prompt",
                                                           "negative_prompt",
                                                           "steps",
@@ -50,6 +51,9 @@ TEST(Settings, RowsAreConsistent) {
                                                           "loras",
                                                           "init_image",
                                                           "strength",
+                                                          "mask",
+                                                          "paste_back",
+                                                          "mask_blur",
                                                           "clip_skip",
                                                           "eta",
                                                           "guidance_rescale",

@@ -61,6 +61,16 @@ struct GenerationRequest {
   // how much of the schedule to run over it, 0 < strength <= 1.
   torch::Tensor init_image;
   double strength = 0.75;
+  // Inpainting (with init_image): gray uint8 [H, W] (mask_to_gray), any size
+  // (resized as the image is); >= 128 is repainted, the rest kept, as
+  // diffusers' StableDiffusionInpaintPipeline: a 9-channel inpainting UNet
+  // conditions on it, a plain one re-noises the kept part from the image
+  // after every step. A 9-channel model without a mask repaints everything.
+  torch::Tensor mask;
+  // A1111's result instead of diffusers': the init image put back outside
+  // the mask, feathered over mask_blur pixels (inpaint.h paste_back).
+  bool paste_back = false;
+  int mask_blur = 4;
   // Decode the latents in overlapping tiles (bounded memory for large images).
   bool vae_tiling = false;
   // SDXL only (an error for other models when any is set).
@@ -180,6 +190,10 @@ class Pipeline {
   // fp32 copy of the VAE for later decodes (the model's VAE is left as is).
   torch::Tensor decode_latents(const torch::Tensor& latents, bool tiled);
   void synchronize() const;  // waits for the model's device (no-op on the CPU)
+  // diffusers' _encode_vae_image: a sample of the VAE posterior of `image`
+  // ([1, 3, H, W] in [-1, 1]; one randn draw from `generator`) times the
+  // scaling factor, in the model's dtype.
+  torch::Tensor sample_image_latents(const torch::Tensor& image, Generator& generator);
   // Throws Error naming the step, sampler and dtype when `latents` hold NaN/Inf
   // (on CUDA checked every few steps only, to avoid a device sync per step).
   void check_finite_latents(const torch::Tensor& latents, int step, int total,

@@ -192,11 +192,14 @@ int run_info(const Settings& o) {
   if (model.text_encoder_2)
     text_layers = std::min(text_layers, model.text_encoder_2->config().num_hidden_layers);
   const int native = model.unet->config().sample_size * model.vae->downsample_factor();
+  // An inpainting UNet takes the mask and the masked image's latents too.
+  const bool inpainting = model.unet->config().in_channels != model.vae->config().latent_channels;
 
   nlohmann::json j = {
       {"model", load.model_path},
       {"layout", model.layout},
       {"family", model.family},
+      {"inpainting", inpainting},
       {"prediction_type", model.scheduler_config.prediction_type},
       {"scheduler", model.scheduler_config.class_name},
       {"default_guidance_rescale", model.default_guidance_rescale
@@ -229,7 +232,12 @@ int run_info(const Settings& o) {
     return s;
   };
   std::cout << "model:       " << load.model_path << " (" << model.layout << ")\n"
-            << "family:      " << model.family << "\n"
+            << "family:      " << model.family
+            << (inpainting
+                    ? " inpainting (UNet with " + std::to_string(model.unet->config().in_channels) +
+                          " input channels: use --init-image and --mask)"
+                    : std::string())
+            << "\n"
             << "prediction:  " << model.scheduler_config.prediction_type << " ("
             << model.scheduler_config.class_name << " config)\n"
             << "parameters:  text encoder " << with_commas(n_text) << " ("

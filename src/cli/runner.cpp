@@ -18,6 +18,7 @@
 #include "sdgen/device_info.h"
 #include "sdgen/error.h"
 #include "sdgen/image_io.h"
+#include "sdgen/inpaint.h"
 #include "sdgen/interrupt.h"
 #include "sdgen/rng.h"
 #include "sdgen/runtime.h"
@@ -66,6 +67,15 @@ torch::Tensor read_init_image(const std::string& path) {
                 std::to_string(pixels.size(0)) + " pixels, smaller than 8x8");
   if (pixels.size(2) == 1) pixels = pixels.repeat({1, 1, 3});
   return pixels;
+}
+
+torch::Tensor read_mask_image(const std::string& path) {
+  const auto gray = mask_to_gray(read_png(path).pixels);
+  if (gray.max().item<uint8_t>() < 128)
+    throw Error(path +
+                ": the mask is all black (nothing to repaint); white (>= 128 as gray) marks what "
+                "to repaint, black what to keep");
+  return gray;
 }
 
 void Runner::report(int code, const std::string& where, const std::string& message) {
@@ -128,6 +138,13 @@ void Runner::check_output_before_load() {
     const int n = entry_image_count(nullptr);
     for (const auto& p : output_paths(probe, 0, n, 0, run_seed_, n)) check_output_path(p);
     if (!run_.init_image.empty()) read_init_image(run_.init_image);
+    if (!run_.mask.empty()) {
+      if (run_.init_image.empty())
+        throw Error("--mask " + run_.mask + " needs --init-image: the image to repaint");
+      read_mask_image(run_.mask);
+    }
+    if (run_.mask.empty() && run_.paste_back && cli_.has("paste_back"))
+      throw Error("--paste-back needs --mask (and --init-image)");
   } catch (const Error& e) {
     throw CliError(kExitUsage, e.what());
   }
@@ -316,7 +333,13 @@ int Runner::run() {
     png_vae_hash_ = png.vae_hash.value_or("");
     png_vae_name_ = png.vae_name.value_or("");
     run_ = resolve_settings(layers());
-    if (png_layer_.has("strength") && run_.init_image.empty() && !run_.quiet)
+    if (png_layer_.has("mask_blur") && (run_.init_image.empty() || run_.mask.empty()) &&
+        !run_.quiet)
+      std::cerr << "sdgen: warning: " << run_.from_png
+                << " was made by inpainting (Mask blur); give --init-image and --mask again to "
+                   "repeat it; without them sdgen makes "
+                << (run_.init_image.empty() ? "a txt2img" : "an img2img") << " image\n";
+    else if (png_layer_.has("strength") && run_.init_image.empty() && !run_.quiet)
       std::cerr << "sdgen: warning: " << run_.from_png
                 << " was made with img2img (Denoising strength); without --init-image sdgen "
                    "makes a txt2img image\n";

@@ -31,6 +31,10 @@ inline double seconds(Clock::time_point a, Clock::time_point b) {
 
 // An RGB uint8 [H, W, 3] init image; throws Error naming the file.
 torch::Tensor read_init_image(const std::string& path);
+// An inpainting mask as gray uint8 [H, W] (RGB, RGBA, gray or gray + alpha
+// PNGs, converted as PIL's convert("L")); throws Error naming the file, also
+// when no pixel is white enough to repaint (>= 128).
+torch::Tensor read_mask_image(const std::string& path);
 
 // One prompt-file entry turned into a request (seed of its first image).
 struct Job {
@@ -92,6 +96,7 @@ class Runner {
   double load_s_ = 0;
   std::map<std::string, int64_t> written_;  // output path -> image index, this run
   std::map<std::string, torch::Tensor> init_images_;
+  std::map<std::string, torch::Tensor> masks_;
   int64_t images_written_ = 0, images_skipped_ = 0, images_failed_ = 0, bad_lines_ = 0;
   int first_error_code_ = kExitOk;
   bool stop_ = false;

@@ -57,6 +57,25 @@ Job Runner::make_job(const PromptEntry& e) {
     s.width = r.width;
     s.height = r.height;
   }
+  if (!s.mask.empty()) {
+    if (s.init_image.empty())
+      throw Error("mask " + s.mask +
+                  " needs an init image (--init-image or \"init_image\"): the "
+                  "image to repaint");
+    auto it = masks_.find(s.mask);
+    if (it == masks_.end()) {
+      if (masks_.size() > 8) masks_.clear();  // bounded cache
+      it = masks_.emplace(s.mask, read_mask_image(s.mask)).first;
+    }
+    r.mask = it->second;
+    // diffusers' inpainting default: the whole schedule, unless a layer sets one.
+    if (!setting_source(all, "strength")) s.strength = r.strength = 1.0;
+  } else if (s.paste_back) {
+    // From a PNG given without its mask: that warning said it; no paste-back.
+    if (setting_source(all, "paste_back") != &png_layer_)
+      throw Error("--paste-back needs --mask (and --init-image)");
+    s.paste_back = r.paste_back = false;
+  }
   pipeline_->validate(r);
   pipeline_->make_request_scheduler(r);  // sampler/eta combinations
   job.loras = loras_->resolve(s);

@@ -304,6 +304,7 @@ nlohmann::json settings_json(const Settings& settings) {
     if (!s.out_key.empty()) out[s.out_key] = s.get(settings);
   // txt2img: no init image and no strength (null rather than unused values).
   if (settings.init_image.empty()) out["init_image"] = out["strength"] = nullptr;
+  if (settings.mask.empty()) out["mask"] = out["mask_blur"] = nullptr;
   return out;
 }
 

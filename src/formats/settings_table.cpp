@@ -216,8 +216,9 @@ template <>
 struct Codec<bool> {
   static json from_text(const std::string& text) {
     const std::string t = strip(text);
-    if (t == "true" || t == "1" || t == "on") return true;
-    if (t == "false" || t == "0" || t == "off") return false;
+    // "True"/"False": Python's spelling, as A1111 writes its flags.
+    if (t == "true" || t == "True" || t == "1" || t == "on") return true;
+    if (t == "false" || t == "False" || t == "0" || t == "off") return false;
     throw SettingError("must be true or false", true);
   }
   static json check(const json& v) {
@@ -588,6 +589,27 @@ A1111Hooks strength() {
   h.write = [](const SettingSpec& spec, const Settings& s, const ImageMetadata&,
                A1111Parameters& p) {
     if (!s.init_image.empty()) p.set("Denoising strength", a1111_text(spec.get(s)));
+  };
+  return h;
+}
+
+// "Mask blur": written for every inpainted image, as A1111 writes it (its
+// value matters with --paste-back only); read back as it is.
+A1111Hooks mask_blur() {
+  A1111Hooks h = always("Mask blur");
+  h.write = [](const SettingSpec& spec, const Settings& s, const ImageMetadata&,
+               A1111Parameters& p) {
+    if (!s.mask.empty()) p.set("Mask blur", a1111_text(spec.get(s)));
+  };
+  return h;
+}
+
+// "Paste back: True" (sdgen's own field; A1111 always pastes back).
+A1111Hooks paste_back() {
+  A1111Hooks h = field(
+      "Paste back", [](const json& v) { return v.get<bool>(); }, true);
+  h.write = [](const SettingSpec&, const Settings& s, const ImageMetadata&, A1111Parameters& p) {
+    if (s.paste_back && !s.mask.empty()) p.set("Paste back", "True");
   };
   return h;
 }
