@@ -421,6 +421,9 @@ TEST(Convert, RobustAgainstBrokenInputs) {
   expect("cut_tail.ckpt", good.substr(0, good.size() - 10), {"cut_tail.ckpt"});
   expect("not_zip.ckpt", "this is not a checkpoint at all, just some text", {"not a ZIP archive"});
   expect("empty.ckpt", "", {"too short"});
+  expect("legacy.ckpt",
+         std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.", 15),
+         {"legacy format (before torch 1.6)"});
   test::ZipOptions deflated;
   deflated.compressed = "archive/data.pkl";
   expect("compressed.ckpt", test::torch_checkpoint(one_tensor(12, 0, {3, 4}, {4, 1}), {}, deflated),

@@ -104,6 +104,18 @@ class CheckpointReader {
       : data_(data), size_(size), label_(label) {}
 
   TorchCheckpoint run() {
+    // torch.save before 1.6 (torch/serialization.py, _legacy_save): a pickle
+    // of MAGIC_NUMBER 0x1950a86a20f9469cfc6c first; older still, a tar file.
+    static const uint8_t kLegacyMagic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c,
+                                           0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
+    if (size_ >= sizeof kLegacyMagic &&
+        std::equal(kLegacyMagic, kLegacyMagic + sizeof kLegacyMagic, data_))
+      throw fail(
+          "a checkpoint in torch.save's legacy format (before torch 1.6), which sdgen "
+          "does not read; re-save it with torch >= 1.6, or convert it elsewhere");
+    if (size_ >= 262 &&
+        std::equal(data_ + 257, data_ + 262, reinterpret_cast<const uint8_t*>("ustar")))
+      throw fail("a tar archive (torch.save's oldest format), which sdgen does not read");
     for (auto& e : read_zip_entries(data_, size_, label_)) entries_[e.name] = e;
     std::string prefix;
     bool found = false;
