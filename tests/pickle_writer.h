@@ -5,7 +5,7 @@
 // (torch/_utils.py `_rebuild_tensor_v2`, a persistent id ('storage',
 // torch.FloatStorage, key, 'cpu', numel)) and a ZIP writer of STORED entries
 // (PKWARE APPNOTE.TXT), ZIP64 on request. Used by test_convert and the
-// bad-input table, and by fuzz/make_pickle_corpus.cpp's seeds.
+// bad-input table (fuzz/make_corpus.py writes the fuzzer's seeds the same way).
 
 #include <zlib.h>
 
