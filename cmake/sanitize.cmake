@@ -16,7 +16,8 @@ option(SDGEN_SANITIZE "Build everything with AddressSanitizer and UndefinedBehav
 # test_bad_inputs with more prompts) is left out to keep CI short.
 set(SDGEN_SANITIZE_TESTS
     test_safetensors test_tokenizer test_prompt_weights test_prompt_file test_a1111
-    test_image_io test_checkpoint test_model test_pipeline test_smoke test_bad_inputs)
+    test_image_io test_checkpoint test_model test_pipeline test_smoke test_bad_inputs
+    test_convert)
 
 if(SDGEN_SANITIZE)
   set(SDGEN_SANITIZE_FLAGS -fsanitize=address,undefined -fno-omit-frame-pointer

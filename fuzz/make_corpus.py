@@ -235,6 +235,71 @@ def png_params_seeds():
         (b"iTXt", b"parameters\x00\x02\x00\x00\x00\xff\xfe")]))
 
 
+# ---- pickle (PyTorch checkpoints) --------------------------------------------
+
+def pkl_str(s):
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def pkl_int(v):
+    return b"K" + bytes([v]) if 0 <= v < 256 else b"J" + struct.pack("<i", v)
+
+
+def pkl_ints(values):
+    return b"(" + b"".join(pkl_int(v) for v in values) + b"t"
+
+
+def pkl_tensor(storage, key, numel, offset, size, stride):
+    """torch._utils._rebuild_tensor_v2 as torch.save pickles a tensor."""
+    return (b"ctorch._utils\n_rebuild_tensor_v2\n(" +
+            b"(" + pkl_str("storage") + b"ctorch\n" + storage.encode() + b"\n" + pkl_str(key) +
+            pkl_str("cpu") + pkl_int(numel) + b"tQ" + pkl_int(offset) + pkl_ints(size) +
+            pkl_ints(stride) + b"\x89ccollections\nOrderedDict\n)Rq\x00tR")
+
+
+def checkpoint(pkl, storages, zip64=False):
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        def add(name, data):
+            with z.open(zipfile.ZipInfo(name), "w", force_zip64=zip64) as f:
+                f.write(data)
+        add("archive/data.pkl", pkl)
+        for key, data in storages:
+            add("archive/data/" + key, data)
+        add("archive/version", b"3\n")
+    return buf.getvalue()
+
+
+def pickle_seeds():
+    import pickle
+    t = "pickle"
+    obj = {"a": 1, "b": [1.5, "x", b"y", None, True], "c": (1, 2, 3), "d": {1, 2},
+           "e": 2 ** 70, "f": -5, "g": "\u00e9\u4e2d"}
+    for proto in range(6):
+        write(t, f"plain_proto{proto}", pickle.dumps(obj, protocol=proto))
+    floats = struct.pack("<12f", *range(12))
+    sd = (b"\x80\x02}(" + pkl_str("state_dict") + b"}(" +
+          pkl_str("w") + pkl_tensor("FloatStorage", "0", 12, 0, [3, 4], [4, 1]) +
+          pkl_str("t") + pkl_tensor("FloatStorage", "0", 12, 1, [3, 3], [1, 4]) +
+          pkl_str("h") + pkl_tensor("HalfStorage", "1", 4, 0, [2, 2], [2, 1]) +
+          b"u" + pkl_str("global_step") + pkl_int(470) + b"u.")
+    storages = [("0", floats), ("1", b"\x00\x3c" * 4)]
+    write(t, "checkpoint", checkpoint(sd, storages))
+    write(t, "checkpoint_zip64", checkpoint(sd, storages, zip64=True))
+    write(t, "checkpoint_short_storage", checkpoint(sd, [("0", floats[:20]), storages[1]]))
+    emb = (b"\x80\x02}(" + pkl_str("string_to_param") + b"}(" + pkl_str("*") +
+           pkl_tensor("FloatStorage", "0", 12, 0, [3, 4], [4, 1]) + b"u" + pkl_str("name") +
+           pkl_str("cat") + b"u.")
+    write(t, "embedding", checkpoint(emb, [("0", floats)]))
+    evil = b"\x80\x02}(" + pkl_str("state_dict") + b"cposix\nsystem\n(" + pkl_str("true") + b"tRu."
+    write(t, "malicious", checkpoint(evil, []))
+    write(t, "deep_lists", b"\x80\x02" + b"]" * 500 + b"a" * 499 + b".")
+    write(t, "memo_huge", b"\x80\x02j\xff\xff\xff\xff.")
+
+
 def main():
     if os.path.isdir(ROOT):
         shutil.rmtree(ROOT)
@@ -244,6 +309,7 @@ def main():
     prompt_weights_seeds()
     prompt_file_seeds()
     png_params_seeds()
+    pickle_seeds()
     total = sum(os.path.getsize(os.path.join(d, f))
                 for d, _, files in os.walk(ROOT) for f in files)
     print(f"fuzz corpus: {total} bytes in {ROOT}")

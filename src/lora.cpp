@@ -18,6 +18,7 @@
 #include "sdgen/error.h"
 #include "sdgen/lora_keys.h"
 #include "sdgen/safetensors.h"
+#include "sdgen/torch_checkpoint.h"
 #include "sdgen/weights.h"
 
 namespace fs = std::filesystem;
@@ -206,12 +207,7 @@ LoraFile read_lora(const std::string& path, const StableDiffusionModel& model) {
   LoraFile out;
   out.path = path;
   out.name = fs::path(path).stem().string();
-  std::string ext = fs::path(path).extension().string();
-  for (auto& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (ext == ".pt" || ext == ".ckpt" || ext == ".pth" || ext == ".bin")
-    throw Error(path +
-                ": pickled LoRA files are not read (loading them can run code); "
-                "convert it to .safetensors");
+  if (is_pickle_file_name(path)) throw Error(pickle_refusal(path, "LoRA files"));
   const SafeTensorsFile file(path);
   const ModuleTable modules(model);
   const bool sdxl = model.is_sdxl();

@@ -7,6 +7,7 @@
 #include "sdgen/error.h"
 #include "sdgen/layers.h"
 #include "sdgen/safetensors.h"
+#include "sdgen/torch_checkpoint.h"
 #include "sdgen/weights.h"
 #include "vae_file.h"
 
@@ -23,10 +24,7 @@ const std::string& require_weights(const ComponentFiles& files) {
   if (fs::exists(file)) return files.weights;
   const fs::path dir = file.parent_path();
   for (const auto& n : {"diffusion_pytorch_model.bin", "pytorch_model.bin"})
-    if (fs::exists(dir / n))
-      throw Error((dir / n).string() +
-                  ": pickle checkpoints (.bin) are not supported because loading them can run "
-                  "code; convert the model to .safetensors");
+    if (fs::exists(dir / n)) throw Error(pickle_refusal((dir / n).string(), "checkpoints"));
   throw Error(dir.string() + ": no weights found (looked for " + file.filename().string() + ")");
 }
 

@@ -7,6 +7,7 @@
 #include "sdgen/error.h"
 #include "sdgen/model.h"
 #include "sdgen/tokenizer.h"
+#include "sdgen/torch_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -69,12 +70,8 @@ ModelFiles resolve_model_files(const LoadOptions& options) {
     for (const auto& d : {config_root / "tokenizer_2", path / "tokenizer_2"})
       if (files.tokenizer_2.empty() && has_tokenizer_files(d)) files.tokenizer_2 = d.string();
   } else {
-    std::string ext = path.extension().string();
-    for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin")
-      throw Error(path.string() +
-                  ": pickle checkpoints are not supported because loading them can run code; "
-                  "convert the model to .safetensors");
+    if (is_pickle_file_name(path.string()))
+      throw Error(pickle_refusal(path.string(), "checkpoints"));
     files.layout = ModelLayout::single_file;
     if (!options.config_dir.empty()) {
       config_root = options.config_dir;

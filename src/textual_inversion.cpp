@@ -4,6 +4,7 @@
 
 #include "sdgen/error.h"
 #include "sdgen/safetensors.h"
+#include "sdgen/torch_checkpoint.h"
 #include "sdgen/weights.h"
 
 namespace fs = std::filesystem;
@@ -28,12 +29,7 @@ torch::Tensor as_vectors(const torch::Tensor& t, const std::string& path, const 
 
 TextualInversion read_textual_inversion(const std::string& path,
                                         const StableDiffusionModel& model) {
-  std::string ext = fs::path(path).extension().string();
-  for (auto& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (ext == ".pt" || ext == ".bin" || ext == ".ckpt" || ext == ".pth")
-    throw Error(path +
-                ": pickled embeddings are not read (loading them can run code); convert "
-                "it to .safetensors (one tensor [vectors, hidden], e.g. under \"emb_params\")");
+  if (is_pickle_file_name(path)) throw Error(pickle_refusal(path, "embeddings"));
   const SafeTensorsFile file(path);
   TextualInversion out;
   out.name = fs::path(path).stem().string();

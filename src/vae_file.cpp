@@ -16,6 +16,7 @@
 #include "sdgen/checkpoint.h"
 #include "sdgen/error.h"
 #include "sdgen/safetensors.h"
+#include "sdgen/torch_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -25,12 +26,6 @@ namespace {
 bool has_key_starting(const TensorMap& all, const std::string& prefix) {
   auto it = all.lower_bound(prefix);
   return it != all.end() && it->first.compare(0, prefix.size(), prefix) == 0;
-}
-
-std::string lower_extension(const fs::path& p) {
-  std::string ext = p.extension().string();
-  for (auto& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return ext;
 }
 
 }  // namespace
@@ -48,11 +43,7 @@ std::string separate_vae_weights_file(const std::string& path) {
                 ": --vae folder without diffusion_pytorch_model.safetensors (give a "
                 "diffusers vae/ folder or a .safetensors file)");
   }
-  const std::string ext = lower_extension(p);
-  if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin")
-    throw Error(path +
-                ": pickle files are not supported because loading them can run code; "
-                "convert the VAE to .safetensors");
+  if (is_pickle_file_name(path)) throw Error(pickle_refusal(path, "VAE files"));
   return p.string();
 }
 

@@ -27,6 +27,7 @@
 #include <sstream>
 #include <thread>
 
+#include "pickle_writer.h"
 #include "sdgen/image_io.h"
 #include "sdgen/safetensors.h"
 #include "test_util.h"
@@ -188,7 +189,7 @@ std::vector<BadCase> cases() {
                 q(x.out + "/img.png") + " -p x";
        },
        3,
-       {"model.ckpt", "pickle"}});
+       {"model.ckpt", "pickle", "sdgen convert", "model.safetensors"}});
   add({"empty_safetensors",
        Model::none,
        [](const Ctx& x) {
@@ -286,7 +287,7 @@ std::vector<BadCase> cases() {
          return x.tiny() + " --lora-dir " + q(x.in + "/loras") + " -p 'a cat <lora:old>'";
        },
        2,
-       {"old.pt", "pickled", ".safetensors"}});
+       {"old.pt", "pickled", "sdgen convert", "old.safetensors"}});
   // SDXL files (the tiny SDXL of ../shared, architecture from its folder).
   const std::string sdxl_dir = test::shared_dir() + "/models/sdxl-tiny";
   add({"sdxl_truncated",
@@ -725,6 +726,107 @@ std::vector<BadCase> cases() {
        2,
        {"p.txt line 1", "gone.png", "cannot open image"},
        true});
+  // ---- sdgen convert (issue 30) -------------------------------------------
+  // Malicious checkpoints: a __reduce__ payload that would create out/pwned
+  // when unpickled; each is refused naming its global, and the "nothing left
+  // behind" check below proves the payload never ran.
+  auto evil = [&add](const std::string& module, const std::string& name) {
+    const std::string full = (module == "__builtin__" ? "builtins" : module) + "." + name;
+    std::string tag = full;
+    for (auto& ch : tag)
+      if (ch == '.') ch = '_';
+    add({"convert_refuses_" + tag,
+         Model::none,
+         [module, name](const Ctx& x) {
+           fs::create_directories(x.out);  // so that the payload could write there
+           const std::string pkl =
+               test::malicious_pickle(module, name, "touch " + x.out + "/pwned");
+           return "convert " + q(x.file("evil.ckpt", test::torch_checkpoint(pkl, {}))) + " -o " +
+                  q(x.out + "/evil.safetensors");
+         },
+         2,
+         {"evil.ckpt", "refused pickle global '" + full + "'", "nothing was executed"}});
+  };
+  evil("posix", "system");
+  evil("os", "system");
+  evil("builtins", "eval");
+  evil("__builtin__", "exec");
+  evil("subprocess", "Popen");
+  evil("builtins", "getattr");
+  evil("torch", "load");
+  // Broken and hostile archives and pickles.
+  auto convert = [&add](const std::string& name, std::function<std::string()> bytes,
+                        std::vector<std::string> words) {
+    add({"convert_" + name, Model::none,
+         [bytes](const Ctx& x) {
+           return "convert " + q(x.file("in.ckpt", bytes())) + " -o " +
+                  q(x.out + "/in.safetensors");
+         },
+         2, std::move(words)});
+  };
+  const auto one_tensor = [](int64_t storage_numel, int64_t offset, std::vector<int64_t> size) {
+    test::PickleWriter w;
+    w.op('}').str("w").tensor("FloatStorage", "0", storage_numel, offset, size, {1}).op('s');
+    return w.bytes();
+  };
+  const std::string floats(48, '\0');  // 12 fp32 zeros
+  convert("truncated",
+          [=] {
+            const std::string ok = test::torch_checkpoint(one_tensor(12, 0, {12}), {{"0", floats}});
+            return ok.substr(0, ok.size() / 2);
+          },
+          {"in.ckpt", "not a ZIP archive, or truncated"});
+  convert("not_a_zip", [] { return std::string("just some text, not a checkpoint"); },
+          {"in.ckpt", "not a ZIP archive"});
+  convert("storage_too_small",
+          [=] {
+            return test::torch_checkpoint(one_tensor(12, 0, {12}), {{"0", floats.substr(0, 20)}});
+          },
+          {"in.ckpt", "'archive/data/0' holds 20 bytes"});
+  convert("offset_past_end",
+          [=] {
+            return test::torch_checkpoint(one_tensor(12, 40, {1}), {{"0", floats}});
+          },
+          {"in.ckpt", "storage offset 40 is past the end"});
+  convert("compressed_entry",
+          [=] {
+            test::ZipOptions z;
+            z.compressed = "archive/data/0";
+            return test::torch_checkpoint(one_tensor(12, 0, {12}), {{"0", floats}}, z);
+          },
+          {"in.ckpt", "'archive/data/0' is compressed"});
+  convert(
+      "nested_100000_levels",
+      [] {
+        test::PickleWriter w;
+        w.op('}').str("deep").raw(std::string(100000, ']')).raw(std::string(99999, 'a')).op('s');
+        return test::torch_checkpoint(w.bytes(), {});
+      },
+      {"in.ckpt", "nested deeper than"});
+  convert("huge_memo_index",
+          [] { return test::torch_checkpoint(test::PickleWriter().get(0xffffffffu).bytes(), {}); },
+          {"in.ckpt", "memo index 4294967295 was never stored"});
+  add({"convert_output_exists",
+       Model::none,
+       [](const Ctx& x) {
+         const std::string in =
+             x.file("in.ckpt", test::torch_checkpoint(test::PickleWriter().op('}').bytes(), {}));
+         return "convert " + q(in) + " -o " + q(x.file("taken.safetensors", "keep me"));
+       },
+       2,
+       {"taken.safetensors", "already exists", "--force"}});
+  add({"convert_bad_dtype",
+       Model::none,
+       [](const Ctx& x) { return "convert " + q(x.in + "/none.ckpt") + " --dtype fp8"; },
+       2,
+       {"--dtype", "fp8"}});
+  add({"convert_missing_input",
+       Model::none,
+       [](const Ctx& x) {
+         return "convert " + q(x.in + "/none.ckpt") + " -o " + q(x.out + "/none.safetensors");
+       },
+       2,
+       {"none.ckpt", "file not found"}});
   return c;
 }
 
@@ -792,10 +894,14 @@ Outcome prepare(const BadCase& c) {
   o.stderr_path = err;
   // Prompt-file runs (and the successful case) are not quiet, so that their
   // summary line is checked too.
+  // A subcommand (sdgen convert) comes first and takes its own flags.
+  const bool subcommand = args.rfind("convert ", 0) == 0;
   o.cmd = "cd " + q(x.dir) + " && XDG_CACHE_HOME=" + q(cache) + " timeout 120 " + prefix +
-          test::binary_dir() + "/sdgen --threads 1 --seed 1 " +
-          (c.batch || c.code == 0 ? "" : "-q ") + args + " >" + q(out) + " 2>" + q(err) +
-          " </dev/null";
+          test::binary_dir() + "/sdgen " +
+          (subcommand ? args + (c.code == 0 ? "" : " -q")
+                      : "--threads 1 --seed 1 " + std::string(c.batch || c.code == 0 ? "" : "-q ") +
+                            args) +
+          " >" + q(out) + " 2>" + q(err) + " </dev/null";
   o.ran = true;
   return o;
 }

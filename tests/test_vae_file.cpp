@@ -122,7 +122,7 @@ TEST(VAEFile, BadVAEFilesAreOneClearError) {
   write_safetensors(dir + "/notvae.safetensors", {{"foo.weight", torch::zeros({2, 2})}});
   const std::vector<std::pair<std::string, std::string>> cases = {
       {dir + "/missing.safetensors", "--vae file not found"},
-      {dir + "/vae.pt", "pickle files are not supported"},
+      {dir + "/vae.pt", "pickled VAE files are not loaded"},
       {dir + "/notvae.safetensors", "not a VAE"},
       {dir, "--vae folder without diffusion_pytorch_model.safetensors"},
   };

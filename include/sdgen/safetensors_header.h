@@ -13,7 +13,7 @@
 
 namespace sdgen {
 
-enum class DType { F32, F16, BF16, F64, I64, I32, U8 };
+enum class DType { F32, F16, BF16, F64, I64, I32, U8, I16, I8, BOOL };
 
 // Parses "F32", "F16", ...; throws Error for anything else.
 DType dtype_from_string(const std::string& name);

@@ -7,6 +7,7 @@
 #include "formats/strings.h"
 #include "sdgen/error.h"
 #include "sdgen/sha256.h"
+#include "sdgen/torch_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -37,14 +38,10 @@ std::string LoraLibrary::find(const std::string& name) const {
       if (!it->is_regular_file(ec) || it->path().stem().string() != name) continue;
       const std::string ext = it->path().extension().string();
       if (ext == ".safetensors") return it->path().string();
-      if (ext == ".pt" || ext == ".ckpt" || ext == ".pth" || ext == ".bin")
-        pickled.push_back(it->path().string());
+      if (is_pickle_file_name(it->path().string())) pickled.push_back(it->path().string());
     }
   }
-  if (!pickled.empty())
-    throw Error(pickled.front() +
-                ": pickled LoRA files are not read (loading them can run "
-                "code); convert it to .safetensors");
+  if (!pickled.empty()) throw Error(pickle_refusal(pickled.front(), "LoRA files"));
   std::string where;
   for (const auto& d : dirs_) where += (where.empty() ? "" : ", ") + d;
   throw Error("unknown LoRA '" + name + "': no " + name + ".safetensors in " +

@@ -1,5 +1,6 @@
 // sdgen command line: parses arguments and calls the library, nothing more.
-// runner.cpp runs generations, info.cpp --info and --show-params.
+// runner.cpp runs generations, info.cpp --info and --show-params, convert.cpp
+// the `sdgen convert` subcommand.
 
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 
+#include "convert.h"
 #include "options.h"
 #include "sdgen/error.h"
 #include "sdgen/interrupt.h"
@@ -119,6 +121,8 @@ CommandLine read_table_flags(const FlagStorage& storage) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A subcommand with flags of its own (none of the settings table's).
+  if (argc > 1 && std::string(argv[1]) == "convert") return sdgen::cli::run_convert(argc, argv);
   CLI::App app{"sdgen: Stable Diffusion 1.x/2.x text-to-image on libtorch"};
   app.set_version_flag("--version", std::string("sdgen ") + SDGEN_VERSION);
   app.get_formatter()->column_width(34);

@@ -23,6 +23,7 @@
 #include "sdgen/rng.h"
 #include "sdgen/runtime.h"
 #include "sdgen/sha256.h"
+#include "sdgen/torch_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -263,8 +264,8 @@ void Runner::load_embeddings() {
     std::sort(files.begin(), files.end());
     for (const auto& f : files) {
       const std::string ext = f.extension().string();
-      if (ext == ".pt" || ext == ".bin") {
-        pickled.push_back(f.filename().string());
+      if (is_pickle_file_name(f.string())) {
+        pickled.push_back(f.string());
         continue;
       }
       if (ext != ".safetensors") continue;
@@ -282,9 +283,11 @@ void Runner::load_embeddings() {
     for (const auto& why : unfit) std::cerr << "sdgen: warning: embedding skipped: " << why << "\n";
     if (!pickled.empty()) {
       std::string names;
-      for (const auto& n : pickled) names += (names.empty() ? "" : ", ") + n;
+      for (const auto& n : pickled)
+        names += (names.empty() ? "" : ", ") + fs::path(n).filename().string();
       std::cerr << "sdgen: warning: pickled embeddings skipped (" << names
-                << "): loading them can run code; convert them to .safetensors\n";
+                << "): unpickling can run code; " << convert_command_hint(pickled.front())
+                << (pickled.size() > 1 ? " (and likewise the others)" : "") << "\n";
     }
   }
   pipeline_->set_embeddings(std::move(loaded));

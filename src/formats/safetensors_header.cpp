@@ -18,9 +18,10 @@ struct DTypeEntry {
 };
 
 constexpr DTypeEntry kDTypes[] = {
-    {"F32", DType::F32, 4}, {"F16", DType::F16, 2}, {"BF16", DType::BF16, 2},
-    {"F64", DType::F64, 8}, {"I64", DType::I64, 8}, {"I32", DType::I32, 4},
-    {"U8", DType::U8, 1},
+    {"F32", DType::F32, 4},   {"F16", DType::F16, 2}, {"BF16", DType::BF16, 2},
+    {"F64", DType::F64, 8},   {"I64", DType::I64, 8}, {"I32", DType::I32, 4},
+    {"U8", DType::U8, 1},     {"I16", DType::I16, 2}, {"I8", DType::I8, 1},
+    {"BOOL", DType::BOOL, 1},
 };
 
 const DTypeEntry& entry(DType dtype) {
@@ -34,7 +35,8 @@ const DTypeEntry& entry(DType dtype) {
 DType dtype_from_string(const std::string& name) {
   for (const auto& e : kDTypes)
     if (name == e.name) return e.dtype;
-  throw Error("unsupported dtype '" + name + "' (known: F32, F16, BF16, F64, I64, I32, U8)");
+  throw Error("unsupported dtype '" + name +
+              "' (known: F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL)");
 }
 const char* dtype_name(DType dtype) { return entry(dtype).name; }
 size_t dtype_size(DType dtype) { return entry(dtype).size; }
