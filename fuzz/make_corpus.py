@@ -126,6 +126,16 @@ def prompt_weights_seeds():
     write(t, "utf8", opts + "(\u00e9t\u00e9:1.1) [\u4e2d\u6587] BREAK \U0001F600".encode())
 
 
+# ---- LoRA names (fuzz_lora_names: key names, --lora arguments, prompt tags) ----
+
+def lora_names_seeds():
+    t = "lora_names"
+    write(t, "argument", b"dir/x.safetensors:0.5")
+    write(t, "ldm_key", b"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight")
+    write(t, "peft_key", b"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight")
+    write(t, "tags", b"a cat <lora:style:0.8> on <lora:b:te=0.5:unet=1>")
+
+
 # ---- prompt files -------------------------------------------------------------
 
 def prompt_file_seeds():
@@ -307,6 +317,7 @@ def main():
     tokenizer_seeds()
     sentencepiece_seeds()
     prompt_weights_seeds()
+    lora_names_seeds()
     prompt_file_seeds()
     png_params_seeds()
     pickle_seeds()
