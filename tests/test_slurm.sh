@@ -43,6 +43,8 @@ fail() {
   exit 1
 }
 started=$SECONDS
+# Fail (and clean up) before ctest's TIMEOUT of 600 s would kill the test.
+deadline_all=$((SECONDS + 540))
 say() { printf '== [%3ds] %s\n' $((SECONDS - started)) "$*"; }
 
 # The documented script is the tested one (no Slurm needed for this check).
@@ -68,6 +70,7 @@ if [ -n "$(missing)" ]; then
   policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     policy=/usr/sbin/policy-rc.d
+    trap 'rm -f "$policy"' EXIT
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
   fi
   rc=0
@@ -229,7 +232,7 @@ gen_args="-W 32 -H 32 --steps 2"
 
 say "reference: one unsharded sdgen run over the 40 prompts"
 # shellcheck disable=SC2086
-"$build/sdgen" --model "$model" --prompt-file "$tmp/prompts.txt" --seed 1 $gen_args \
+timeout $((deadline_all - SECONDS)) "$build/sdgen" --model "$model" --prompt-file "$tmp/prompts.txt" --seed 1 $gen_args \
   -o "$tmp/ref/{index}-{prompt}.png" --json >"$tmp/ref.jsonl" 2>"$tmp/ref.err" ||
   { cat "$tmp/ref.err"; fail "the reference run failed"; }
 (cd "$tmp/ref" && ls -A) >"$tmp/ref.list"
@@ -251,13 +254,14 @@ submit() {
 wait_jobs() {
   local limit=$1 deadline=$((SECONDS + $1)) ids queue shown=""
   shift
+  [ $deadline -le $deadline_all ] || deadline=$deadline_all
   ids=$(IFS=,; echo "$*")
   while :; do
     queue=$(squeue -h -j "$ids" -o '%i %T %r' 2>/dev/null | sort | paste -sd, - | sed 's/,/, /g' || true)
     [ -n "$queue" ] || break
     [ "$queue" = "$shown" ] || say "queue: $queue"
     shown=$queue
-    [ $SECONDS -lt $deadline ] || fail "jobs $ids not done after ${limit}s"
+    [ $SECONDS -lt $deadline ] || fail "jobs $ids not done in time (${limit}s at most)"
     sleep 0.5
   done
 }
@@ -315,6 +319,9 @@ show_jobs "$job"
 [ "$(job_states "$job")" = "COMPLETED COMPLETED COMPLETED COMPLETED" ] || fail "job $job: states $(job_states "$job")"
 check_folder "$tmp/out"
 check_counts 1 "$tmp"/logs/"${job}"_*.out
+# ... and the --json lines name those files.
+cat "$tmp"/logs/"${job}"_*.out | grep '^{' | grep -o '"path":"[^"]*"' | sed 's|.*/||; s|"$||' | sort >"$tmp/json.list"
+diff -u <(sort "$tmp/ref.list") "$tmp/json.list" || fail "the --json lines' paths differ from the files (diff above)"
 say "array: $n_images images identical to the unsharded run, one --json line each"
 
 # --- 3. a killed and a cancelled task, requeued and resubmitted -------------
@@ -356,6 +363,7 @@ say "jobs $job and $job_b done:"
 show_jobs "$job" "$job_b"
 [ "$(job_states "$job")" = "CANCELLED COMPLETED COMPLETED COMPLETED" ] || fail "job $job: states $(job_states "$job")"
 [ "$(job_states "$job_b")" = COMPLETED ] || fail "job $job_b: states $(job_states "$job_b")"
+scontrol -o show job "${job}_1" | grep -q ' Restarts=1 ' || fail "task ${job}_1 was not run again once"
 # sdgen writes each PNG to ".NAME.tmpPID" and renames it: a kill -9 can leave
 # only such a file, of the killed pid, and only if it struck inside the write.
 for leftover in "$tmp/out2"/.*.png.tmp"$pid"; do
@@ -370,7 +378,7 @@ check_folder "$tmp/out2"
 # line leaves one image of shard 1 written without one (it is then skipped).
 logs=("$tmp"/logs/"${job}"_*.out "$tmp"/logs/"${job_b}"_*.out)
 check_counts 0-1 "${logs[@]}"
-missing_json=$(json_indices "${logs[@]}" | sort -n | comm -13 - <(seq 0 $((n_images - 1)) | sort -n))
+missing_json=$(json_indices "${logs[@]}" | sort | comm -13 - <(seq 0 $((n_images - 1)) | sort))
 if [ -n "$missing_json" ]; then
   if [ "$(echo "$missing_json" | wc -l)" != 1 ] || [ $((missing_json % shards)) != 1 ]; then
     fail "images without a --json line: $(echo "$missing_json" | xargs)"
