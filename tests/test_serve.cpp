@@ -2,8 +2,8 @@
 // httplib's client. /health answers 503 until the model is loaded, then 200;
 // an A1111 txt2img image equals the command line's for the same settings
 // (pixels, parameters text and bytes); the OpenAI route returns n images; bad
-// sizes and unknown samplers get the documented errors; SIGTERM lets the image
-// being made finish and exits 0.
+// sizes and unknown samplers get the documented errors; png-info reads the
+// parameters back; SIGTERM lets the image being made finish and exits 0.
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -272,6 +272,16 @@ TEST(Serve, EndToEnd) {
   EXPECT_EQ(api.text[0], cli.text[0]);
   EXPECT_EQ(info.at("infotexts").at(0), cli.text[0].second);
   EXPECT_EQ(png, cli_bytes);
+
+  // png-info gives the parameters back.
+  const json png_info =
+      post_json(client, "/sdapi/v1/png-info", {{"image", out["images"][0]}}, &status);
+  ASSERT_EQ(status, 200) << png_info.dump();
+  EXPECT_EQ(png_info.at("info"), cli.text[0].second);
+  EXPECT_EQ(png_info.at("parameters").at("Prompt"), kPrompt);
+  EXPECT_EQ(png_info.at("parameters").at("Seed"), "1234");
+  post_json(client, "/sdapi/v1/png-info", {{"image", "bm90IGEgUE5H"}}, &status);
+  EXPECT_EQ(status, 422);
 
   // batch_size and n_iter: seeds per batch, as the command line numbers them.
   const json two = post_json(client, "/sdapi/v1/txt2img",

@@ -20,11 +20,13 @@
 #include <nlohmann/json.hpp>
 
 #include "resources.h"
+#include "sdgen/a1111.h"
 #include "sdgen/base64.h"
 #include "sdgen/error.h"
 #include "sdgen/image_api.h"
 #include "sdgen/image_io.h"
 #include "sdgen/interrupt.h"
+#include "sdgen/png_reader.h"
 #include "sdgen/rng.h"
 #include "sdgen/runtime.h"
 #include "session.h"
@@ -348,6 +350,41 @@ void Server::add_routes() {
              when_ready([this](const auto& req, auto& res) { a1111_txt2img(req, res); }));
   http_.Post("/v1/images/generations",
              when_ready([this](const auto& req, auto& res) { openai_generations(req, res); }));
+  // A1111's png-info: the text chunks of a base64 PNG (read without decoding
+  // its pixels), "parameters" as "info" and parsed as "parameters".
+  http_.Post("/sdapi/v1/png-info", [](const httplib::Request& req, httplib::Response& res) {
+    try {
+      const json body = parse_body(req);
+      if (!body.is_object() || !body.contains("image") || !body["image"].is_string())
+        throw HttpError{422, "image", "image must be a base64 PNG string"};
+      PngText text;
+      try {
+        const std::string bytes = base64_decode(body["image"].get<std::string>());
+        if (bytes.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) throw Error("image is not a PNG");
+        text = png_text_chunks(bytes, "image");
+      } catch (const Error& e) {
+        throw HttpError{422, "image", one_line(e.what())};
+      }
+      std::string info;
+      json items = json::object();
+      for (const auto& [key, value] : text) {
+        if (key == "parameters")
+          info = value;
+        else
+          items[key] = value;
+      }
+      json parameters = json::object();
+      if (!info.empty()) {
+        const A1111Parameters p = parse_a1111_parameters(info);
+        parameters["Prompt"] = p.prompt;
+        parameters["Negative prompt"] = p.negative_prompt;
+        for (const auto& [key, value] : p.fields) parameters[key] = value;
+      }
+      send_json(res, 200, {{"info", info}, {"items", items}, {"parameters", parameters}});
+    } catch (const HttpError& e) {
+      send_a1111_error(res, e);
+    }
+  });
   http_.Get("/sdapi/v1/samplers", [](const httplib::Request&, httplib::Response& res) {
     json list = json::array();
     for (const auto& info : sampler_registry())
