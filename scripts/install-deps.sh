@@ -7,6 +7,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread
   libsentencepiece-dev libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev
+  libcpp-httplib-dev  # sdgen serve (without it sdgen builds without the server)
   libpng-dev  # tests only: test_png_text checks sdgen's PNG text chunks with libpng
   # cpack -G DEB (tests/test_deb.sh): dpkg-shlibdeps finds the runtime packages
   # the binaries need, and CPack finds the binaries with `file`.

@@ -1,6 +1,6 @@
 // sdgen command line: parses arguments and calls the library, nothing more.
 // runner.cpp runs generations, info.cpp --info and --show-params, convert.cpp
-// the `sdgen convert` subcommand.
+// the `sdgen convert` subcommand, serve.cpp `sdgen serve`.
 
 #include <unistd.h>
 
@@ -17,6 +17,9 @@
 #include "sdgen/error.h"
 #include "sdgen/interrupt.h"
 #include "sdgen/settings.h"
+#ifdef SDGEN_WITH_SERVE
+#include "serve.h"
+#endif
 
 using sdgen::cli::CliError;
 using sdgen::cli::CommandLine;
@@ -123,14 +126,29 @@ CommandLine read_table_flags(const FlagStorage& storage) {
 int main(int argc, char** argv) {
   // A subcommand with flags of its own (none of the settings table's).
   if (argc > 1 && std::string(argv[1]) == "convert") return sdgen::cli::run_convert(argc, argv);
-  CLI::App app{"sdgen: Stable Diffusion 1.x/2.x text-to-image on libtorch"};
+  // `sdgen serve`: the settings table's flags (model, device, defaults) and the server's own.
+  const bool serve = argc > 1 && std::string(argv[1]) == "serve";
+#ifndef SDGEN_WITH_SERVE
+  if (serve) {
+    std::cerr << "sdgen: error: this sdgen was built without `serve` (cpp-httplib was not found; "
+                 "install libcpp-httplib-dev and rebuild)"
+              << std::endl;
+    return sdgen::cli::kExitUsage;
+  }
+#endif
+  CLI::App app{serve ? "sdgen serve: the model loaded once, behind the A1111 and OpenAI image APIs"
+                     : "sdgen: Stable Diffusion 1.x/2.x text-to-image on libtorch"};
   app.set_version_flag("--version", std::string("sdgen ") + SDGEN_VERSION);
   app.get_formatter()->column_width(34);
   FlagStorage storage;
   add_table_flags(app, storage);
+#ifdef SDGEN_WITH_SERVE
+  sdgen::cli::ServeOptions serve_options;
+  if (serve) sdgen::cli::add_serve_flags(app, serve_options);
+#endif
 
   try {
-    app.parse(argc, argv);
+    app.parse(serve ? argc - 1 : argc, serve ? argv + 1 : argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
@@ -146,6 +164,9 @@ int main(int argc, char** argv) {
   try {
     const CommandLine command_line = read_table_flags(storage);
     const sdgen::Settings& o = command_line.settings;
+#ifdef SDGEN_WITH_SERVE
+    if (serve) return sdgen::cli::run_serve(command_line, serve_options);
+#endif
     if (!o.show_params.empty()) return sdgen::cli::run_show_params(o);
     if (o.info) return sdgen::cli::run_info(o);
     // Ctrl-C / SIGTERM: stop after the current sampling step, exit 130.

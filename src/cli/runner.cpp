@@ -6,24 +6,18 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
-#include <future>
 #include <iostream>
 #include <sstream>
 
-#include "default_model.h"
-#include "formats/strings.h"
 #include "line_sources.h"
 #include "resources.h"
 #include "sdgen/a1111.h"
-#include "sdgen/device_info.h"
 #include "sdgen/error.h"
 #include "sdgen/image_io.h"
 #include "sdgen/inpaint.h"
 #include "sdgen/interrupt.h"
 #include "sdgen/rng.h"
 #include "sdgen/runtime.h"
-#include "sdgen/sha256.h"
-#include "sdgen/torch_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -35,29 +29,6 @@ std::string one_line(std::string text) {
   while (!text.empty() && text.back() == ' ') text.pop_back();
   return text;
 }
-
-namespace {
-
-std::string default_model_dir() {
-  if (const char* env = std::getenv("SDGEN_DEFAULT_MODEL")) return env;
-  return find_default_model();
-}
-
-torch::ScalarType torch_dtype(DtypeChoice choice, const torch::Device& device) {
-  switch (choice) {
-    case DtypeChoice::fp32:
-      return torch::kFloat32;
-    case DtypeChoice::fp16:
-      return torch::kFloat16;
-    case DtypeChoice::bf16:
-      return torch::kBFloat16;
-    case DtypeChoice::automatic:
-      break;
-  }
-  return default_dtype(device);
-}
-
-}  // namespace
 
 torch::Tensor read_init_image(const std::string& path) {
   auto pixels = read_png(path).pixels;
@@ -152,181 +123,35 @@ void Runner::check_output_before_load() {
 }
 
 void Runner::load_model_and_pipeline() {
-  LoadOptions load;
-  model_path_ = load.model_path = run_.model.empty() ? default_model_dir() : run_.model;
-  if (run_.model.empty() && !fs::exists(load.model_path))
-    throw CliError(kExitModel, "no --model given and the default model " + load.model_path +
-                                   " does not exist; run scripts/generate.sh once, or pass "
-                                   "--model PATH");
-  load.config_dir = run_.config_dir;
-  load.tokenizer_path = run_.tokenizer;
-  load.vae_path = run_.vae;
-  load.prediction_type = to_string(run_.prediction);
-  load.device = device_;
-  load.dtype = dtype_;
-  load.verbose = !run_.quiet;
-  load.cuda_graphs = !run_.no_cuda_graphs;
-  load.channels_last = run_.channels_last == ChannelsLast::on    ? 1
-                       : run_.channels_last == ChannelsLast::off ? 0
-                                                                 : -1;
-
-  // Fail before loading when the weights (and, for a single prompt of known
-  // size, its activations) cannot fit; prompt-file lines are checked each.
-  if (!run_.no_memory_check) {
-    MemoryRequest request = memory_request(request_from_settings(run_));
-    request.img2img = !run_.init_image.empty();
-    const bool known =
-        !file_mode_ && (run_.init_image.empty() || (cli_.has("width") && cli_.has("height")));
-    const std::string problem = memory_problem_before_load(load, known ? &request : nullptr);
-    if (!problem.empty()) throw CliError(kExitGeneration, problem);
-  }
-
-  // The model hash (first 10 hex of the SHA-256) is computed while the model loads.
-  auto hash = std::async(std::launch::async, [path = load.model_path]() {
-    try {
-      return model_sha256(path).substr(0, 10);
-    } catch (const std::exception&) {
-      return std::string();
-    }
-  });
-  const auto t0 = Clock::now();
-  try {
-    model_ = std::make_unique<StableDiffusionModel>(load_model(load));
-  } catch (const Error& e) {
-    hash.wait();
-    throw CliError(kExitModel, e.what());
-  } catch (const c10::Error& e) {
-    hash.wait();
-    if (is_out_of_memory(e)) throw CliError(kExitGeneration, load_out_of_memory_text(load));
-    throw CliError(kExitModel, e.what_without_backtrace());
-  } catch (const std::bad_alloc&) {
-    hash.wait();
-    throw CliError(kExitGeneration, load_out_of_memory_text(load));
-  }
-  load_s_ = seconds(t0, Clock::now());
-  // The model folder's layer: the guidance rescale it asks for, its native
-  // size (diffusers' unet.config.sample_size * vae_scale_factor) and SDXL's
-  // pipeline defaults.
-  if (model_->default_guidance_rescale)
-    model_layer_.set("guidance_rescale", *model_->default_guidance_rescale);
-  // SDXL: diffusers' StableDiffusionXLPipeline defaults, the model's own
-  // scheduler (Euler for SDXL base; its spacing from the scheduler config)
-  // and guidance 5.0.
-  if (model_->is_sdxl()) {
-    if (const auto own = find_sampler(model_->scheduler_config.class_name))
-      model_layer_.set("sampler", to_string(*own));
-    model_layer_.set("cfg_scale", 5.0);
-  }
-  const int native = model_->unet->config().sample_size * model_->vae->downsample_factor();
-  try {
-    model_layer_.set_checked(setting("width"), native);
-    model_layer_.set_checked(setting("height"), native);
-  } catch (const SettingError&) {  // an odd config: the built-in 512 stays
-    model_layer_.erase("width");
-  }
+  // A single prompt of known size is checked for memory before the load;
+  // prompt-file lines are checked each.
+  MemoryRequest request = memory_request(request_from_settings(run_));
+  request.img2img = !run_.init_image.empty();
+  const bool known =
+      !file_mode_ && (run_.init_image.empty() || (cli_.has("width") && cli_.has("height")));
+  load_session(session_, run_, known ? &request : nullptr);
   run_ = resolve_settings(layers());
-  model_hash10_ = hash.get();
-  model_name_ = a1111_model_name(load.model_path);
-  if (!png_model_hash_.empty() && !model_hash10_.empty() && png_model_hash_ != model_hash10_ &&
-      !run_.quiet)
+  const std::string& hash = session_.model_hash10;
+  if (!png_model_hash_.empty() && !hash.empty() && png_model_hash_ != hash && !run_.quiet)
     std::cerr << "sdgen: warning: " << run_.from_png << " was made with model " << png_model_name_
-              << " (hash " << png_model_hash_ << "), this is " << model_name_ << " (hash "
-              << model_hash10_ << "); the image will differ\n";
-  identify_vae();
-  pipeline_ = std::make_unique<Pipeline>(*model_);
-  loras_ = std::make_unique<LoraLibrary>(*model_, run_.lora_dir, run_.quiet);
-  load_embeddings();
-  pipeline_->set_long_prompt(run_.long_prompt);
-}
-
-// Every embedding in --embeddings-dir and $SDGEN_EMBEDDINGS_DIR (A1111 loads
-// its whole folder at start): files that do not fit this model, pickles and
-// name clashes are skipped with one warning each kind.
-void Runner::load_embeddings() {
-  std::vector<std::string> dirs = run_.embeddings_dir;
-  if (const char* env = std::getenv("SDGEN_EMBEDDINGS_DIR"))
-    for (auto& dir : formats::split_path_list(env)) dirs.push_back(dir);
-  std::vector<TextualInversion> loaded;
-  std::vector<std::string> unfit, pickled;
-  for (const auto& dir : dirs) {
-    std::error_code ec;
-    if (!fs::is_directory(dir, ec)) {
-      if (!run_.quiet) std::cerr << "sdgen: warning: embeddings folder " << dir << " not found\n";
-      continue;
-    }
-    std::vector<fs::path> files;
-    for (auto it = fs::recursive_directory_iterator(
-             dir, fs::directory_options::skip_permission_denied, ec);
-         it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (ec) break;
-      if (it->is_regular_file(ec)) files.push_back(it->path());
-    }
-    std::sort(files.begin(), files.end());
-    for (const auto& f : files) {
-      const std::string ext = f.extension().string();
-      if (is_pickle_file_name(f.string())) {
-        pickled.push_back(f.string());
-        continue;
-      }
-      if (ext != ".safetensors") continue;
-      const std::string name = f.stem().string();
-      if (embedding_hashes_.count(name)) continue;  // the first of a name wins
-      try {
-        loaded.push_back(read_textual_inversion(f.string(), *model_));
-        embedding_hashes_[name] = sha256_file_hex(f.string()).substr(0, 12);
-      } catch (const Error& e) {
-        unfit.push_back(e.what());
-      }
-    }
-  }
-  if (!run_.quiet) {
-    for (const auto& why : unfit) std::cerr << "sdgen: warning: embedding skipped: " << why << "\n";
-    if (!pickled.empty()) {
-      std::string names;
-      for (const auto& n : pickled)
-        names += (names.empty() ? "" : ", ") + fs::path(n).filename().string();
-      std::cerr << "sdgen: warning: pickled embeddings skipped (" << names
-                << "): unpickling can run code; " << convert_command_hint(pickled.front())
-                << (pickled.size() > 1 ? " (and likewise the others)" : "") << "\n";
-    }
-  }
-  pipeline_->set_embeddings(std::move(loaded));
-}
-
-// A1111's "VAE hash" / "VAE" of --vae (the file's short SHA-256 and its name
-// with the extension), and a warning when --from-png's PNG names another.
-void Runner::identify_vae() {
-  if (!model_->vae_file.empty()) {
-    try {
-      vae_hash10_ = model_sha256(model_->vae_file).substr(0, 10);
-    } catch (const std::exception&) {
-      vae_hash10_.clear();
-    }
-    fs::path p = fs::path(run_.vae).lexically_normal();
-    if (p.filename().empty()) p = p.parent_path();
-    vae_name_ = p.filename().string();
-  }
+              << " (hash " << png_model_hash_ << "), this is " << session_.model_name << " (hash "
+              << hash << "); the image will differ\n";
+  // A VAE the PNG names that this run does not use.
   if (png_vae_name_.empty() || run_.quiet) return;
-  if (model_->vae_file.empty())
+  if (session_.model->vae_file.empty())
     std::cerr << "sdgen: warning: " << run_.from_png << " was made with VAE " << png_vae_name_
               << "; pass --vae FILE to use it\n";
-  else if (!png_vae_hash_.empty() && !vae_hash10_.empty() && png_vae_hash_ != vae_hash10_)
+  else if (!png_vae_hash_.empty() && !session_.vae_hash10.empty() &&
+           png_vae_hash_ != session_.vae_hash10)
     std::cerr << "sdgen: warning: " << run_.from_png << " was made with VAE " << png_vae_name_
-              << " (hash " << png_vae_hash_ << "), this is " << vae_name_ << " (hash "
-              << vae_hash10_ << "); the image will differ\n";
+              << " (hash " << png_vae_hash_ << "), this is " << session_.vae_name << " (hash "
+              << session_.vae_hash10 << "); the image will differ\n";
 }
 
 int Runner::run() {
   run_ = resolve_settings(layers());
   init_cpu_runtime(run_.threads);
-  try {
-    device_ = device_from_name(to_string(run_.device));
-  } catch (const Error& e) {
-    throw CliError(kExitUsage, e.what());
-  }
-  dtype_ = torch_dtype(run_.dtype, device_);
-  if (!device_.is_cuda() && dtype_ == torch::kFloat16)
-    throw CliError(kExitUsage, "--dtype fp16 is not supported on the CPU; use fp32 or bf16");
+  resolve_device(run_, session_.device, session_.dtype);
   if (!run_.from_png.empty()) {
     A1111Reading png = read_png_settings(run_.from_png, run_.quiet);
     png_layer_ = png.settings;

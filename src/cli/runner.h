@@ -21,6 +21,7 @@
 #include "sdgen/pipeline.h"
 #include "sdgen/prompt_file.h"
 #include "sdgen/settings.h"
+#include "session.h"
 
 namespace sdgen::cli {
 
@@ -36,15 +37,6 @@ torch::Tensor read_init_image(const std::string& path);
 // when no pixel is white enough to repaint (>= 128).
 torch::Tensor read_mask_image(const std::string& path);
 
-// One prompt-file entry turned into a request (seed of its first image).
-struct Job {
-  Settings settings;  // the layers resolved, with the request's size and seed
-  GenerationRequest request;
-  bool pattern_from_entry = false;
-  std::vector<AppliedLora> loras;            // merged into the model for this job's images
-  std::vector<std::string> embeddings_used;  // by the last generate() of the job
-};
-
 class Runner {
  public:
   explicit Runner(const CommandLine& command_line) : cli_(command_line.layer) {}
@@ -53,13 +45,12 @@ class Runner {
  private:
   // The layers in order: model folder <- --from-png <- command line <- `line`.
   std::vector<const SettingLayer*> layers(const SettingLayer* line = nullptr) const {
-    return {&model_layer_, &png_layer_, &cli_, line};
+    return {&session_.model_layer, &png_layer_, &cli_, line};
   }
   void read_lines(std::unique_ptr<class LineSource>& source, int64_t& total_images,
                   bool& need_model);
   void check_output_before_load();
   void load_model_and_pipeline();
-  void identify_vae();
   Job make_job(const PromptEntry& e);
   std::vector<std::string> output_paths(const Job& job, int64_t index_base, int count, int line,
                                         uint64_t seed, int image_count) const;
@@ -76,24 +67,13 @@ class Runner {
 
   SettingLayer cli_;
   SettingLayer png_layer_{"--from-png"};
-  SettingLayer model_layer_{"the model"};
   Settings run_;  // the layers without a line: the run's own settings
-  torch::Device device_ = torch::kCPU;
-  torch::ScalarType dtype_ = torch::kFloat32;
   Shard shard_;
   uint64_t run_seed_ = 0;
   int only_pos_ = -1;  // --from-png of one image of a batch
   std::string png_model_hash_, png_model_name_, png_vae_hash_, png_vae_name_;
-  std::unique_ptr<StableDiffusionModel> model_;
-  std::unique_ptr<Pipeline> pipeline_;
-  // Declared after model_: destroyed first, it takes its LoRAs out of the model.
-  std::unique_ptr<LoraLibrary> loras_;
-  std::map<std::string, std::string> embedding_hashes_;  // name -> 12 hex digits
-  void load_embeddings();
+  ModelSession session_;  // the model, pipeline, LoRAs and embeddings (session.h)
   std::unique_ptr<Progress> progress_;
-  std::string model_path_, model_hash10_, model_name_;
-  std::string vae_hash10_, vae_name_;  // --vae (A1111's "VAE hash" and "VAE")
-  double load_s_ = 0;
   std::map<std::string, int64_t> written_;  // output path -> image index, this run
   std::map<std::string, torch::Tensor> init_images_;
   std::map<std::string, torch::Tensor> masks_;

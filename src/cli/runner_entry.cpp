@@ -76,9 +76,7 @@ Job Runner::make_job(const PromptEntry& e) {
       throw Error("--paste-back needs --mask (and --init-image)");
     s.paste_back = r.paste_back = false;
   }
-  pipeline_->validate(r);
-  pipeline_->make_request_scheduler(r);  // sampler/eta combinations
-  job.loras = loras_->resolve(s);
+  prepare_job(session_, job);
   return job;
 }
 
@@ -162,11 +160,7 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
 
   // Memory for this size and batch, before any allocation (resources.cpp).
   if (!run_.no_memory_check) {
-    const int chunks = std::max(pipeline_->prompt_chunk_count(r.prompt),
-                                pipeline_->prompt_chunk_count(r.negative_prompt));
-    MemoryRequest request = memory_request(r, chunks);
-    request.lora_copy_bytes = loras_->new_copy_bytes(job.loras);
-    const std::string problem = memory_problem(*model_, request);
+    const std::string problem = job_memory_problem(session_, job);
     if (!problem.empty()) {
       images_failed_ += entry_images;
       report(kExitGeneration, at, problem);
@@ -208,8 +202,7 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
     GenerationResult result;
     try {
       Progress* progress = progress_.get();
-      loras_->activate(job.loras);
-      result = pipeline_->generate(r, [progress](const StepInfo& info, const torch::Tensor&) {
+      result = generate_job(session_, job, [progress](const StepInfo& info, const torch::Tensor&) {
         progress->step(info.index + 1, info.total);
         throw_if_interrupted();  // abandons the image at this step boundary
       });
@@ -221,10 +214,9 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
       images_failed_ += static_cast<int64_t>(todo.size());
       progress_->end(false);
       // Out of memory: one line with the estimate and what to try.
-      report(kExitGeneration, at, generation_error_text(err, *model_, memory_request(r)));
+      report(kExitGeneration, at, generation_error_text(err, *session_.model, memory_request(r)));
       continue;
     }
-    job.embeddings_used = pipeline_->embeddings_used();
     const double total_s = seconds(t0, Clock::now());
     progress_->end(true, result.timings.sampling_s);
     for (int k : todo)
@@ -235,16 +227,7 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
 
 void Runner::write_image(const Job& job, const GenerationResult& result, int pos, int64_t index,
                          int line, const std::string& path, double total_s) {
-  ImageMetadata meta;
-  meta.model_hash = model_hash10_;
-  meta.model_name = model_name_;
-  meta.vae_hash = vae_hash10_;
-  meta.vae_name = vae_name_;
-  meta.batch_pos = pos;
-  for (const auto& l : job.loras) meta.lora_hashes.emplace_back(l.name, l.hash);
-  for (const auto& name : job.embeddings_used)
-    meta.ti_hashes.emplace_back(name, embedding_hashes_.at(name));
-  const std::string params = format_a1111_parameters(a1111_parameters(job.settings, meta));
+  const std::string params = image_parameters(session_, job, pos);
   try {
     write_png(path, result.images_u8[pos], {{"parameters", params}});
   } catch (const Error& err) {
@@ -259,16 +242,16 @@ void Runner::write_image(const Job& job, const GenerationResult& result, int pos
   }
   // The settings table's --json fields, then what only the run knows.
   Settings shown = job.settings;
-  shown.model = model_path_;
+  shown.model = session_.model_path;
   nlohmann::json out = settings_json(shown);
   const auto& t = result.timings;
   out["path"] = path;
   out["index"] = index;
   out["line"] = line;
   out["batch_pos"] = pos;
-  out["model_hash"] = model_hash10_;
-  out["device"] = device_.str();
-  out["dtype"] = std::string(c10::toString(dtype_));
+  out["model_hash"] = session_.model_hash10;
+  out["device"] = session_.device.str();
+  out["dtype"] = std::string(c10::toString(session_.dtype));
   nlohmann::json loras = nlohmann::json::array();
   for (const auto& l : job.loras)
     loras.push_back({{"name", l.name},
@@ -278,9 +261,9 @@ void Runner::write_image(const Job& job, const GenerationResult& result, int pos
                      {"unet_weight", l.unet_weight}});
   out["loras"] = loras;
   out["timings"] = {
-      {"load_s", load_s_},          {"text_s", t.text_s},
+      {"load_s", session_.load_s},  {"text_s", t.text_s},
       {"sampling_s", t.sampling_s}, {"decode_s", t.decode_s},
-      {"total_s", total_s},         {"lora_merge_s", loras_->last_merge_seconds()},
+      {"total_s", total_s},         {"lora_merge_s", session_.loras->last_merge_seconds()},
       {"steps", t.steps},           {"it_per_s", t.sampling_s > 0 ? t.steps / t.sampling_s : 0.0}};
   std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
 }
