@@ -340,15 +340,28 @@ task_pid() {
   done
 }
 wrote() { [ -f "$tmp/logs/${job}_$1.out" ] && grep -q '^{' "$tmp/logs/${job}_$1.out"; }
+# Each task is frozen (SIGSTOP) as soon as it has written its first image, so
+# that neither can finish its shard before the kill and the cancel arrive,
+# however fast the machine is.
+pid0="" pid1=""
 deadline=$((SECONDS + 120))
-until wrote 0 && wrote 1; do
+until [ -n "$pid0" ] && [ -n "$pid1" ]; do
   [ $SECONDS -lt $deadline ] || fail "tasks 0 and 1 of job $job wrote no image in 120 s"
-  sleep 0.1
+  for k in 0 1; do
+    var=pid$k
+    [ -z "${!var}" ] && wrote $k || continue
+    p=$(task_pid $k)
+    [ -n "$p" ] || fail "the sdgen of task ${job}_$k was not found (it ended already?)"
+    kill -STOP "$p"
+    printf -v "$var" %s "$p"
+  done
+  sleep 0.05
 done
-pid=$(task_pid 1)
-[ -n "$pid" ] || fail "the sdgen of task ${job}_1 was not found (it ended already?)"
+pid=$pid1
 kill -9 "$pid"
+# scancel sends SIGCONT before SIGTERM; continue it too, in case.
 scancel "${job}_0"
+kill -CONT "$pid0" 2>/dev/null || true
 say "killed task ${job}_1's sdgen (pid $pid, kill -9) after $(grep -c '^{' "$tmp/logs/${job}_1.out") images, cancelled ${job}_0 after $(grep -c '^{' "$tmp/logs/${job}_0.out")"
 for _ in $(seq 60); do
   [ -z "$(squeue -h -t R,CG -j "${job}_0,${job}_1" 2>/dev/null)" ] && break
