@@ -328,9 +328,14 @@ say "array: $n_images images identical to the unsharded run, one --json line eac
 say "failure: the array again into a new folder"
 job=$(submit "$tmp/out2" --array=0-$((shards - 1)))
 say "submitted job $job"
-# The pid of task $1's sdgen, once it has written an image (the script execs
-# sdgen, so the task's processes are sdgen's).
+# The pid of task $1's sdgen (the script execs sdgen, so the task's process is
+# sdgen's), found by its command line: one pgrep, fast enough to catch a task
+# between two 0.1 s images (a walk over /proc from bash takes longer).
 task_pid() {
+  if command -v pgrep >/dev/null; then
+    pgrep -f -- "--shard $1/$shards -o $tmp/out2/" | head -1
+    return
+  fi
   local p exe
   exe=$(readlink -f "$build/sdgen")
   for p in /proc/[0-9]*; do
@@ -340,22 +345,23 @@ task_pid() {
   done
 }
 wrote() { [ -f "$tmp/logs/${job}_$1.out" ] && grep -q '^{' "$tmp/logs/${job}_$1.out"; }
-# Each task is frozen (SIGSTOP) as soon as it has written its first image, so
-# that neither can finish its shard before the kill and the cancel arrive,
-# however fast the machine is.
-pid0="" pid1=""
+# Each task's sdgen is found while it loads the model and frozen (SIGSTOP) as
+# soon as it has written its first image, so that neither can finish its
+# shard before the kill and the cancel arrive, however fast the machine is.
+pid0="" pid1="" stopped0="" stopped1=""
 deadline=$((SECONDS + 120))
-until [ -n "$pid0" ] && [ -n "$pid1" ]; do
+until [ -n "$stopped0" ] && [ -n "$stopped1" ]; do
   [ $SECONDS -lt $deadline ] || fail "tasks 0 and 1 of job $job wrote no image in 120 s"
   for k in 0 1; do
-    var=pid$k
-    [ -z "${!var}" ] && wrote $k || continue
-    p=$(task_pid $k)
-    [ -n "$p" ] || fail "the sdgen of task ${job}_$k was not found (it ended already?)"
-    kill -STOP "$p"
-    printf -v "$var" %s "$p"
+    var=pid$k stop=stopped$k
+    [ -z "${!stop}" ] || continue
+    [ -n "${!var}" ] || printf -v "$var" %s "$(task_pid $k)"
+    wrote $k || continue
+    [ -n "${!var}" ] || fail "the sdgen of task ${job}_$k was not found (it ended already?)"
+    kill -STOP "${!var}" 2>/dev/null || fail "task ${job}_$k ended before it could be stopped"
+    printf -v "$stop" 1
   done
-  sleep 0.05
+  sleep 0.02
 done
 pid=$pid1
 kill -9 "$pid"
