@@ -2,9 +2,7 @@
 
 #include <mutex>
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "formats/file_map.h"
 #include "sdgen/error.h"
 
 namespace sdgen {
@@ -63,30 +62,16 @@ std::map<uintptr_t, uintptr_t>& mappings() {
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path) {
-    // O_NONBLOCK: opening a FIFO given as a model must not wait for a writer
-    // (it is then refused as not a regular file); no effect on regular files.
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw Error(path + ": not a regular file");
-    }
-    size_ = static_cast<uint64_t>(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p == MAP_FAILED) {
-        ::close(fd);
-        throw Error(path + ": mmap failed: " + std::strerror(errno));
-      }
-      data_ = static_cast<const uint8_t*>(p);
+    const FileMap map = map_file_read_only(path);
+    data_ = map.data;
+    size_ = map.size;
+    if (data_ != nullptr) {
       mapped_ = true;
       // Weights are read front to back, once.
-      ::madvise(p, size_, MADV_SEQUENTIAL);
+      ::madvise(const_cast<uint8_t*>(data_), size_, MADV_SEQUENTIAL);
       std::lock_guard<std::mutex> lock(mappings_mutex());
-      mappings()[reinterpret_cast<uintptr_t>(p)] = reinterpret_cast<uintptr_t>(p) + size_;
+      mappings()[reinterpret_cast<uintptr_t>(data_)] = reinterpret_cast<uintptr_t>(data_) + size_;
     }
-    ::close(fd);
   }
   // In-memory copy of `bytes` (tests, fuzzers).
   MappedFile(std::string bytes, bool /*in_memory*/) : buffer_(std::move(bytes)) {
@@ -99,7 +84,7 @@ class MappedFile {
       std::lock_guard<std::mutex> lock(mappings_mutex());
       mappings().erase(reinterpret_cast<uintptr_t>(data_));
     }
-    ::munmap(const_cast<uint8_t*>(data_), size_);
+    unmap_file({data_, size_});
   }
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;

@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "formats/file_map.h"
 #include "sdgen/error.h"
 #include "sdgen/torch_checkpoint.h"
 
@@ -44,43 +45,22 @@ float bits_float(uint32_t u) {
 // kernel so that resident memory stays small whatever the file's size.
 class CheckpointMapping {
  public:
-  explicit CheckpointMapping(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw Error(path + ": not a regular file");
-    }
-    size_ = static_cast<uint64_t>(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p == MAP_FAILED) {
-        const int err = errno;
-        ::close(fd);
-        throw Error(path + ": mmap failed: " + std::strerror(err));
-      }
-      data_ = static_cast<const uint8_t*>(p);
-    }
-    ::close(fd);
-  }
-  ~CheckpointMapping() {
-    if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
-  }
+  explicit CheckpointMapping(const std::string& path) : map_(map_file_read_only(path)) {}
+  ~CheckpointMapping() { unmap_file(map_); }
   CheckpointMapping(const CheckpointMapping&) = delete;
   CheckpointMapping& operator=(const CheckpointMapping&) = delete;
-  const uint8_t* data() const { return data_; }
-  uint64_t size() const { return size_; }
+  const uint8_t* data() const { return map_.data; }
+  uint64_t size() const { return map_.size; }
   // Drops the whole pages inside [begin, end) (they are read again if touched).
   void release(uint64_t begin, uint64_t end) const {
     static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
     const uint64_t first = (begin + page - 1) / page * page, last = end / page * page;
-    if (last > first) ::madvise(const_cast<uint8_t*>(data_) + first, last - first, MADV_DONTNEED);
+    if (last > first)
+      ::madvise(const_cast<uint8_t*>(map_.data) + first, last - first, MADV_DONTNEED);
   }
 
  private:
-  const uint8_t* data_ = nullptr;
-  uint64_t size_ = 0;
+  FileMap map_;
 };
 
 // The output: a temporary file beside the target, removed unless committed.
