@@ -211,6 +211,7 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
   // image's latents (9-channel UNets), the image latents and the noise (the
   // blend of plain UNets).
   torch::Tensor mask_latents, masked_image_latents, image_latents, noise;
+  torch::Tensor mask;  // [1, 1, H, W] of 0 (keep) and 1 (repaint), also for paste-back
   if (!inpainting && !r.init_image.defined()) {
     latents = generator.randn({batch, channels, lh, lw}).to(model_.device, model_.dtype);
     latents = latents * scheduler->init_noise_sigma();
@@ -235,9 +236,8 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
     latents = strength_max
                   ? noise * scheduler->init_noise_sigma()
                   : scheduler->add_noise(image_latents, noise, scheduler->timesteps()[first_step]);
-    const torch::Tensor mask = r.mask.defined()
-                                   ? binarize_mask(r.mask, r.height, r.width)
-                                   : torch::ones({1, 1, r.height, r.width}, torch::kFloat32);
+    mask = r.mask.defined() ? binarize_mask(r.mask, r.height, r.width)
+                            : torch::ones({1, 1, r.height, r.width}, torch::kFloat32);
     const auto masked_image =
         image.defined()
             ? image * (mask < 0.5).to(image.device(), image.scalar_type())
@@ -297,8 +297,7 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
         r.width);
     const auto original_u8 =
         original.squeeze(0).permute({1, 2, 0}).mul(255).round().to(torch::kUInt8).contiguous();
-    const auto mask = blur_mask(binarize_mask(r.mask, r.height, r.width)[0][0], r.mask_blur);
-    out.images = paste_back(out.images, original_u8, mask);
+    out.images = paste_back(out.images, original_u8, blur_mask(mask[0][0], r.mask_blur));
   }
   out.images_u8 = (out.images * 255).round().to(torch::kUInt8);
   out.latents = latents.to(torch::kCPU, torch::kFloat32);
