@@ -48,7 +48,7 @@ run_sdgen() {
 # taking Xs"; /usr/bin/time gives wall time and peak RSS. Newer versions load
 # weights lazily (inside the first step) unless given --eager-load.
 sdcpp_flags() {
-  if "$sdcli" --help 2>&1 | grep -q -- "--eager-load"; then echo --eager-load; fi
+  if "$sdcli" --help 2>&1 | grep -- "--eager-load" >/dev/null; then echo --eager-load; fi
 }
 run_sdcpp() {
   local log="$out/sdcpp-$1.log"

@@ -23,7 +23,7 @@ declare -A MAX_LEN=([safetensors]=4096 [tokenizer]=1024 [prompt_weights]=2048
 scripts/install-deps.sh
 need=()
 command -v clang++ >/dev/null || need+=(clang)
-dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "install ok installed" ||
+dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep "install ok installed" >/dev/null ||
   need+=(libclang-rt-14-dev)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

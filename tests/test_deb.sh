@@ -17,7 +17,9 @@ for tool in cpack dpkg-deb dpkg-query; do
   command -v $tool >/dev/null || { echo "test_deb: skipped: $tool not found (a Debian host builds the .deb)" >&2; exit 77; }
 done
 # The package libtorch comes from, e.g. libtorch1.13 (none: a pip libtorch).
-torch_lib=$(ldd "$build/sdgen" | awk '/libtorch_cpu/ { print $3; exit }')
+# (awk reads all of ldd's output: an early exit could kill ldd with SIGPIPE,
+# which pipefail and set -e turn into a silent failure.)
+torch_lib=$(ldd "$build/sdgen" | awk '/libtorch_cpu/ && !found++ { print $3 }')
 torch_package=""
 [ -n "$torch_lib" ] && torch_package=$(dpkg-query -S "$(readlink -f "$torch_lib")" 2>/dev/null | cut -d: -f1 || true)
 [ -n "$torch_package" ] || { echo "test_deb: skipped: libtorch ($torch_lib) is not from a Debian package" >&2; exit 77; }

@@ -89,7 +89,7 @@ if [ -n "$(missing)" ]; then
   [ -z "$(missing)" ] || skip "Slurm's packages are installed but $(missing | xargs) are still missing"
 fi
 [ "$(id -u)" = 0 ] || skip "slurmd runs jobs as their user and needs root"
-say "$(slurmctld -V), $(munged -V 2>&1 | head -n 1)"
+say "$(slurmctld -V), $(munged -V 2>&1 | sed -n 1p)"
 
 # --- a one-node cluster on localhost ---------------------------------------
 tmp=$(mktemp -d /tmp/sdgen-slurm-test.XXXXXX)
@@ -333,7 +333,7 @@ say "submitted job $job"
 # between two 0.1 s images (a walk over /proc from bash takes longer).
 task_pid() {
   if command -v pgrep >/dev/null; then
-    pgrep -f -- "--shard $1/$shards -o $tmp/out2/" | head -1
+    pgrep -f -- "--shard $1/$shards -o $tmp/out2/" | sed -n 1p
     return
   fi
   local p exe
@@ -382,7 +382,7 @@ say "jobs $job and $job_b done:"
 show_jobs "$job" "$job_b"
 [ "$(job_states "$job")" = "CANCELLED COMPLETED COMPLETED COMPLETED" ] || fail "job $job: states $(job_states "$job")"
 [ "$(job_states "$job_b")" = COMPLETED ] || fail "job $job_b: states $(job_states "$job_b")"
-scontrol -o show job "${job}_1" | grep -q ' Restarts=1 ' || fail "task ${job}_1 was not run again once"
+[[ "$(scontrol -o show job "${job}_1")" == *" Restarts=1 "* ]] || fail "task ${job}_1 was not run again once"
 # sdgen writes each PNG to ".NAME.tmpPID" and renames it: a kill -9 can leave
 # only such a file, of the killed pid, and only if it struck inside the write.
 for leftover in "$tmp/out2"/.*.png.tmp"$pid"; do
