@@ -124,6 +124,9 @@ class Server {
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
+  // A full queue, a model loading or switching: the client may try again
+  // (RFC 9110 section 10.2.3).
+  if (status == 503 && !res.has_header("Retry-After")) res.set_header("Retry-After", "1");
   res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
