@@ -26,7 +26,11 @@ LoraLibrary::~LoraLibrary() = default;
 // A1111 lists its Lora folder.
 std::string LoraLibrary::find(const std::string& name) const {
   std::error_code ec;
-  if (fs::is_regular_file(name, ec)) return name;
+  if (names_only_ &&
+      (name.find_first_of("/\\") != std::string::npos || name.find("..") != std::string::npos))
+    throw Error("LoRA '" + name +
+                "': a request names LoRAs by name only (as in --lora-dir), never by path");
+  if (!names_only_ && fs::is_regular_file(name, ec)) return name;
   if (name.find('/') != std::string::npos) throw Error("LoRA file " + name + " not found");
   std::vector<std::string> pickled;
   for (const auto& dir : dirs_) {

@@ -41,6 +41,9 @@ class LoraLibrary {
   int64_t new_copy_bytes(const std::vector<AppliedLora>& loras);
   // Merges exactly `loras` into the model (nothing when it is already so).
   void activate(const std::vector<AppliedLora>& loras);
+  // `sdgen serve`: names are looked up in the folders only, never taken as
+  // paths (resolve throws Error for a name that holds '/', '\\' or "..").
+  void set_names_only(bool names_only) { names_only_ = names_only; }
   // Seconds the last merge that changed the model took (0 when none did).
   double last_merge_seconds() const { return merge_s_; }
 
@@ -51,6 +54,7 @@ class LoraLibrary {
   StableDiffusionModel& model_;
   std::vector<std::string> dirs_;
   bool quiet_ = false;
+  bool names_only_ = false;
   std::map<std::string, std::pair<LoraFile, std::string>> files_;  // path -> file, hash
   std::unique_ptr<LoraMerger> merger_;
   std::vector<AppliedLora> active_;

@@ -18,6 +18,9 @@ struct ServeOptions {
   std::string on_signal = "finish";  // SIGINT/SIGTERM: finish or interrupt the current image
   int queue_size = 64;               // requests waiting for the model; more are answered 503
   int max_body_mb = 64;              // larger bodies are refused with 413 before they are read
+  std::string models_dir;            // the models requests may switch to, by name
+  std::string api_key;               // required as "Authorization: Bearer KEY" ("" = none)
+  std::string api_auth;              // "user:pass[,user2:pass2]": HTTP Basic accepted too
 };
 
 // The flags of `sdgen serve` besides the settings table's (model, device, ...).
