@@ -47,13 +47,15 @@ def free_port():
 
 
 class Server:
-    """One `sdgen serve` process on the tiny model, on a free port."""
+    """One `sdgen serve` process on the tiny model, on a free port, one thread
+    (on a busy machine OpenMP threads spin-wait for each other: the soak took
+    twice as long with two)."""
 
     def __init__(self, build, model, workdir, name, extra=()):
         self.port = free_port()
         self.log_path = os.path.join(workdir, name + ".log")
         self.log = open(self.log_path, "wb")
-        args = [os.path.join(build, "sdgen"), "serve", "--model", model, "--threads", "2",
+        args = [os.path.join(build, "sdgen"), "serve", "--model", model, "--threads", "1",
                 "--port", str(self.port), *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.time() + 120
