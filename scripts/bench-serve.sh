@@ -5,9 +5,11 @@
 #   - `sdgen --prompt-file` (one process; --json prints a line per image, and
 #     the time between the first and the last line over N gives seconds per
 #     image without the load and the first image's warm-up), and
-#   - `sdgen serve` (one warm-up request, then N sequential POST
+#   - `sdgen serve` (K + 1 warm-up requests, K = --server-warmup: 8, one per
+#     HTTP thread, on the tiny model; then N sequential POST
 #     /sdapi/v1/txt2img from one client, timed on the client: the request,
-#     the queue, the image, its PNG, base64 and JSON, the transfer),
+#     the queue, the image, its PNG, base64 and JSON, the transfer; a server
+#     started for each round),
 # alternating R rounds so that a noisy machine affects both alike (the
 # median of the rounds is reported). The images of both must be equal, byte
 # for byte (the same work is timed). Prints wall and CPU seconds per image
@@ -19,19 +21,24 @@
 # sees more threads than cores and throttles its spinning) than in the
 # command line; measured on 2 busy cores, that made the command line 7x
 # slower per image than the server and its CPU time 25x (tiny model, 64x64).
+# With more than one thread the two processes' OpenMP teams still differ
+# (the server's run on its HTTP threads), which on the tiny model outweighs
+# the HTTP work; --threads 1 isolates what the server adds.
 #
 #   scripts/bench-serve.sh [--full] [--model PATH] [--images N] [--steps S] [--size PX]
-#                          [--threads T] [--rounds R]
+#                          [--threads T] [--rounds R] [--server-warmup K]
 #
 # Default: the tiny model (../shared/models/sd1-tiny), 20 images of 64x64, 2
-# steps. --full: a full-size SD1.5-shaped checkpoint of random fp16 weights
-# (made from ../shared/data/manifests.json by sdgen-mkmodel when missing, as
-# scripts/bench-cpu.sh does), 256x256, 2 steps, 10 images.
+# steps, 3 rounds (about 40 s). --full: a full-size SD1.5-shaped checkpoint of
+# random fp16 weights (made from ../shared/data/manifests.json by sdgen-mkmodel
+# when missing, as scripts/bench-cpu.sh does; /tmp/sd15-random-fp16.safetensors
+# is used when present), 4 images of 128x128, 1 step, 1 round, 2 server
+# warm-ups (about 5 minutes on 2 cores: 11 s an image).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SDGEN_BUILD_DIR:-$root/build}
 shared=${SDGEN_SHARED_DIR:-$root/../shared}
-model="" images="" steps=2 size="" threads=$(nproc) rounds=2 full=0
+model="" images="" steps="" size="" threads=$(nproc) rounds="" full=0 warmup=""
 while [ $# -gt 0 ]; do
   case $1 in
     --full) full=1; shift ;;
@@ -41,6 +48,7 @@ while [ $# -gt 0 ]; do
     --size) size=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
+    --server-warmup) warmup=$2; shift 2 ;;
     *) echo "bench-serve.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -56,25 +64,29 @@ if [ "$full" = 1 ]; then
       --key sd15.single --out "$model"
   fi
   model_flags=(--tokenizer "$shared/data/clip")
-  images=${images:-10} size=${size:-256}
+  images=${images:-4} size=${size:-128} steps=${steps:-1} rounds=${rounds:-1} warmup=${warmup:-2}
 else
   model=${model:-$shared/models/sd1-tiny}
-  images=${images:-20} size=${size:-64}
+  images=${images:-20} size=${size:-64} steps=${steps:-2} rounds=${rounds:-3} warmup=${warmup:-8}
 fi
 [ -e "$model" ] || { echo "no model at $model" >&2; exit 1; }
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-python3 - "$build/sdgen" "$model" "$images" "$steps" "$size" "$threads" "$rounds" "$out" \
+python3 - "$build/sdgen" "$model" "$images" "$steps" "$size" "$threads" "$rounds" "$warmup" "$out" \
   "${model_flags[@]}" <<'PY'
 import base64, http.client, json, os, socket, statistics, subprocess, sys, time
 
-sdgen, model, n, steps, size, threads, rounds, out = sys.argv[1:9]
-extra = sys.argv[9:]
-n, steps, size, rounds = int(n), int(steps), int(size), int(rounds)
+sdgen, model, n, steps, size, threads, rounds, warmup, out = sys.argv[1:10]
+extra = sys.argv[10:]
+n, steps, size, rounds, warmup = int(n), int(steps), int(size), int(rounds), int(warmup)
 flags = ["--model", model, "--threads", threads, *extra]
-# N + 1 images: the first is the warm-up of both.
+# N + 1 images: the first is the warm-up of both. The server gets `warmup`
+# (--server-warmup, default 8) more first: each of cpp-httplib's threads (8)
+# pays once for its first image (its own OpenMP team, thread-local caches),
+# which a long-running server has long paid.
 jobs = [{"prompt": f"a photograph of a red fox number {i}", "seed": 1000 + i} for i in range(n + 1)]
+warmups = [{"prompt": f"a warm-up {i}", "seed": i} for i in range(warmup)]
 settings = {"steps": steps, "width": size, "height": size, "cfg_scale": 7}
 
 
@@ -114,13 +126,31 @@ def free_port():
         return s.getsockname()[1]
 
 
-port = free_port()
-log = open(os.path.join(out, "serve.log"), "wb")
-server = subprocess.Popen([sdgen, "serve", *flags, "--port", str(port)], stderr=log)
+def start_server():
+    """`sdgen serve` on a free port, once its model is loaded; (process, port)."""
+    port = free_port()
+    log_path = os.path.join(out, "serve.log")
+    server = subprocess.Popen([sdgen, "serve", *flags, "--port", str(port)],
+                              stderr=open(log_path, "wb"))
+    t0 = time.monotonic()
+    while True:
+        if server.poll() is not None:
+            sys.exit("sdgen serve exited: " + open(log_path).read()[-2000:])
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    print(f"bench-serve: sdgen serve loaded {os.path.basename(model)} in "
+          f"{time.monotonic() - t0:.1f} s", file=sys.stderr)
+    return server, port
 
 
-def post(body):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+def post(port, body):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
     conn.request("POST", "/sdapi/v1/txt2img", json.dumps(body), {"Content-Type": "application/json"})
     res = conn.getresponse()
     payload = res.read()
@@ -132,47 +162,37 @@ def post(body):
 
 def serve_round():
     """Wall and CPU (the server's) seconds per image of N sequential requests
-    (after one warm-up), and the images."""
-    pngs = {}
-    start = cpu0 = None
-    for i, job in enumerate(jobs):
-        if i == 1:
-            start, cpu0 = time.monotonic(), cpu_seconds(server.pid)
-        doc = post(dict(job, **settings, sampler_name="Euler"))
-        pngs[job["seed"]] = base64.b64decode(doc["images"][0])
-    return (time.monotonic() - start) / n, (cpu_seconds(server.pid) - cpu0) / n, pngs
+    (after one warm-up), and the images. The server runs only for this round,
+    so that one process at a time holds the model (a full-size one in fp32
+    takes 4 GB)."""
+    server, port = start_server()
+    try:
+        pngs = {}
+        start = cpu0 = None
+        for i, job in enumerate(warmups + jobs):
+            if i == len(warmups) + 1:
+                start, cpu0 = time.monotonic(), cpu_seconds(server.pid)
+            doc = post(port, dict(job, **settings, sampler_name="Euler"))
+            if i >= len(warmups):
+                pngs[job["seed"]] = base64.b64decode(doc["images"][0])
+        return (time.monotonic() - start) / n, (cpu_seconds(server.pid) - cpu0) / n, pngs
+    finally:
+        server.terminate()
+        server.wait()
 
 
-try:
-    t0 = time.monotonic()
-    while True:
-        if server.poll() is not None:
-            sys.exit("sdgen serve exited: " + open(os.path.join(out, "serve.log")).read()[-2000:])
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        time.sleep(0.1)
-    print(f"bench-serve: sdgen serve loaded {os.path.basename(model)} in {time.monotonic() - t0:.1f} s",
-          file=sys.stderr)
-    cli, srv, cli_cpu, srv_cpu = [], [], [], []
-    for r in range(rounds):
-        c, c_cpu, cli_pngs = cli_round(r)
-        s, s_cpu, srv_pngs = serve_round()
-        if cli_pngs != srv_pngs:
-            sys.exit("the server's images differ from the command line's")
-        cli.append(c)
-        srv.append(s)
-        cli_cpu.append(c_cpu)
-        srv_cpu.append(s_cpu)
-        print(f"bench-serve: round {r + 1}: CLI {c:.4f} s/image ({c_cpu:.4f} CPU), "
-              f"serve {s:.4f} s/image ({s_cpu:.4f} CPU)", file=sys.stderr)
-finally:
-    server.terminate()
-    server.wait()
+cli, srv, cli_cpu, srv_cpu = [], [], [], []
+for r in range(rounds):
+    c, c_cpu, cli_pngs = cli_round(r)
+    s, s_cpu, srv_pngs = serve_round()
+    if cli_pngs != srv_pngs:
+        sys.exit("the server's images differ from the command line's")
+    cli.append(c)
+    srv.append(s)
+    cli_cpu.append(c_cpu)
+    srv_cpu.append(s_cpu)
+    print(f"bench-serve: round {r + 1}: CLI {c:.4f} s/image ({c_cpu:.4f} CPU), "
+          f"serve {s:.4f} s/image ({s_cpu:.4f} CPU)", file=sys.stderr)
 c, s = statistics.median(cli), statistics.median(srv)
 c_cpu, s_cpu = statistics.median(cli_cpu), statistics.median(srv_cpu)
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
