@@ -310,6 +310,40 @@ def pickle_seeds():
     write(t, "memo_huge", b"\x80\x02j\xff\xff\xff\xff.")
 
 
+# ---- web API request bodies (fuzz_image_api: A1111 txt2img, OpenAI images) ----
+
+def image_api_seeds():
+    t = "image_api"
+    def body(name, value):
+        write(t, name, json.dumps(value, ensure_ascii=False))
+    # A1111's wiki example (API.md) and a body with most fields set.
+    body("a1111_wiki", {"prompt": "maltese puppy", "steps": 5})
+    body("a1111_full", {
+        "prompt": "a red cube (on a table:1.2)", "negative_prompt": "blurry", "seed": 1234,
+        "sampler_name": "DPM++ 2M", "scheduler": "Karras", "batch_size": 2, "n_iter": 3,
+        "steps": 20, "cfg_scale": 7.5, "width": 512, "height": 768, "restore_faces": False,
+        "tiling": False, "enable_hr": False, "styles": [], "subseed": -1,
+        "subseed_strength": 0, "eta": None, "sampler_index": "Euler a",
+        "override_settings": {"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "x"},
+        "override_settings_restore_afterwards": True, "send_images": True,
+        "alwayson_scripts": {}, "script_args": []})
+    body("a1111_bad_types", {"prompt": 3, "steps": "many", "seed": 1.5, "width": -64,
+                             "override_settings": [1], "n_iter": 1e30})
+    body("a1111_unsupported", {"enable_hr": True, "styles": ["a"], "script_name": "x",
+                               "seed_resize_from_h": 64, "subseed_strength": 0.5})
+    body("a1111_seed_huge", {"seed": 18446744073709551615, "sampler_index": "No Such"})
+    body("openai_full", {"prompt": "a cat", "n": 2, "size": "256x256",
+                         "response_format": "b64_json", "model": "dall-e-2", "user": "u",
+                         "quality": "standard", "style": "vivid"})
+    body("openai_bad", {"prompt": "", "n": 11, "size": "64x", "response_format": "url",
+                        "stream": True})
+    body("openai_sizes", {"prompt": "p", "size": "99999999999x8"})
+    write(t, "nested", "{\"prompt\":" + "[" * 100 + "]" * 100 + "}")
+    write(t, "not_object", b'["prompt", 1, null, 2.5e308]')
+    # JSON escapes, a surrogate pair among them.
+    write(t, "unicode", rb'{"prompt": "\u00e9t\u00e9 \ud83d\ude00", "size": "64x64"}')
+
+
 def main():
     if os.path.isdir(ROOT):
         shutil.rmtree(ROOT)
@@ -321,6 +355,7 @@ def main():
     prompt_file_seeds()
     png_params_seeds()
     pickle_seeds()
+    image_api_seeds()
     total = sum(os.path.getsize(os.path.join(d, f))
                 for d, _, files in os.walk(ROOT) for f in files)
     print(f"fuzz corpus: {total} bytes in {ROOT}")

@@ -18,7 +18,7 @@ WORK=$BUILD_DIR/fuzz-work
 # short enough that each run stays fast (BPE and PNG decoding grow with size).
 declare -A MAX_LEN=([safetensors]=4096 [tokenizer]=1024 [prompt_weights]=2048
                     [prompt_file]=4096 [png_params]=8192 [sentencepiece]=4096
-                    [lora_names]=1024 [pickle]=16384)
+                    [lora_names]=1024 [pickle]=16384 [image_api]=4096)
 
 scripts/install-deps.sh
 need=()
