@@ -1,6 +1,7 @@
 // libFuzzer target: the request bodies `sdgen serve` reads (sdgen/image_api.h),
-// A1111's txt2img and OpenAI's images/generations. The input is parsed as JSON
-// (inputs that are not JSON are dropped) and given to both parsers. The only
+// A1111's txt2img and img2img, OpenAI's images/generations and the model
+// names requests give. The input is parsed as JSON
+// (inputs that are not JSON are dropped) and given to every reader. The only
 // documented failure is ApiFieldError; anything else escaping is a bug, and so
 // is an accepted request the server could not use: settings that do not
 // resolve, a "parameters" echo that cannot be written back as JSON, an OpenAI
@@ -37,6 +38,38 @@ void check_a1111(const json& body) {
   (void)r.parameters.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
+// The img2img route: the txt2img checks, plus images that were size-checked
+// on their PNG header (never decoded here) and a strength in (0, 1].
+void check_a1111_img2img(const json& body) {
+  sdgen::A1111Img2ImgRequest r;
+  try {
+    r = sdgen::parse_a1111_img2img(body);
+  } catch (const sdgen::ApiFieldError& e) {
+    if (std::string(e.what()).empty()) std::abort();
+    return;
+  }
+  if (r.init_image.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) std::abort();
+  if (!r.mask.empty() && r.mask.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) std::abort();
+  const sdgen::Settings s = sdgen::resolve_settings({&r.common.layer});
+  (void)sdgen::settings_json(s);
+  (void)r.common.parameters.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// A model name from a request: accepted names never reach outside the
+// server's model list.
+void check_model_name(const json& body) {
+  if (!body.is_object() || !body.contains("model") || !body["model"].is_string()) return;
+  const std::string name = body["model"].get<std::string>();
+  try {
+    sdgen::check_api_model_name("model", name);
+  } catch (const sdgen::ApiFieldError&) {
+    return;
+  }
+  if (name.empty() || name.find('/') != std::string::npos || name.find("..") != std::string::npos ||
+      name.find('\0') != std::string::npos)
+    std::abort();
+}
+
 void check_openai(const json& body) {
   sdgen::OpenAIRequest r;
   try {
@@ -64,6 +97,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                 reinterpret_cast<const char*>(data) + size, nullptr, false);
   if (body.is_discarded()) return 0;
   check_a1111(body);
+  check_a1111_img2img(body);
+  check_model_name(body);
   check_openai(body);
   return 0;
 }

@@ -4,6 +4,7 @@
 Valid inputs of each format plus hand-made edge cases; the whole corpus is kept
 small (a few KB). Run from anywhere: python3 fuzz/make_corpus.py
 """
+import base64
 import json
 import os
 import shutil
@@ -342,6 +343,17 @@ def image_api_seeds():
     write(t, "not_object", b'["prompt", 1, null, 2.5e308]')
     # JSON escapes, a surrogate pair among them.
     write(t, "unicode", rb'{"prompt": "\u00e9t\u00e9 \ud83d\ude00", "size": "64x64"}')
+    # img2img: an 8x8 RGB init image (a data: URL) and a gray mask; and a PNG
+    # header claiming 100000x100000 pixels (refused before decoding).
+    rgb = base64.b64encode(png(8, 8, 2)).decode()
+    gray = base64.b64encode(png(8, 8, 0)).decode()
+    body("img2img_inpaint", {"prompt": "a cat", "init_images": ["data:image/png;base64," + rgb],
+                             "mask": gray, "denoising_strength": 0.6, "mask_blur": 2,
+                             "inpainting_mask_invert": 1, "inpainting_fill": 1,
+                             "resize_mode": 0, "inpaint_full_res": False,
+                             "model": "other-model"})
+    body("img2img_bomb", {"init_images": [base64.b64encode(png(100000, 100000, 0, raw=b"")).decode()],
+                          "denoising_strength": 2, "model": "../x"})
 
 
 def main():

@@ -185,6 +185,7 @@ TEST(ImageApi, A1111OverrideSettings) {
                                                {{"CLIP_stop_at_last_layers", 2},
                                                 {"sd_model_checkpoint", "other [0123456789]"},
                                                 {"eta_noise_seed_delta", 0},
+                                                {"filter_nsfw", true},
                                                 {"samples_format", "png"}}},
                                               {"override_settings_restore_afterwards", false}});
   EXPECT_EQ(resolve_settings({&r.layer}).clip_skip, 2);
@@ -194,6 +195,7 @@ TEST(ImageApi, A1111OverrideSettings) {
   for (const auto& [key, value] :
        std::vector<std::pair<std::string, json>>{{"eta_noise_seed_delta", 31337},
                                                  {"samples_format", "jpg"},
+                                                 {"filter_nsfw", "yes"},
                                                  {"sd_model_checkpoint", "/models/x.safetensors"},
                                                  {"sd_model_checkpoint", 5},
                                                  {"outdir_samples", "/tmp"}}) {

@@ -232,6 +232,9 @@ ServeImages Server::generate(const ServeRequest& req, const ModelChoice& choice,
     throw ClientGone{};
   }
   if (!session_ && !ready()) throw HttpError{503, "", "no model is loaded"};
+  // This HTTP worker thread's OpenMP team gets --threads (at::set_num_threads
+  // at start-up set it on the main thread only), before any operator runs.
+  at::init_num_threads();
   use_model(choice);
   try {
     job = make();

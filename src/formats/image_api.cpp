@@ -87,6 +87,9 @@ bool a1111_harmless_override(const std::string& key, const json& v) {
   if (key == "samples_format") return v == "png";
   if (key == "sd_vae") return v == "Automatic";
   if (key == "enable_pnginfo") return v == true;
+  // Not an A1111 option without an extension (A1111 has no NSFW filter of its
+  // own), but its wiki's API example sends it: taken, as A1111 takes it.
+  if (key == "filter_nsfw") return v.is_boolean();
   return false;
 }
 
