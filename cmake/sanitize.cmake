@@ -11,13 +11,14 @@ option(SDGEN_SANITIZE "Build everything with AddressSanitizer and UndefinedBehav
 # tiny-model pipeline and the sdgen binary end to end); CI runs them with
 # `ctest -L sanitize`. CMakeLists.txt gives these the LABEL "sanitize".
 # Measured under ASan+UBSan on 2 cores: test_bad_inputs 270 s, test_pipeline
-# 59 s, test_smoke 51 s, test_model 45 s, the others < 30 s each;
+# 59 s, test_smoke 51 s, test_model 45 s, test_serve 81 s (the server and
+# its HTTP parsing, with a busy machine), the others < 30 s each;
 # test_cli_batch (386 s, the same binary paths as test_smoke and
 # test_bad_inputs with more prompts) is left out to keep CI short.
 set(SDGEN_SANITIZE_TESTS
     test_safetensors test_tokenizer test_prompt_weights test_prompt_file test_a1111
     test_image_io test_checkpoint test_model test_pipeline test_smoke test_bad_inputs
-    test_convert)
+    test_convert test_serve)
 
 if(SDGEN_SANITIZE)
   set(SDGEN_SANITIZE_FLAGS -fsanitize=address,undefined -fno-omit-frame-pointer

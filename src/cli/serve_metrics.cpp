@@ -112,12 +112,12 @@ std::string ServeMetrics::render(int queue_depth, bool generating,
 #ifdef SDGEN_WITH_CUDA
   if (device.is_cuda()) {
     const int index = device.has_index() ? device.index() : 0;
-    int64_t free = 0, total_bytes = 0, cached = 0;
-    cuda::memory_info(index, &free, &total_bytes, &cached);
+    int64_t free_bytes = 0, total_bytes = 0, cached = 0;
+    cuda::memory_info(index, &free_bytes, &total_bytes, &cached);
     const GpuMemoryStats peak = peak_gpu_memory(device);
     metric_header(out, "sdgen_gpu_memory_used_bytes", "gauge",
                   "GPU memory in use on the model's device (cudaMemGetInfo: total - free).");
-    out << "sdgen_gpu_memory_used_bytes " << total_bytes - free << "\n";
+    out << "sdgen_gpu_memory_used_bytes " << total_bytes - free_bytes << "\n";
     metric_header(out, "sdgen_gpu_memory_total_bytes", "gauge", "GPU memory of the device.");
     out << "sdgen_gpu_memory_total_bytes " << total_bytes << "\n";
     metric_header(out, "sdgen_gpu_memory_peak_allocated_bytes", "gauge",
