@@ -14,6 +14,9 @@
 # .deps/diffusers/src (git-ignored; carry it), times diffusers'
 # StableDiffusionXLPipeline eager and compiled in the same run
 # (scripts/diffusers-baseline.py; BENCH_MODEL=sd15 does the same for SD1.5).
+# BENCH_MIXED_ONLY=1 runs only the build, test_cuda and the 64-prompt
+# mixed-batch run (TEST_CUDA_FILTER='Cuda.MixedPrompt*' narrows the tests):
+#   TEST_CUDA_FILTER='Cuda.MixedPrompt*' BENCH_MIXED_ONLY=1 scripts/gpu-bench.sh OUTDIR
 set -uo pipefail
 out=${1:?usage: scripts/gpu-bench.sh OUTDIR [steps]}
 model=${BENCH_MODEL:-sd15}
@@ -87,7 +90,53 @@ diffusers_baseline() {
     --guidance "$guidance" --repeats "${DIFFUSERS_REPEATS:-2}" --vocab "$shared/data/clip" \
     2>>"$out/diffusers.err" | tee -a "$out/diffusers.jsonl"
 }
+# A prompt file's throughput (issue 32): 64 different prompts and seeds at
+# 512x512, through sdgen-bench (the library: mixed-prompt batches of the
+# default --max-batch against one at a time, in one process) and through the
+# sdgen binary (prompt file to PNGs, model load included) with the default
+# --max-batch and --max-batch 1, back to back on the same GPU.
+mixed_prompts() {
+  local n=${MIXED_PROMPTS:-64}
+  log "mixed prompts: $n different prompts, $steps steps, 512x512"
+  bench_timeout=${MIXED_TIMEOUT:-400} bench fp16-mixed$n --dtype fp16 --channels-last on \
+    --batch-sizes 1 --repeats 1 --mixed-prompts "$n"
+  ninja -C "$build" -j"$(nproc)" sdgen >"$out/build-sdgen.log" 2>&1 ||
+    { log "sdgen did not build: the prompt-file run is skipped"; return; }
+  local dir="$out/mixed-cli" subjects styles i
+  mkdir -p "$dir"
+  subjects=("an astronaut riding a horse" "a red fox in the snow" "a lighthouse at dusk"
+    "a bowl of ramen" "a castle on a hill" "a cat wearing a hat" "a city street in the rain")
+  styles=("oil painting" "photograph, 4k" "watercolor, soft light" "detailed illustration"
+    "pencil sketch")
+  : >"$dir/prompts.txt"
+  for ((i = 0; i < n; i++)); do
+    local negative=""
+    [ $((i % 2)) = 1 ] && negative=', "negative_prompt": "blurry, low quality"'
+    echo "{\"prompt\": \"${subjects[i % 7]}, ${styles[(i / 7) % 5]}, variation $i\", \"seed\": $((1000 + i))$negative}" >>"$dir/prompts.txt"
+  done
+  local label args start end count
+  for label in default 1; do
+    args=()
+    [ "$label" = default ] || args=(--max-batch "$label")
+    rm -rf "$dir/max-batch-$label"
+    start=$(date +%s.%N)
+    timeout "${MIXED_TIMEOUT:-400}" "$build/sdgen" --model "$ckpt" --tokenizer "$shared/data/clip" \
+      --device cuda --dtype fp16 --steps "$steps" -W 512 -H 512 --prompt-file "$dir/prompts.txt" \
+      -o "$dir/max-batch-$label/{index}.png" -q --json "${args[@]}" \
+      >"$dir/max-batch-$label.jsonl" 2>"$dir/max-batch-$label.err"
+    local rc=$?
+    end=$(date +%s.%N)
+    count=$(find "$dir/max-batch-$label" -name '*.png' 2>/dev/null | wc -l)
+    log "sdgen --prompt-file, --max-batch $label: rc $rc, $count images in $(awk "BEGIN{printf \"%.1f\", $end - $start}") s, $(awk "BEGIN{printf \"%.2f\", $count / ($end - $start)}") images/s (load included)"
+  done
+}
+
 log "bench ($model)"
+if [ "${BENCH_MIXED_ONLY:-0}" = 1 ] && [ "$model" = sd15 ]; then
+  mixed_prompts
+  log "done"
+  exit 0
+fi
 if [ "$model" = sdxl ]; then
   bench sdxl-fp16-graphs-cl --dtype fp16 --channels-last on --batch-sizes 1 --repeats 2
   bench sdxl-fp16-eager-cl --dtype fp16 --channels-last on --no-cuda-graphs --batch-sizes 1 \
@@ -99,6 +148,7 @@ if [ "$model" = sdxl ]; then
 fi
 # Main configuration (the defaults), then one optimisation off at a time.
 bench fp16-graphs-cl --dtype fp16 --channels-last on
+mixed_prompts
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
   bench fp16-graphs --dtype fp16 --channels-last off --batch-sizes 1
   log "bench done"; exit 0

@@ -123,27 +123,12 @@ torch::Tensor Pipeline::sample_image_latents(const torch::Tensor& image, Generat
          model_.vae->config().scaling_factor;
 }
 
-// Pipeline::encode_prompts and prompt_chunk_count (A1111 prompt syntax and
-// 75-token chunks) are in pipeline_prompts.cpp.
-
-// Follows diffusers' StableDiffusionPipeline.__call__: encode_prompt (negative
-// first, [uncond, cond] batched when guidance > 1), prepare_latents (CPU
-// randn from the seeded generator, times init_noise_sigma), the denoising
-// loop with classifier-free guidance, then vae.decode(latents / scaling_factor).
-GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallback& on_step) {
-  validate(r);
-  torch::NoGradGuard no_grad;
-  using Clock = std::chrono::steady_clock;
-  auto seconds_since = [](Clock::time_point t0) {
-    return std::chrono::duration<double>(Clock::now() - t0).count();
-  };
-  GenerationResult out;
-  embeddings_used_.clear();
+// The UNet's text conditioning of one request, as generate() batches it:
+// context rows [uncond x batch, cond x batch] (cond only without guidance)
+// and SDXL's addition embedding rows in the same order.
+Pipeline::Conditioning Pipeline::encode_conditioning(const GenerationRequest& r) {
   const int64_t batch = r.batch_size;
   const bool guided = r.cfg_scale > 1.0;
-
-  synchronize();
-  auto clock = Clock::now();
   // num_images_per_prompt copies of each embedding (prompt_embeds.repeat(1, n, 1)).
   // Long prompts (A1111 75-token chunks): prompt and negative prompt are
   // padded to the same number of chunks so that they batch together.
@@ -184,6 +169,62 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
     }
     added = unet_->addition_embedding(text_embeds, ids.to(model_.device));
   }
+  return {context, added};
+}
+
+// img2img (StableDiffusionImg2ImgPipeline.get_timesteps): the index of the
+// first timestep to run, steps - int(steps * strength) steps (times the
+// scheduler order) in; 0 for txt2img. Sets the scheduler's begin index.
+size_t Pipeline::first_step_index(const GenerationRequest& r, Scheduler& scheduler) const {
+  if (!r.init_image.defined()) return 0;
+  const int init_timestep = std::min(static_cast<int>(r.steps * r.strength), r.steps);
+  const int t_start = std::max(r.steps - init_timestep, 0);
+  const size_t first_step = static_cast<size_t>(t_start) * static_cast<size_t>(scheduler.order());
+  scheduler.set_begin_index(static_cast<int>(first_step));
+  return first_step;
+}
+
+// The starting latents of txt2img and img2img without a mask (prepare_latents),
+// drawn from `generator` in diffusers' order.
+torch::Tensor Pipeline::initial_latents(const GenerationRequest& r, Scheduler& scheduler,
+                                        Generator& generator, size_t first_step) {
+  const int64_t batch = r.batch_size;
+  const int factor = model_.vae->downsample_factor();
+  const int64_t channels = model_.vae->config().latent_channels;
+  const int64_t lh = r.height / factor, lw = r.width / factor;
+  if (!r.init_image.defined()) {
+    auto latents = generator.randn({batch, channels, lh, lw}).to(model_.device, model_.dtype);
+    return latents * scheduler.init_noise_sigma();
+  }
+  // prepare_latents: posterior sample (drawn first), scaled, repeated for
+  // the batch, then noised to the first timestep with a second draw.
+  auto image = preprocess_image(r.init_image, r.height, r.width);
+  auto init = sample_image_latents(image, generator).repeat({batch, 1, 1, 1});
+  auto noise = generator.randn(init.sizes()).to(model_.device, model_.dtype);
+  return scheduler.add_noise(init, noise, scheduler.timesteps()[first_step]);
+}
+
+// Pipeline::encode_prompts and prompt_chunk_count (A1111 prompt syntax and
+// 75-token chunks) are in pipeline_prompts.cpp.
+
+// Follows diffusers' StableDiffusionPipeline.__call__: encode_prompt (negative
+// first, [uncond, cond] batched when guidance > 1), prepare_latents (CPU
+// randn from the seeded generator, times init_noise_sigma), the denoising
+// loop with classifier-free guidance, then vae.decode(latents / scaling_factor).
+GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallback& on_step) {
+  validate(r);
+  torch::NoGradGuard no_grad;
+  using Clock = std::chrono::steady_clock;
+  auto seconds_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  GenerationResult out;
+  embeddings_used_.clear();
+  const int64_t batch = r.batch_size;
+
+  synchronize();
+  auto clock = Clock::now();
+  const auto [context, added] = encode_conditioning(r);
   synchronize();
   out.timings.text_s = seconds_since(clock);
   clock = Clock::now();
@@ -198,30 +239,14 @@ GenerationResult Pipeline::generate(const GenerationRequest& r, const StepCallba
   const bool inpaint_unet = model_.unet->config().in_channels != channels;
   const bool inpainting = r.mask.defined() || inpaint_unet;
   torch::Tensor latents;
-  size_t first_step = 0;
-  if (r.init_image.defined()) {
-    // StableDiffusionImg2ImgPipeline.get_timesteps: skip the first
-    // steps - int(steps * strength) steps (times the scheduler order).
-    const int init_timestep = std::min(static_cast<int>(r.steps * r.strength), r.steps);
-    const int t_start = std::max(r.steps - init_timestep, 0);
-    first_step = static_cast<size_t>(t_start) * static_cast<size_t>(scheduler->order());
-    scheduler->set_begin_index(static_cast<int>(first_step));
-  }
+  const size_t first_step = first_step_index(r, *scheduler);
   // Inpainting: the mask at the latents' size (1 = repaint), the masked
   // image's latents (9-channel UNets), the image latents and the noise (the
   // blend of plain UNets).
   torch::Tensor mask_latents, masked_image_latents, image_latents, noise;
   torch::Tensor mask;  // [1, 1, H, W] of 0 (keep) and 1 (repaint), also for paste-back
-  if (!inpainting && !r.init_image.defined()) {
-    latents = generator.randn({batch, channels, lh, lw}).to(model_.device, model_.dtype);
-    latents = latents * scheduler->init_noise_sigma();
-  } else if (!inpainting) {
-    // prepare_latents: posterior sample (drawn first), scaled, repeated for
-    // the batch, then noised to the first timestep with a second draw.
-    auto image = preprocess_image(r.init_image, r.height, r.width);
-    auto init = sample_image_latents(image, generator).repeat({batch, 1, 1, 1});
-    noise = generator.randn(init.sizes()).to(model_.device, model_.dtype);
-    latents = scheduler->add_noise(init, noise, scheduler->timesteps()[first_step]);
+  if (!inpainting) {
+    latents = initial_latents(r, *scheduler, generator, first_step);
   } else {
     // StableDiffusionInpaintPipeline.__call__: prepare_latents (the image's
     // posterior sample, drawn only for a plain UNet or strength < 1, then
@@ -349,7 +374,8 @@ torch::Tensor combine_guidance(const torch::Tensor& uncond, const torch::Tensor&
 
 torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
                                      const torch::Tensor& context, const torch::Tensor& added,
-                                     const GenerationRequest& r) {
+                                     const GenerationRequest& r,
+                                     const std::vector<int64_t>& splits) {
   const bool guided = r.cfg_scale > 1.0;
 #ifdef SDGEN_WITH_CUDA
   if (model_.device.is_cuda() && model_.cuda_graphs && !graphs_failed_) {
@@ -387,7 +413,20 @@ torch::Tensor Pipeline::guided_noise(const torch::Tensor& latents, double t,
   auto t_tensor = torch::full({model_input.size(0)}, t,
                               torch::TensorOptions().dtype(torch::kFloat32).device(model_.device));
   auto noise_pred = unet_->forward(model_input, t_tensor, context, added);
-  if (guided) {
+  if (guided && splits.size() > 1) {
+    // A mixed batch: each request's guidance on its own rows, so that the
+    // rescale's per-image standard deviations reduce exactly as alone.
+    const int64_t half = noise_pred.size(0) / 2;
+    std::vector<torch::Tensor> parts;
+    int64_t offset = 0;
+    for (const int64_t n : splits) {
+      parts.push_back(combine_guidance(noise_pred.narrow(0, offset, n),
+                                       noise_pred.narrow(0, half + offset, n), r.cfg_scale,
+                                       r.guidance_rescale));
+      offset += n;
+    }
+    noise_pred = torch::cat(parts, 0);
+  } else if (guided) {
     auto chunks = noise_pred.chunk(2, 0);
     noise_pred = combine_guidance(chunks[0], chunks[1], r.cfg_scale, r.guidance_rescale);
   }

@@ -1,16 +1,22 @@
 // End to end through the `sdgen` binary on the tiny model: prompt files with
 // --shard, bad lines, --skip-existing after a killed run, --from-png
-// reproducing an image byte for byte, --json parsed back, --info, exit codes.
+// reproducing an image byte for byte, --json parsed back, --info, exit codes,
+// --max-batch (mixed-prompt batches) against one entry at a time.
 // Images are 64x64 with 2-4 steps, so each run takes about a second.
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "cli/resources.h"
+#include "cli/session.h"
 #include "sdgen/image_io.h"
+#include "sdgen/memory_estimate.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -259,6 +265,159 @@ TEST(CLIBatch, InfoAndExitCodes) {
       << log;
   EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
   EXPECT_EQ(log.rfind("sdgen: error: ", 0), 0u) << log;
+}
+
+// --max-batch: a prompt file run in mixed-prompt batches writes the same PNG
+// bytes, --json lines (but their timings), errors and exit code as one entry
+// at a time, also with a bad line in the middle, --skip-existing, --shard and
+// --batch-count.
+
+std::map<std::string, std::string> png_bytes(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  if (!fs::exists(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".png") out[e.path().filename().string()] = read_file(e.path());
+  return out;
+}
+
+// The --json lines of `output` with the timings dropped and `dir` cut from
+// the paths; other lines (none with -q but errors on stderr) kept as they are.
+std::vector<std::string> json_lines(const std::string& output, const std::string& dir) {
+  std::vector<std::string> out;
+  std::istringstream in(output);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] != '{') {
+      if (line.rfind("sdgen: done", 0) != 0) out.push_back(line);  // its time differs
+      continue;
+    }
+    auto j = nlohmann::json::parse(line);
+    j.erase("timings");
+    std::string path = j["path"];
+    if (path.rfind(dir, 0) == 0) j["path"] = path.substr(dir.size());
+    out.push_back(j.dump());
+  }
+  return out;
+}
+
+// Mixed entries: batchable runs of plain lines, prompts of other lengths and
+// weights, negative prompts, other seeds and batch sizes, entries that split a
+// batch (steps, size, sampler, a two-chunk prompt), and a bad line.
+std::string mixed_prompts() {
+  std::string long_words;  // two 75-token chunks
+  for (int i = 0; i < 40; ++i) long_words += "blue house, ";
+  return "a red fox\n"
+         "{\"prompt\": \"a (blue:1.3) cat\", \"negative_prompt\": \"blurry\", \"seed\": 7}\n"
+         "a green tree, [small], oil painting, detailed\n"
+         "{\"prompt\": \"two birds\", \"batch_size\": 2, \"clip_skip\": 2}\n"
+         "{\"prompt\": \"a house\", \"steps\": 3}\n"
+         "{\"prompt\": \"a boat\", \"steps\": 3, \"seed\": 9}\n"
+         "{\"prompt\": \"broken\", \"width\": 60}\n"
+         "a mountain lake\n"
+         "{\"prompt\": \"a wide sky\", \"width\": 96}\n"
+         "{\"prompt\": \"a desert road\", \"sampler\": \"euler_a\", \"seed\": 11}\n"
+         "{\"prompt\": \"a forest road\", \"sampler\": \"euler_a\", \"seed\": 12}\n"
+         "{\"prompt\": \"" +
+         long_words + "\"}\n{\"prompt\": \"" + long_words +
+         " again\", \"seed\": 3}\n"
+         "the last line\n";
+}
+
+struct SdgenRun {
+  int code = 0;
+  std::string output;
+};
+
+SdgenRun run_sdgen(const std::string& dir, const std::string& args) {
+  SdgenRun r;
+  r.code = test::run(sdgen_cmd(dir) + args, &r.output);
+  return r;
+}
+
+TEST(CLIMaxBatch, MixedBatchesWriteWhatOneAtATimeWrites) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("maxbatch");
+  write_file(dir + "/p.txt", mixed_prompts());
+  const std::string common = "--steps 2 --seed 100 -q --json --prompt-file " + q(dir + "/p.txt");
+  const auto one = run_sdgen(dir, common + " --max-batch 1 -o " + q(dir + "/one/{index}.png"));
+  const auto four = run_sdgen(dir, common + " --max-batch 4 -o " + q(dir + "/four/{index}.png"));
+  // The bad line (7, index 7) fails the run, the rest is written.
+  EXPECT_EQ(one.code, 2) << one.output;
+  EXPECT_EQ(four.code, one.code) << four.output;
+  EXPECT_NE(one.output.find("p.txt line 7: \"width\" 60"), std::string::npos) << one.output;
+  const auto a = png_bytes(dir + "/one"), b = png_bytes(dir + "/four");
+  EXPECT_EQ(a.size(), 14u);  // 15 images, the bad line's one missing
+  EXPECT_EQ(a.count("7.png"), 0u);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, bytes] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_TRUE(bytes == b.at(name)) << name << " differs with --max-batch 4";
+  }
+  EXPECT_EQ(json_lines(four.output, dir + "/four/"), json_lines(one.output, dir + "/one/"));
+
+  // Resume: --skip-existing with two images gone regenerates just those,
+  // byte for byte, and prints their lines only.
+  fs::remove(dir + "/four/1.png");
+  fs::remove(dir + "/four/9.png");
+  const auto resumed =
+      run_sdgen(dir, common + " --max-batch 4 --skip-existing -o " + q(dir + "/four/{index}.png"));
+  EXPECT_EQ(resumed.code, 2) << resumed.output;
+  EXPECT_EQ(png_bytes(dir + "/four"), a);
+  const auto lines = json_lines(resumed.output, dir + "/four/");
+  const auto json_count =
+      std::count_if(lines.begin(), lines.end(), [](const std::string& l) { return l[0] == '{'; });
+  EXPECT_EQ(json_count, 2) << resumed.output;
+
+  // A shard of the file with --batch-count 2: each entry's seeds join batches too.
+  const std::string shard = common + " --shard 1/2 --batch-count 2";
+  const auto s1 = run_sdgen(dir, shard + " --max-batch 1 -o " + q(dir + "/s1/{index}.png"));
+  const auto s8 = run_sdgen(dir, shard + " --max-batch 8 -o " + q(dir + "/s8/{index}.png"));
+  EXPECT_EQ(s8.code, s1.code) << s8.output;
+  EXPECT_FALSE(png_bytes(dir + "/s1").empty());
+  EXPECT_EQ(png_bytes(dir + "/s8"), png_bytes(dir + "/s1"));
+  EXPECT_EQ(json_lines(s8.output, dir + "/s8/"), json_lines(s1.output, dir + "/s1/"));
+}
+
+// The memory check of a mixed batch counts all its images: under a limit
+// between one image's estimate and four images', one job fits and four
+// together do not (the runner then starts a new batch instead).
+TEST(CLIMaxBatch, MemoryEstimateCountsTheWholeBatch) {
+  SDGEN_REQUIRE_SHARED();
+  cli::ModelSession session;
+  Settings run;
+  run.model = test::tiny_model_dir();
+  run.quiet = true;
+  cli::load_session(session, run, nullptr);
+  cli::Job job;
+  job.request.width = job.request.height = 512;
+  job.request.prompt = "a red fox";
+  MemorySettings settings;
+  settings.dtype = session.model->dtype;
+  settings.vae_dtype = session.model->vae_dtype;
+  const auto footprint = model_footprint(*session.model);
+  MemoryRequest request = cli::memory_request(job.request);
+  const int64_t one = estimate_memory(footprint, settings, request).total;
+  request.batch_size = 4;
+  const int64_t four = estimate_memory(footprint, settings, request).total;
+  ASSERT_GT(four, one);
+  const std::string limit = std::to_string((one + four) / 2 / kMiB);
+  ASSERT_EQ(setenv("SDGEN_MEMORY_LIMIT_MB", limit.c_str(), 1), 0);
+  const std::vector<const cli::Job*> alone{&job}, batch(4, &job);
+  EXPECT_EQ(cli::jobs_memory_problem(session, alone), "");
+  EXPECT_EQ(cli::job_memory_problem(session, job), "");
+  const std::string problem = cli::jobs_memory_problem(session, batch);
+  unsetenv("SDGEN_MEMORY_LIMIT_MB");
+  EXPECT_NE(problem.find("batch 4"), std::string::npos) << problem;
+}
+
+TEST(CLIMaxBatch, RejectsABadMaxBatch) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("maxbatch-bad");
+  write_file(dir + "/p.txt", "a\n");
+  const auto r = run_sdgen(
+      dir, "--max-batch 0 -q --prompt-file " + q(dir + "/p.txt") + " -o " + q(dir + "/x.png"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--max-batch"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -148,6 +148,26 @@ TEST(CLISignals, SigintAfterTheFirstImage) {
   EXPECT_EQ(files_in(dir + "/out"), std::vector<std::string>{"0.png"});
 }
 
+// --max-batch 2: SIGINT once the first image is there lets that batch's
+// second image be written (a batch is written whole, never half) and stops
+// the next batch.
+TEST(CLISignals, SigintDuringAMixedPromptBatchRun) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("signals-batch");
+  const Child c = start_sdgen(dir, slow_prompt_file_args(dir) + " --max-batch 2");
+  ASSERT_GT(c.pid, 0);
+  ASSERT_TRUE(wait_for_file(dir + "/out/0.png", 300)) << read_text(c.stderr_path);
+  ::kill(c.pid, SIGINT);
+  const int status = wait_for(c.pid, 120);
+  const std::string err = read_text(c.stderr_path);
+  ASSERT_TRUE(WIFEXITED(status)) << "status " << status << "\n" << err;
+  EXPECT_EQ(WEXITSTATUS(status), 130) << err;
+  EXPECT_NE(err.find("sdgen: interrupted (SIGINT): 2 images written"), std::string::npos) << err;
+  for (const char* name : {"0.png", "1.png"})
+    EXPECT_EQ(read_png(dir + "/out/" + name).pixels.size(0), 128) << name;
+  EXPECT_EQ(files_in(dir + "/out"), (std::vector<std::string>{"0.png", "1.png"}));
+}
+
 TEST(CLISignals, SecondSigintExitsAtOnce) {
   SDGEN_REQUIRE_SHARED();
   const auto dir = test::temp_dir("signals");

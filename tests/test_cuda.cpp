@@ -144,6 +144,42 @@ TEST(Cuda, GraphIsRecapturedWhenTheSizeChanges) {
   }
 }
 
+// Mixed-prompt batches (Pipeline::generate_batch) on the GPU: every image
+// within the fp16 tolerance above of the image its request makes alone (the
+// batch's kernels may pick other algorithms than batch 1's), in fp16 with
+// graphs and eagerly, for a deterministic and an ancestral sampler.
+TEST(Cuda, MixedPromptBatchesMatchImagesAlone) {
+  SDGEN_REQUIRE_SHARED();
+  SDGEN_REQUIRE_CUDA();
+  for (bool graphs : {true, false}) {
+    auto model = load_cuda(torch::kFloat16, graphs);
+    sdgen::Pipeline pipeline(model);
+    for (auto sampler : {sdgen::Sampler::ddim, sdgen::Sampler::euler_a}) {
+      std::vector<sdgen::GenerationRequest> rs(4, sdgen::test::golden_request("ddim"));
+      const char* prompts[] = {"a red fox in the snow", "a (blue:1.4) cat", "",
+                               "an old lighthouse at dusk"};
+      for (size_t k = 0; k < rs.size(); ++k) {
+        rs[k].sampler = sampler;
+        rs[k].steps = 4;
+        rs[k].prompt = prompts[k];
+        rs[k].negative_prompt = k % 2 ? "blurry" : "";
+        rs[k].seed = 10 + k;
+      }
+      rs[2].batch_size = 2;
+      const auto batched = pipeline.generate_batch(rs);
+      ASSERT_EQ(batched.size(), rs.size());
+      for (size_t k = 0; k < rs.size(); ++k) {
+        const auto alone = pipeline.generate(rs[k]);
+        const double u8 = max_abs_diff(batched[k].images_u8, alone.images_u8);
+        std::cout << "[cuda batch] fp16 " << (graphs ? "graphs " : "eager ")
+                  << sdgen::to_string(sampler) << " request " << k << ": u8 max diff " << u8
+                  << "\n";
+        EXPECT_LE(u8, 4.0) << sdgen::to_string(sampler) << " request " << k;
+      }
+    }
+  }
+}
+
 TEST(Cuda, LoadsThroughPinnedStagingIntoTheRequestedDtype) {
   SDGEN_REQUIRE_SHARED();
   SDGEN_REQUIRE_CUDA();

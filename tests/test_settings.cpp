@@ -36,8 +36,8 @@ TEST(Settings, RowsAreConsistent) {
   }
   // The 38 of cli::Options before the table, --vae, --timestep-spacing,
   // SDXL's six size/crop settings, --lora, --lora-dir, --embeddings-dir and
-  // inpainting's --mask, --paste-back and --mask-blur.
-  EXPECT_EQ(names.size(), 52u);
+  // inpainting's --mask, --paste-back and --mask-blur, and --max-batch.
+  EXPECT_EQ(names.size(), 53u);
   EXPECT_EQ(prompt_file_keys(), std::vector<std::string>({"prompt",
                                                           "negative_prompt",
                                                           "steps",

@@ -8,7 +8,9 @@
 // search), generates timed images and prints ONE JSON line on stdout:
 // device, dtype, batch, size, steps, load s, text-encode s, UNet it/s, VAE
 // decode s, total s per image, images/s per batch size, peak GPU memory and
-// peak resident memory. Progress goes to stderr.
+// peak resident memory. Progress goes to stderr. --mixed-prompts N adds the
+// images/s of N different prompts (and seeds) generated as a prompt file
+// would be: in mixed-prompt batches of --max-batch, and one at a time.
 
 #include <algorithm>
 #include <chrono>
@@ -54,8 +56,52 @@ struct Options {
   int threads = 0;
   std::string label;
   bool load_only = false;
-  int lora_rank = 0;  // > 0: time merging a random LoRA of this rank
+  int lora_rank = 0;                  // > 0: time merging a random LoRA of this rank
+  int mixed_prompts = 0;              // > 0: images/s of this many different prompts
+  int max_batch = 0;                  // their batch (default: 8 on CUDA, 4 on CPU)
+  bool one_call_cpu_batches = false;  // CPU: one UNet call per batch (not bit-exact)
 };
+
+// `n` different prompts and seeds of one-chunk length, some with a negative
+// prompt, as a prompt file of different subjects would give.
+std::vector<sdgen::GenerationRequest> mixed_requests(const sdgen::GenerationRequest& base, int n) {
+  const char* subjects[] = {"an astronaut riding a horse", "a red fox in the snow",
+                            "a lighthouse at dusk",        "a bowl of ramen",
+                            "a castle on a hill",          "a cat wearing a hat",
+                            "a city street in the rain"};
+  const char* styles[] = {"oil painting", "photograph, 4k", "watercolor, soft light",
+                          "(detailed:1.2) illustration", "pencil sketch"};
+  std::vector<sdgen::GenerationRequest> out;
+  for (int i = 0; i < n; ++i) {
+    sdgen::GenerationRequest r = base;
+    r.prompt = std::string(subjects[i % 7]) + ", " + styles[(i / 7) % 5] + ", variation " +
+               std::to_string(i);
+    r.negative_prompt = i % 2 ? "blurry, low quality" : "";
+    r.seed = 1000 + static_cast<uint64_t>(i);
+    r.batch_size = 1;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+// Seconds to generate `requests` in consecutive batches of up to
+// `max_batch`; their uint8 images in `images`.
+double time_mixed(sdgen::Pipeline& pipeline, const std::vector<sdgen::GenerationRequest>& requests,
+                  int max_batch, std::vector<torch::Tensor>& images) {
+  images.clear();
+  const auto start = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < requests.size(); i += static_cast<size_t>(max_batch)) {
+    const size_t end = std::min(requests.size(), i + static_cast<size_t>(max_batch));
+    const std::vector<sdgen::GenerationRequest> batch(requests.begin() + static_cast<long>(i),
+                                                      requests.begin() + static_cast<long>(end));
+    for (const auto& res : pipeline.generate_batch(batch)) {
+      if (!torch::isfinite(res.images).all().item<bool>())
+        throw sdgen::Error("a mixed-prompt benchmark image has non-finite values");
+      images.push_back(res.images_u8);
+    }
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 // A random LoRA of `rank` on the layers kohya's LoRA trains by default (the
 // transformer blocks' linear layers of the UNet, the text encoders'
@@ -180,6 +226,7 @@ int run(const Options& o) {
   }
 
   sdgen::Pipeline pipeline(model);
+  pipeline.set_exact_cpu_batches(!o.one_call_cpu_batches);
   auto request_for = [&](int batch, int steps) {
     sdgen::GenerationRequest r;
     r.prompt = "a photograph of an astronaut riding a horse on the moon, detailed, 4k";
@@ -239,6 +286,39 @@ int run(const Options& o) {
       peak_alloc_main = mb(gpu.peak_allocated_bytes);
       peak_reserved_main = mb(gpu.peak_reserved_bytes);
     }
+  }
+  if (o.mixed_prompts > 0) {
+    // A prompt file's throughput: each image its own prompt, negative prompt
+    // and seed, in mixed-prompt batches against one request at a time.
+    const int max_batch = o.max_batch > 0 ? o.max_batch : (device.is_cuda() ? 8 : 4);
+    const auto requests = mixed_requests(request_for(1, o.steps), o.mixed_prompts);
+    if (o.warmup_steps > 0) {
+      say("warm-up, mixed batch " + std::to_string(max_batch));
+      pipeline.generate_batch(mixed_requests(request_for(1, o.warmup_steps), max_batch));
+    }
+    std::vector<torch::Tensor> batched_images, single_images;
+    const double batched_s = time_mixed(pipeline, requests, max_batch, batched_images);
+    say(std::to_string(o.mixed_prompts) + " mixed prompts, max batch " + std::to_string(max_batch) +
+        ": " + std::to_string(batched_s) + " s");
+    if (o.warmup_steps > 0) pipeline.generate(request_for(1, o.warmup_steps));
+    const double single_s = time_mixed(pipeline, requests, 1, single_images);
+    say(std::to_string(o.mixed_prompts) +
+        " mixed prompts, one at a time: " + std::to_string(single_s) + " s");
+    // Batched against alone: 0 on the CPU in fp32, a few levels in fp16.
+    double max_u8_diff = 0;
+    for (size_t k = 0; k < batched_images.size(); ++k)
+      max_u8_diff = std::max(
+          max_u8_diff, (batched_images[k].to(torch::kInt32) - single_images[k].to(torch::kInt32))
+                           .abs()
+                           .max()
+                           .item<double>());
+    result["mixed_prompts"] = o.mixed_prompts;
+    result["mixed_max_batch"] = max_batch;
+    result["mixed_images_per_s"] = o.mixed_prompts / batched_s;
+    result["mixed_images_per_s_max_batch_1"] = o.mixed_prompts / single_s;
+    result["mixed_speedup"] = single_s / batched_s;
+    result["mixed_max_u8_diff"] = max_u8_diff;
+    result["mixed_one_call"] = device.is_cuda() || o.one_call_cpu_batches;
   }
   const auto gpu = sdgen::peak_gpu_memory(device);
   result["label"] = o.label;
@@ -312,6 +392,14 @@ int main(int argc, char** argv) {
   app.add_option("--lora-rank", o.lora_rank,
                  "Also time merging and restoring a random LoRA of this rank (kohya's default "
                  "layers)");
+  app.add_option("--mixed-prompts", o.mixed_prompts,
+                 "Also time N different prompts and seeds (a prompt file) in mixed-prompt batches "
+                 "and one at a time: mixed_images_per_s, mixed_images_per_s_max_batch_1");
+  app.add_option("--max-batch", o.max_batch,
+                 "Images per mixed-prompt batch (default: 8 on CUDA, 4 on CPU)");
+  app.add_flag("--one-call-cpu-batches", o.one_call_cpu_batches,
+               "CPU: run a mixed batch's UNet and VAE as one call, as on CUDA (within rounding "
+               "of alone), instead of per request (bit for bit)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

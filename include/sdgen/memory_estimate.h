@@ -61,6 +61,9 @@ struct MemorySettings {
 struct MemoryRequest {
   int width = 512;
   int height = 512;
+  // Images in the UNet batch and the VAE decode: a mixed-prompt batch
+  // (Pipeline::generate_batch) counts every request's images; its text
+  // encoder and VAE encoder run one request at a time, as alone.
   int batch_size = 1;
   bool guided = true;  // classifier-free guidance: the UNet runs on 2 x batch
   bool vae_tiling = false;

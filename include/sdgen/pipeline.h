@@ -164,6 +164,35 @@ class Pipeline {
   LongPrompt long_prompt() const { return long_prompt_; }
   GenerationResult generate(const GenerationRequest& request, const StepCallback& on_step = {});
 
+  // Mixed-prompt batching (pipeline_batch.cpp): why `b` cannot share the UNet
+  // calls of generate_batch with `a`, or "" when it can. Requests share a
+  // batch when they run the same schedule on the same latent shape with the
+  // same guidance: size, steps, sampler, schedule, spacing, eta, guidance
+  // scale and rescale, VAE tiling, txt2img or img2img of the same strength,
+  // and the same text-context length (77 x the chunks of the longer of
+  // prompt and negative prompt). Prompts, negative prompts, weights,
+  // embeddings, clip skip, seeds, batch sizes and init images may differ.
+  // Inpainting (a mask or an inpainting UNet) never batches.
+  std::string batch_mismatch(const GenerationRequest& a, const GenerationRequest& b) const;
+  // Several compatible requests (batch_mismatch "" for each against the
+  // first) through one UNet call per step. Each request keeps its own text
+  // conditioning, seeded Generator, noise and scheduler (so ancestral and
+  // other noise-adding samplers draw from each request's own generator), and
+  // result k is the one generate(requests[k]) gives: bit for bit on the CPU
+  // (set_exact_cpu_batches), within fp16 rounding on CUDA. `on_step` sees the batch's
+  // latents (all requests, in order). Timings are the batch's.
+  std::vector<GenerationResult> generate_batch(const std::vector<GenerationRequest>& requests,
+                                               const StepCallback& on_step = {});
+  // On the CPU generate_batch runs each request's UNet call and VAE decode
+  // on its own rows, bit for bit as alone (the CPU's matrix products round a
+  // row by its place in the product); false batches them in one call as on
+  // CUDA: faster where batching pays, within float rounding of alone.
+  void set_exact_cpu_batches(bool exact) { exact_cpu_batches_ = exact; }
+  // The embeddings each request of the last generate_batch used, in order.
+  const std::vector<std::vector<std::string>>& batch_embeddings_used() const {
+    return batch_embeddings_used_;
+  }
+
   // Textual-inversion embeddings a prompt may name (A1111: the file name as a
   // word; its vectors take as many token places); replaces the previous set.
   void set_embeddings(std::vector<TextualInversion> embeddings);
@@ -183,8 +212,24 @@ class Pipeline {
   // The guided UNet step for the current latents; replays a captured CUDA
   // graph when the model runs on CUDA with graphs enabled.
   // `added`: SDXL's addition embedding rows for the UNet batch (undefined otherwise).
+  // `splits`: the images of each request in a mixed batch (generate_batch);
+  // the eager path combines guidance per request, as each would alone.
   torch::Tensor guided_noise(const torch::Tensor& latents, double t, const torch::Tensor& context,
-                             const torch::Tensor& added, const GenerationRequest& request);
+                             const torch::Tensor& added, const GenerationRequest& request,
+                             const std::vector<int64_t>& splits = {});
+  // One request's text conditioning: context rows [uncond x batch, cond x
+  // batch] (cond only without guidance) and SDXL's addition embedding rows
+  // in the same order (undefined otherwise).
+  struct Conditioning {
+    torch::Tensor context, added;
+  };
+  Conditioning encode_conditioning(const GenerationRequest& request);
+  // img2img: the first timestep index to run (sets the scheduler's begin
+  // index); 0 for txt2img.
+  size_t first_step_index(const GenerationRequest& request, Scheduler& scheduler) const;
+  // txt2img / img2img (no mask) starting latents, drawn in diffusers' order.
+  torch::Tensor initial_latents(const GenerationRequest& request, Scheduler& scheduler,
+                                Generator& generator, size_t first_step);
   // VAE decode of final latents, in the VAE's dtype; an fp16/bf16 decode that
   // overflows is redone in fp32 with a warning, and this pipeline keeps an
   // fp32 copy of the VAE for later decodes (the model's VAE is left as is).
@@ -209,6 +254,7 @@ class Pipeline {
   AutoencoderKL vae_;
   torch::ScalarType vae_dtype_;
   bool vae_fp32_fallback_ = false;
+  bool exact_cpu_batches_ = true;
   LongPrompt long_prompt_ = LongPrompt::chunks;
   struct EmbeddingEntry {
     TextualInversion embedding;
@@ -216,6 +262,7 @@ class Pipeline {
   };
   std::vector<EmbeddingEntry> embeddings_;
   std::vector<std::string> embeddings_used_;
+  std::vector<std::vector<std::string>> batch_embeddings_used_;
   std::unique_ptr<UNetGraph> graph_;
   bool graph_context_set_ = false;
   bool graphs_failed_ = false;

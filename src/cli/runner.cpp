@@ -51,6 +51,8 @@ torch::Tensor read_mask_image(const std::string& path) {
 }
 
 void Runner::report(int code, const std::string& where, const std::string& message) {
+  // The jobs waiting for a batch come before this message in file order.
+  flush_pending();
   if (progress_) progress_->clear();
   std::cerr << "sdgen: error: " << where << one_line(message) << std::endl;
   if (first_error_code_ == kExitOk) first_error_code_ = code;
@@ -213,6 +215,7 @@ int Runner::run() {
     }
     index_base += images;
   }
+  flush_pending();
   progress_->clear();
   if (interrupted()) {
     std::cerr << interrupted_line(images_written_) << std::endl;

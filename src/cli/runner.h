@@ -37,6 +37,12 @@ torch::Tensor read_init_image(const std::string& path);
 // when no pixel is white enough to repaint (>= 128).
 torch::Tensor read_mask_image(const std::string& path);
 
+// --max-batch when not given (0): images of one mixed-prompt UNet batch.
+// The CPU's from docs/performance.md ("Mixed-prompt batching"); CUDA's is a
+// cap, lowered by the memory estimate for large sizes.
+inline constexpr int kCpuDefaultMaxBatch = 1;
+inline constexpr int kCudaDefaultMaxBatch = 8;
+
 class Runner {
  public:
   explicit Runner(const CommandLine& command_line) : cli_(command_line.layer) {}
@@ -55,6 +61,23 @@ class Runner {
   std::vector<std::string> output_paths(const Job& job, int64_t index_base, int count, int line,
                                         uint64_t seed, int image_count) const;
   void run_entry(const PromptEntry& e, int64_t index_base, int entry_images);
+  // One job of an entry (one seed of its batch count) with the images to
+  // write: batch positions, image indices and output paths.
+  struct PendingJob {
+    Job job;
+    int line = 0;
+    std::string label;  // the progress label
+    int images = 0;     // the job's images (progress)
+    std::vector<int> positions;
+    std::vector<int64_t> indices;
+    std::vector<std::string> paths;
+  };
+  // runner_batch.cpp: jobs wait in pending_ while the next ones can join
+  // their UNet batch (--max-batch); flush_pending generates and writes them.
+  int max_batch_images() const;
+  void enqueue(PendingJob pending);
+  void flush_pending();
+  void generate_pending(std::vector<PendingJob>& batch);
   void write_image(const Job& job, const GenerationResult& result, int pos, int64_t index, int line,
                    const std::string& path, double total_s);
   void report(int code, const std::string& where, const std::string& message);
@@ -75,6 +98,7 @@ class Runner {
   ModelSession session_;  // the model, pipeline, LoRAs and embeddings (session.h)
   std::unique_ptr<Progress> progress_;
   std::map<std::string, int64_t> written_;  // output path -> image index, this run
+  std::vector<PendingJob> pending_;         // in file order, sharing one UNet batch
   std::map<std::string, torch::Tensor> init_images_;
   std::map<std::string, torch::Tensor> masks_;
   int64_t images_written_ = 0, images_skipped_ = 0, images_failed_ = 0, bad_lines_ = 0;

@@ -194,34 +194,21 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
       stop_ = true;
       break;
     }
-    std::string label = file_mode_ ? "line " + std::to_string(e.line) : std::string("sdgen");
+    PendingJob pending;
+    pending.job = job;
+    pending.line = e.line;
+    pending.label = file_mode_ ? "line " + std::to_string(e.line) : std::string("sdgen");
     if (batch_count > 1)
-      label += " (" + std::to_string(j + 1) + "/" + std::to_string(batch_count) + ")";
-    progress_->begin(label + " seed " + std::to_string(r.seed), r.steps, per_job);
-    const auto t0 = Clock::now();
-    GenerationResult result;
-    try {
-      Progress* progress = progress_.get();
-      result = generate_job(session_, job, [progress](const StepInfo& info, const torch::Tensor&) {
-        progress->step(info.index + 1, info.total);
-        throw_if_interrupted();  // abandons the image at this step boundary
-      });
-    } catch (const Interrupted&) {
-      progress_->end(false);
-      stop_ = true;
-      break;
-    } catch (const std::exception& err) {
-      images_failed_ += static_cast<int64_t>(todo.size());
-      progress_->end(false);
-      // Out of memory: one line with the estimate and what to try.
-      report(kExitGeneration, at, generation_error_text(err, *session_.model, memory_request(r)));
-      continue;
+      pending.label += " (" + std::to_string(j + 1) + "/" + std::to_string(batch_count) + ")";
+    pending.label += " seed " + std::to_string(r.seed);
+    pending.images = per_job;
+    for (int k : todo) {
+      pending.positions.push_back(positions[k]);
+      pending.indices.push_back(index_base + int64_t(j) * per_job + k);
+      pending.paths.push_back(paths[j][k]);
     }
-    const double total_s = seconds(t0, Clock::now());
-    progress_->end(true, result.timings.sampling_s);
-    for (int k : todo)
-      write_image(job, result, positions[k], index_base + int64_t(j) * per_job + k, e.line,
-                  paths[j][k], total_s);
+    // Generated at once, or with the next compatible jobs (runner_batch.cpp).
+    enqueue(std::move(pending));
   }
 }
 

@@ -226,6 +226,37 @@ GenerationResult generate_job(ModelSession& session, Job& job, const StepCallbac
   return result;
 }
 
+std::string jobs_batch_mismatch(const ModelSession& session, const Job& a, const Job& b) {
+  if (!(a.loras == b.loras)) return "the LoRAs differ";
+  return session.pipeline->batch_mismatch(a.request, b.request);
+}
+
+std::string jobs_memory_problem(ModelSession& session, const std::vector<const Job*>& jobs) {
+  if (jobs.empty()) return "";
+  // Same size and chunk count (batch_mismatch): the first job's request
+  // with every job's images.
+  const GenerationRequest& r = jobs.front()->request;
+  const int chunks = std::max(session.pipeline->prompt_chunk_count(r.prompt),
+                              session.pipeline->prompt_chunk_count(r.negative_prompt));
+  MemoryRequest request = memory_request(r, chunks);
+  request.batch_size = 0;
+  for (const Job* job : jobs) request.batch_size += job->request.batch_size;
+  request.lora_copy_bytes = session.loras->new_copy_bytes(jobs.front()->loras);
+  return memory_problem(*session.model, request);
+}
+
+std::vector<GenerationResult> generate_jobs(ModelSession& session, const std::vector<Job*>& jobs,
+                                            const StepCallback& on_step) {
+  if (jobs.empty()) return {};
+  session.loras->activate(jobs.front()->loras);
+  std::vector<GenerationRequest> requests;
+  for (const Job* job : jobs) requests.push_back(job->request);
+  auto results = session.pipeline->generate_batch(requests, on_step);
+  for (size_t k = 0; k < jobs.size(); ++k)
+    jobs[k]->embeddings_used = session.pipeline->batch_embeddings_used().at(k);
+  return results;
+}
+
 std::string image_parameters(const ModelSession& session, const Job& job, int pos) {
   ImageMetadata meta;
   meta.model_hash = session.model_hash10;

@@ -65,6 +65,20 @@ std::string job_memory_problem(ModelSession& session, const Job& job);
 // Merges the job's LoRAs and generates job.request; records the embeddings used.
 GenerationResult generate_job(ModelSession& session, Job& job, const StepCallback& on_step);
 
+// Mixed-prompt batching (--max-batch): why job `b` cannot share a UNet batch
+// with job `a`, or "" when it can (the pipeline's batch_mismatch, and the
+// same LoRAs at the same weights, merged once for the batch).
+std::string jobs_batch_mismatch(const ModelSession& session, const Job& a, const Job& b);
+
+// job_memory_problem for `jobs` generated as one batch (their images together).
+std::string jobs_memory_problem(ModelSession& session, const std::vector<const Job*>& jobs);
+
+// Merges the jobs' LoRAs (the same for all) and generates them as one batch
+// (Pipeline::generate_batch): result k is jobs[k]'s, as generate_job gives
+// it; records each job's embeddings.
+std::vector<GenerationResult> generate_jobs(ModelSession& session, const std::vector<Job*>& jobs,
+                                            const StepCallback& on_step);
+
 // The A1111 "parameters" text of image `pos` of the job's batch, as the PNG carries it.
 std::string image_parameters(const ModelSession& session, const Job& job, int pos);
 
