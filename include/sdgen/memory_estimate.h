@@ -84,7 +84,7 @@ struct MemoryRequest {
 // Bytes.
 struct MemoryEstimate {
   // All three parts in their dtypes; with MemorySettings::weights_as_stored
-  // on the CPU, the stored weights of the model that runs the peak stage.
+  // on the CPU, the largest model's stored weights (one model's at a time).
   int64_t weights = 0;
   int64_t text_encoder = 0;  // peak activations of each stage
   int64_t unet = 0;
