@@ -2,19 +2,22 @@
 # sdgen against stable-diffusion.cpp on this machine's CPU, side by side.
 #
 #   scripts/bench-cpu.sh [--sd-cli PATH] [--model CKPT] [--steps N] [--rounds R] [--threads T]
+#                        [--dtypes LIST]
 #
-# Runs sdgen-bench and (when --sd-cli is given) stable-diffusion.cpp's CLI on
-# the same checkpoint, size (512x512), sampler (Euler), guidance and threads,
-# alternating R rounds so that a noisy shared machine affects both alike, and
-# prints per-step time, fixed cost (load + text encoding + VAE decode), the
-# whole image, peak resident memory and the ratios. Without --model it makes a
+# Runs sdgen-bench (once per --dtype in LIST, comma-separated, default "auto";
+# e.g. fp32,fp32-lowmem) and (when --sd-cli is given) stable-diffusion.cpp's
+# CLI on the same checkpoint, size (512x512), sampler (Euler), guidance 7.5 and
+# threads, alternating R rounds so that a noisy shared machine affects all
+# alike, and prints per-step time, fixed cost (load + text encoding + VAE
+# decode), the whole image, peak resident memory and the ratios of
+# stable-diffusion.cpp to each sdgen dtype. Without --model it makes a
 # full-size SD1.5-shaped checkpoint of random fp16 weights from
 # ../shared/data/manifests.json. The repository does not contain or build
 # stable-diffusion.cpp: build it yourself and pass the binary.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SDGEN_BUILD_DIR:-$root/build}
-sdcli="" model="" steps=20 rounds=2 threads=$(nproc) extra=()
+sdcli="" model="" steps=20 rounds=2 threads=$(nproc) dtypes=auto extra=()
 while [ $# -gt 0 ]; do
   case $1 in
     --sd-cli) sdcli=$2; shift 2 ;;
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --dtypes) dtypes=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
     *) echo "bench-cpu.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -37,10 +41,12 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 prompt="a photograph of an astronaut riding a horse"
 
+# One JSON line per run in sdgen-<dtype>.jsonl (the last line sdgen-bench prints).
 run_sdgen() {
   "$build/sdgen-bench" --device cpu --model "$model" --tokenizer "$shared/data/clip" \
-    --steps "$steps" --sampler euler --warmup-steps 0 --repeats 1 --threads "$threads" \
-    "${extra[@]}" 2>>"$out/sdgen.err" | tail -1 >>"$out/sdgen.jsonl"
+    --steps "$steps" --sampler euler --cfg-scale 7.5 --warmup-steps 0 --repeats 1 \
+    --threads "$threads" --dtype "$1" "${extra[@]}" >"$out/sdgen.out" 2>>"$out/sdgen.err"
+  tail -n 1 "$out/sdgen.out" >>"$out/sdgen-$1.jsonl"
 }
 
 # stable-diffusion.cpp prints "sampling completed, taking Xs",
@@ -77,40 +83,56 @@ print(json.dumps({"total_s": wall_s, "sampling_s": sampling,
 PY
 }
 
+IFS=, read -r -a dtype_list <<<"$dtypes"
 for r in $(seq 1 "$rounds"); do
-  echo "round $r/$rounds: sdgen" >&2
-  run_sdgen
+  for d in "${dtype_list[@]}"; do
+    echo "round $r/$rounds: sdgen --dtype $d" >&2
+    run_sdgen "$d"
+  done
   if [ -n "$sdcli" ]; then
     echo "round $r/$rounds: stable-diffusion.cpp" >&2
     run_sdcpp "$r"
   fi
 done
 
-python3 - "$out" "$steps" <<'PY'
+python3 - "$out" "$steps" "$dtypes" <<'PY'
 import json, os, statistics, sys
-out, steps = sys.argv[1], int(sys.argv[2])
+out, steps, dtypes = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
 def rows(name):
     path = os.path.join(out, name)
     return [json.loads(l) for l in open(path)] if os.path.exists(path) else []
 def med(rs, key):
     vals = [r[key] for r in rs if r.get(key) is not None]
     return statistics.median(vals) if vals else None
-a, b = rows("sdgen.jsonl"), rows("sdcpp.jsonl")
-for r in a:  # sdgen-bench's total_s excludes loading; the process wall time includes it
-    r["whole_s"] = r["load_s"] + r["total_s"]
-for r in b:
+runs = [(f"sdgen {d}", rows(f"sdgen-{d}.jsonl")) for d in dtypes]
+sdcpp = rows("sdcpp.jsonl")
+for _, rs in runs:  # sdgen-bench's total_s excludes loading; the process wall time includes it
+    for r in rs:
+        r["whole_s"] = r["load_s"] + r["total_s"]
+for r in sdcpp:
     r["whole_s"] = r["total_s"]
-if a:
-    print("sdgen:", json.dumps(a[-1]))
+for name, rs in runs:
+    if rs:
+        print(f"{name}:", json.dumps(rs[-1]))
 fields = [("per step (CFG) s", "unet_step_s"), ("fixed cost s", "fixed_s"),
-          ("text encode s", "text_encode_s"), ("VAE decode s", "vae_decode_s"),
-          ("whole image s", "whole_s"), ("peak RSS MB", "peak_rss_mb")]
-print(f"\n{steps} steps, 512x512, Euler, median of {len(a)} sdgen / {len(b)} stable-diffusion.cpp runs")
-print(f"{'':20} {'sdgen':>10} {'sd.cpp':>10} {'sd.cpp/sdgen':>13}")
+          ("load s", "load_s"), ("text encode s", "text_encode_s"),
+          ("VAE decode s", "vae_decode_s"), ("whole image s", "whole_s"),
+          ("peak RSS MB", "peak_rss_mb")]
+cols = runs + ([("sd.cpp", sdcpp)] if sdcpp else [])
+print(f"\n{steps} steps, 512x512, Euler, guidance 7.5, median of "
+      + ", ".join(f"{len(rs)} {name}" for name, rs in cols) + " runs")
+header = f"{'':18}" + "".join(f" {name:>18}" for name, _ in cols)
+if sdcpp:
+    header += "".join(f" {'sd.cpp/' + name.split()[-1]:>18}" for name, _ in runs)
+print(header)
+def fmt(v):
+    return f" {v:18.2f}" if v is not None else f" {'-':>18}"
 for label, key in fields:
-    x, y = med(a, key), med(b, key)
-    ratio = f"{y / x:13.2f}" if x and y else f"{'-':>13}"
-    fx = f"{x:10.2f}" if x is not None else f"{'-':>10}"
-    fy = f"{y:10.2f}" if y is not None else f"{'-':>10}"
-    print(f"{label:20} {fx} {fy} {ratio}")
+    line = f"{label:18}" + "".join(fmt(med(rs, key)) for _, rs in cols)
+    if sdcpp:
+        y = med(sdcpp, key)
+        for _, rs in runs:
+            x = med(rs, key)
+            line += fmt(y / x if x and y else None)
+    print(line)
 PY

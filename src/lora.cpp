@@ -422,7 +422,7 @@ torch::Tensor LoraMerger::original(const std::string& id, const torch::Tensor& w
     if (src != comp->second.end() && src->second.sizes() == w.sizes()) {
       prefault_mapped_pages(src->second);
       const bool same = torch::equal(src->second.to(w.scalar_type()), w);
-      release_mapped_pages(src->second);
+      if (!model_.weights_as_stored) release_mapped_pages(src->second);  // else W's own pages
       if (same) {
         from_file_[id] = true;
         return originals_.emplace(id, src->second).first->second;
@@ -454,6 +454,11 @@ int64_t LoraMerger::new_copy_bytes(const std::vector<Item>& loras) const {
 
 void LoraMerger::put_back(const std::string& id) {
   const torch::Tensor& orig = originals_.at(id);
+  if (model_.weights_as_stored) {
+    // The stored weight itself again (the mapped file tensor: no copy).
+    parameter(id).set_data(orig);
+    return;
+  }
   parameter(id).copy_(orig);
   if (from_file_.count(id)) release_mapped_pages(orig);
 }
@@ -496,8 +501,17 @@ void LoraMerger::apply(const std::vector<Item>& loras) {
     }
     // W in float32: the original converted to the model's dtype first (a
     // bf16 model loaded from an fp16 file holds bf16-rounded values).
-    w.copy_(orig.to(w.scalar_type()).to(torch::kFloat32) + sum);
-    if (from_file_.count(id)) release_mapped_pages(orig);
+    const torch::Tensor merged = orig.to(w.scalar_type()).to(torch::kFloat32) + sum;
+    if (model_.weights_as_stored) {
+      // Weights kept as stored may be read-only views of the file mapping:
+      // the merged weight replaces the tensor, in the stored dtype so that
+      // memory stays as loaded (rounded once to fp16/bf16, as diffusers'
+      // fuse_lora on a half-precision model; fp32 weights merge exactly).
+      w.set_data(merged.to(w.scalar_type()));
+    } else {
+      w.copy_(merged);
+      if (from_file_.count(id)) release_mapped_pages(orig);
+    }
     touched_.push_back(id);
   }
   if (model_.device.is_cuda()) torch::cuda::synchronize(model_.device.index());

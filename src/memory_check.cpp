@@ -94,7 +94,7 @@ std::string describe(const MemorySettings& settings, const MemoryRequest& reques
     << (request.guided ? " with guidance" : "");
   if (request.img2img) s << ", img2img";
   if (request.vae_tiling) s << ", VAE tiling";
-  s << ", " << dtype_name(settings.dtype);
+  s << ", " << (settings.weights_as_stored ? "fp32-lowmem" : dtype_name(settings.dtype));
   if (settings.vae_dtype != settings.dtype) s << " (VAE " << dtype_name(settings.vae_dtype) << ")";
   s << " on " << settings.device.str();
   return s.str();
@@ -140,8 +140,8 @@ std::string memory_check_message(const MemoryEstimate& estimate, const Available
   std::string m = "not enough memory: ";
   if (estimate.peak_stage.empty()) {
     m += std::string("the model's weights need about ") + format_bytes(estimate.weights) + " in " +
-         dtype_name(settings.dtype) + " on " + settings.device.str() + " (+ runtime " +
-         format_bytes(estimate.overhead) + ")";
+         (settings.weights_as_stored ? "fp32-lowmem" : dtype_name(settings.dtype)) + " on " +
+         settings.device.str() + " (+ runtime " + format_bytes(estimate.overhead) + ")";
   } else {
     m += describe(settings, request) + " needs about " + format_bytes(estimate.total) + " (" +
          breakdown(estimate) + ")";

@@ -24,10 +24,18 @@ int64_t element_count(const TensorInfo& info) {
   return n;
 }
 
-int64_t file_elements(const std::string& path) {
+int64_t stored_bytes(const TensorInfo& info) {
+  return element_count(info) * static_cast<int64_t>(dtype_size(info.dtype));
+}
+
+// Elements of the file's tensors; their stored bytes are added to `bytes`.
+int64_t file_elements(const std::string& path, int64_t& bytes) {
   const SafeTensorsFile file(path);
   int64_t n = 0;
-  for (const auto& [name, info] : file.tensors()) n += element_count(info);
+  for (const auto& [name, info] : file.tensors()) {
+    n += element_count(info);
+    bytes += stored_bytes(info);
+  }
   return n;
 }
 
@@ -42,12 +50,14 @@ ModelFootprint inspect_model_files(const LoadOptions& options) {
     out.unet = UNetConfig::from_json(read_json_file(files.unet.config));
     out.vae = VAEConfig::from_json(read_json_file(files.vae.config));
     out.text_encoder = CLIPTextConfig::from_json(read_json_file(files.text_encoder.config));
-    out.unet_parameters = file_elements(files.unet.weights);
-    out.vae_parameters = file_elements(files.vae.weights);
-    out.text_encoder_parameters = file_elements(files.text_encoder.weights);
+    out.unet_parameters = file_elements(files.unet.weights, out.stored_weight_bytes);
+    out.vae_parameters = file_elements(files.vae.weights, out.stored_weight_bytes);
+    out.text_encoder_parameters =
+        file_elements(files.text_encoder.weights, out.stored_weight_bytes);
     if (out.unet.addition_embed_type == "text_time") {  // SDXL
       out.text_encoder_2 = CLIPTextConfig::from_json(read_json_file(files.text_encoder_2.config));
-      out.text_encoder_parameters += file_elements(files.text_encoder_2.weights);
+      out.text_encoder_parameters +=
+          file_elements(files.text_encoder_2.weights, out.stored_weight_bytes);
     }
     return out;
   }
@@ -75,18 +85,24 @@ ModelFootprint inspect_model_files(const LoadOptions& options) {
       out.vae_parameters += element_count(info);
     } else if (starts_with(name, "cond_stage_model.") || starts_with(name, "conditioner.")) {
       out.text_encoder_parameters += element_count(info);
+    } else {
+      continue;
     }
+    out.stored_weight_bytes += stored_bytes(info);
   }
   return out;
 }
 
 ModelFootprint model_footprint(const StableDiffusionModel& model) {
-  auto count = [](const torch::nn::Module& m) {
+  ModelFootprint out;
+  auto count = [&out](const torch::nn::Module& m) {
     int64_t n = 0;
-    for (const auto& p : m.parameters()) n += p.numel();
+    for (const auto& p : m.parameters()) {
+      n += p.numel();
+      out.stored_weight_bytes += static_cast<int64_t>(p.nbytes());
+    }
     return n;
   };
-  ModelFootprint out;
   out.unet = model.unet->config();
   out.vae = model.vae->config();
   out.text_encoder = model.text_encoder->config();
@@ -450,6 +466,17 @@ MemoryEstimate estimate_memory(const ModelFootprint& model, const MemorySettings
   out.weights = static_cast<int64_t>(
       static_cast<double>(model.unet_parameters + model.text_encoder_parameters) * e +
       static_cast<double>(model.vae_parameters) * vae_e);
+  // Kept as stored: the file's bytes, and one layer at a time converted (the
+  // largest is the UNet's first up-block convolution, 2c -> c channels 3x3
+  // at the deepest level, or the VAE decoder's widest one).
+  double layer_copy = 0;
+  const bool as_stored = settings.weights_as_stored && cpu && model.stored_weight_bytes > 0;
+  if (as_stored) {
+    out.weights = model.stored_weight_bytes;
+    const double c = model.unet.block_out_channels.back();
+    const double v = model.vae.block_out_channels.back();
+    layer_copy = std::max(2 * c * c * 9 * e, v * v * 9 * vae_e);
+  }
 
   const int factor =
       1 << std::max<int>(0, static_cast<int>(model.vae.block_out_channels.size()) - 1);
@@ -493,6 +520,21 @@ MemoryEstimate estimate_memory(const ModelFootprint& model, const MemorySettings
     int64_t bytes;
   };
   Stage peak{"text encoder", out.text_encoder};
+  if (as_stored) {
+    // Only the computing model's file pages are mapped in
+    // (make_weights_resident): the largest model's stored weights count.
+    // Its activations still add up with the VAE's below, as measured (SD1.5
+    // 512x512 peaked at 2.71 GiB, above UNet weights + UNet activations):
+    // conservative. Parts are assumed stored alike.
+    const double per_parameter =
+        static_cast<double>(model.stored_weight_bytes) /
+        static_cast<double>(std::max<int64_t>(
+            1, model.unet_parameters + model.vae_parameters + model.text_encoder_parameters));
+    out.weights = static_cast<int64_t>(
+        static_cast<double>(std::max(
+            {model.unet_parameters, model.vae_parameters, model.text_encoder_parameters})) *
+        per_parameter);
+  }
   if (cpu) {
     // sdgen keeps freed heap blocks (below glibc's 32 MiB mmap threshold) in
     // the process (runtime.cpp), so the UNet's many mid-sized activations stay
@@ -515,6 +557,7 @@ MemoryEstimate estimate_memory(const ModelFootprint& model, const MemorySettings
   // (SD1.5 fp32 at 64x64 peaks 0.45 GiB above its weights) and allocator
   // slack; on CUDA the libraries' workspaces and the allocator's rounding.
   out.overhead = cpu ? 256 * kMiB + out.weights / 10 + peak.bytes / 4 : 300 * kMiB + peak.bytes / 5;
+  out.overhead += static_cast<int64_t>(layer_copy);
   out.lora_copies = std::max<int64_t>(0, request.lora_copy_bytes);
   out.total = out.weights + out.lora_copies + peak.bytes + out.overhead;
   return out;

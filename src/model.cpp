@@ -54,9 +54,15 @@ TensorMap text_encoder_tensors(const TensorMap& all) {
   return out;
 }
 
+// LoadOptions::weights_as_stored where it applies (the CPU).
+bool weights_kept_as_stored(const LoadOptions& options) {
+  return options.weights_as_stored && options.device.is_cpu();
+}
+
 // channels_last (NHWC) convolutions: the default per device and dtype comes
 // from measurements (docs/performance.md).
 bool resolve_channels_last(const LoadOptions& options) {
+  if (weights_kept_as_stored(options)) return false;  // the weights keep the file's layout
   if (options.channels_last >= 0) return options.channels_last > 0;
   // Measured: +18% UNet it/s on an H200 (fp16); on the CPU (libtorch 1.13,
   // oneDNN) bf16 UNet steps ran faster in channels_last, fp32 ones did not
@@ -70,7 +76,7 @@ void place_and_load(ModuleHolder& module, const TensorMap& weights, const std::s
                     std::function<std::string(const torch::Tensor&)> file_key = {}) {
   load_weights(*module, weights, what,
                {options.device, dtype.value_or(options.dtype), resolve_channels_last(options),
-                std::move(file_key)});
+                std::move(file_key), weights_kept_as_stored(options)});
   module->eval();
 }
 
@@ -388,6 +394,7 @@ StableDiffusionModel load_model(const LoadOptions& options) {
   model.vae_dtype = options.vae_dtype.value_or(options.dtype);
   model.cuda_graphs = options.cuda_graphs;
   model.channels_last = resolve_channels_last(options);
+  model.weights_as_stored = weights_kept_as_stored(options);
   if (options.device.is_cuda()) {
     // Let cuDNN time its convolution algorithms once per shape (fp16/bf16;
     // in fp32 the search tried workspaces of most of the card, 137 GB on an
@@ -406,8 +413,9 @@ StableDiffusionModel load_model(const LoadOptions& options) {
   apply_prediction_override(model.scheduler_config, options.prediction_type);
   if (!options.vae_path.empty()) {
     model.vae_file = separate_vae_weights_file(options.vae_path);
-    model.vae = load_separate_vae(options.vae_path, model.vae->config(),
-                                  {options.device, model.vae_dtype, model.channels_last, {}});
+    model.vae = load_separate_vae(
+        options.vae_path, model.vae->config(),
+        {options.device, model.vae_dtype, model.channels_last, {}, model.weights_as_stored});
   }
 
   if (options.verbose)

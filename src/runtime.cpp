@@ -75,6 +75,19 @@ torch::ScalarType default_dtype(const torch::Device& device) {
   return cpu_has_native_bf16() ? torch::kBFloat16 : torch::kFloat32;
 }
 
+bool default_weights_as_stored(const torch::Device& device) {
+  // Without native bf16 the CPU computes in fp32: converting each layer's
+  // fp16 weights on use gives the same images as converting them all at load
+  // (fp16 -> fp32 is exact) in half the memory, and loads without copying
+  // (docs/performance.md, issue 33).
+  return device.is_cpu() && !cpu_has_native_bf16();
+}
+
+bool weights_as_stored_from_name(const std::string& name, const torch::Device& device) {
+  if (name == "fp32-lowmem") return device.is_cpu();
+  return name == "auto" && default_weights_as_stored(device);
+}
+
 const char* dtype_name(torch::ScalarType dtype) {
   switch (dtype) {
     case torch::kFloat16:
@@ -90,10 +103,10 @@ const char* dtype_name(torch::ScalarType dtype) {
 
 torch::ScalarType dtype_from_name(const std::string& name, torch::ScalarType automatic) {
   if (name == "auto") return automatic;
-  if (name == "fp32" || name == "float32") return torch::kFloat32;
+  if (name == "fp32" || name == "float32" || name == "fp32-lowmem") return torch::kFloat32;
   if (name == "fp16" || name == "float16") return torch::kFloat16;
   if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
-  throw Error("dtype " + name + ": expected auto, fp32, fp16 or bf16");
+  throw Error("dtype " + name + ": expected auto, fp32, fp32-lowmem, fp16 or bf16");
 }
 
 }  // namespace sdgen

@@ -68,7 +68,7 @@ struct CLIPTextEmbeddingsImpl : torch::nn::Module {
       const int64_t n = std::min(o.vectors.size(0), length - o.position);
       tokens[o.row].narrow(0, o.position, n).copy_(o.vectors.narrow(0, 0, n));
     }
-    return tokens + position_embedding->weight.narrow(0, 0, length);
+    return tokens + position_embedding->weight.narrow(0, 0, length).to(tokens.scalar_type());
   }
 
   nn::Embedding token_embedding{nullptr}, position_embedding{nullptr};
@@ -183,6 +183,7 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, int cl
     throw Error("CLIP text model: clip_skip " + std::to_string(clip_skip) + " outside [1, " +
                 std::to_string(layers) + "] (1 = last layer)");
 
+  make_weights_resident(*this);  // weights kept as stored: this model's pages in
   const auto device = final_layer_norm_->weight.device();
   const torch::Tensor ids = input_ids.to(device, torch::kLong);
   torch::Tensor x = embeddings_->forward(ids, overrides);

@@ -175,7 +175,7 @@ torch::Tensor UNet2DConditionModelImpl::addition_embedding(const torch::Tensor& 
                 shape_string(time_ids.sizes()) + " give " + std::to_string(inputs) +
                 " addition inputs, the model takes " +
                 std::to_string(config_.projection_class_embeddings_input_dim));
-  const auto dtype = conv_in_->weight.scalar_type();
+  const auto dtype = conv_in_->dtype();  // the compute dtype (weights may be stored narrower)
   const auto device = conv_in_->weight.device();
   auto time_embeds =
       nn::timestep_embedding(time_ids.to(device).flatten(), config_.addition_time_embed_dim,
@@ -207,6 +207,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample,
     throw Error("UNet: timesteps must have 1 or " + std::to_string(batch) + " entries, got " +
                 shape_string(timesteps.sizes()));
   }
+  make_weights_resident(*this);  // weights kept as stored: this model's pages in
   const auto dtype = sample.scalar_type();
   // get_timestep_embedding always computes in float32; cast to the model dtype
   // as diffusers' get_time_embed does.

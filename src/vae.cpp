@@ -10,6 +10,10 @@
 #include "sdgen/error.h"
 #include "sdgen/weights.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace sdgen {
 
 // diffusers AutoencoderKL.__init__ (Encoder with double_z, Decoder, 1x1 quant convs).
@@ -55,6 +59,15 @@ torch::Tensor AutoencoderKLImpl::decode(const torch::Tensor& z) {
     throw Error("VAE decode: z must be [B, " + std::to_string(config_.latent_channels) +
                 ", h, w], got " + shape_string(z.sizes()));
   }
+#if defined(__GLIBC__)
+  // The UNet's freed activations stay in malloc's heap (init_cpu_runtime
+  // never trims it): given back here, before the decoder's large tensors are
+  // mapped, the two stages' peaks no longer add up (SD1.5 512x512: issue 33,
+  // docs/performance.md). The next image's UNet faults them in again, a
+  // fraction of a second beside its steps.
+  if (z.is_cpu()) malloc_trim(0);
+#endif
+  make_weights_resident(*this);  // weights kept as stored: this model's pages in
   auto h = post_quant_conv_ ? post_quant_conv_(z) : z;
   return decoder_->forward(h);
 }
@@ -115,6 +128,7 @@ DiagonalGaussian AutoencoderKLImpl::encode(const torch::Tensor& image) {
     throw Error("VAE encode: image must be [B, " + std::to_string(config_.in_channels) +
                 ", H, W], got " + shape_string(image.sizes()));
   }
+  make_weights_resident(*this);
   auto moments = encoder_->forward(image);
   if (quant_conv_) moments = quant_conv_(moments);
   auto parts = moments.chunk(2, 1);

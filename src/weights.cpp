@@ -4,12 +4,15 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 
 #include <torch/cuda.h>
 
 #include "sdgen/error.h"
+#include "sdgen/layers.h"
 
 namespace sdgen {
 
@@ -164,6 +167,41 @@ void load_cpu(std::vector<Assignment>& items) {
   }
 }
 
+// make_weights_resident's bookkeeping: the file ranges of each module loaded
+// as stored, by module address (only compared, never dereferenced: a module
+// destroyed leaves ranges that release_mapped_pages no longer finds inside a
+// live mapping, and a new module at its address replaces them).
+struct ResidentWeights {
+  std::mutex mutex;
+  std::map<const void*, std::vector<std::pair<void*, int64_t>>> ranges;
+  const void* current = nullptr;
+};
+ResidentWeights& resident_weights() {
+  static auto* r = new ResidentWeights;  // never destroyed (used during exit)
+  return *r;
+}
+
+// A non-owning byte view of a range, for the page functions of safetensors.h
+// (which check that it lies inside a live file mapping before touching it).
+torch::Tensor byte_view(const std::pair<void*, int64_t>& range) {
+  return torch::from_blob(range.first, {range.second}, torch::kUInt8);
+}
+
+// WeightTarget::as_stored: the dtypes layers can compute from (converted on use).
+bool keeps_stored_dtype(const torch::Tensor& source) {
+  const auto t = source.scalar_type();
+  return source.device().is_cpu() &&
+         (t == torch::kFloat16 || t == torch::kBFloat16 || t == torch::kFloat32);
+}
+
+// The source itself becomes the parameter. Its pages are read in now, in one
+// system call, rather than one page fault at a time during the first step.
+void keep_as_stored(Assignment& a) {
+  torch::Tensor t = a.source.contiguous();
+  prefault_mapped_pages(t);
+  a.param.set_data(t);
+}
+
 }  // namespace
 
 void load_weights(torch::nn::Module& module, const TensorMap& weights, const std::string& what,
@@ -198,8 +236,12 @@ void load_weights(torch::nn::Module& module, const TensorMap& weights, const std
     if (!used.count(kv.first)) unexpected.push_back(kv.first);
   if (missing.empty() && mismatched.empty() && unexpected.empty()) {
     std::vector<Assignment> staged, cpu;
+    const bool as_stored =
+        target.as_stored && target.dtype && target.device.value_or(torch::kCPU).is_cpu();
     for (auto& a : items) {
-      if (a.device.is_cuda() && a.source.device().is_cpu()) {
+      if (as_stored && keeps_stored_dtype(a.source)) {
+        keep_as_stored(a);
+      } else if (a.device.is_cuda() && a.source.device().is_cpu()) {
         staged.push_back(a);
       } else if (a.device.is_cpu() && a.source.device().is_cpu()) {
         cpu.push_back(a);
@@ -220,6 +262,18 @@ void load_weights(torch::nn::Module& module, const TensorMap& weights, const std
           .push_back(a);
     if (!as_is.empty()) upload_staged(as_is);
     if (!converted.empty()) upload_staged(converted);
+    if (as_stored) {
+      nn::set_compute_dtype(module, *target.dtype);
+      auto& r = resident_weights();
+      std::lock_guard<std::mutex> lock(r.mutex);
+      auto& ranges = r.ranges[&module];
+      ranges.clear();
+      for (const auto& a : items) {
+        const torch::Tensor& p = a.param;
+        if (is_file_mapped(p)) ranges.emplace_back(p.data_ptr(), static_cast<int64_t>(p.nbytes()));
+      }
+      r.current = &module;  // its pages were just read in
+    }
     return;
   }
 
@@ -239,6 +293,17 @@ void load_weights(torch::nn::Module& module, const TensorMap& weights, const std
   std::string text = msg.str();
   text.pop_back();
   throw Error(text);
+}
+
+void make_weights_resident(const torch::nn::Module& module) {
+  auto& r = resident_weights();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  const auto mine = r.ranges.find(&module);
+  if (mine == r.ranges.end() || r.current == &module) return;
+  if (const auto other = r.ranges.find(r.current); other != r.ranges.end())
+    for (const auto& range : other->second) release_mapped_pages(byte_view(range));
+  for (const auto& range : mine->second) prefault_mapped_pages(byte_view(range));
+  r.current = &module;
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> named_tensors(torch::nn::Module& module,

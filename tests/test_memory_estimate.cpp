@@ -69,6 +69,29 @@ TEST(MemoryEstimate, SD15Magnitudes) {
             << e256.total / kMiB << " MiB, 64x64 " << e64.total / kMiB << " MiB)" << std::endl;
 }
 
+// --dtype fp32-lowmem (weights kept as stored, fp16 here): only the computing
+// model's weights are resident, against the peak resident memory measured
+// for sdgen-bench --dtype fp32-lowmem --steps 2 with the full-size random
+// SD1.5 fp16 checkpoint (2,845,796 kB on the 2-core AVX2 EPYC, libtorch
+// 1.13; docs/performance.md, issue 33).
+TEST(MemoryEstimate, SD15WeightsAsStored) {
+  ModelFootprint m = sd15();
+  m.stored_weight_bytes = 2 * (m.unet_parameters + m.vae_parameters + m.text_encoder_parameters);
+  MemorySettings s;
+  s.weights_as_stored = true;
+  const auto e = estimate_memory(m, s, request(512, 512));
+  EXPECT_EQ(e.weights, 2 * m.unet_parameters);  // the largest model's
+  EXPECT_EQ(e.peak_stage, "UNet + VAE decode");
+  const double measured = 2845796.0 * 1024;
+  EXPECT_GT(static_cast<double>(e.total), measured);
+  EXPECT_LT(static_cast<double>(e.total), 1.5 * measured);
+  EXPECT_LT(e.total, estimate(request(512, 512)).total);
+  std::cout << "[memory] SD1.5 512x512 fp32-lowmem CPU: weights " << format_bytes(e.weights)
+            << ", UNet " << format_bytes(e.unet) << ", VAE decode " << format_bytes(e.vae_decode)
+            << ", total " << format_bytes(e.total) << " (measured peak "
+            << format_bytes(int64_t(measured)) << ")" << std::endl;
+}
+
 // SDXL base 1.0 (stable-diffusion-xl-base-1.0's configs; parameter counts
 // from ../shared/data/manifests.json sdxl.params): 1024x1024 in fp32 on the
 // CPU, against the peak resident memory measured for `sdgen --steps 1` with

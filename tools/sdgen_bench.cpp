@@ -182,6 +182,7 @@ int run(const Options& o) {
   load.tokenizer_path = tokenizer;
   load.device = device;
   load.dtype = dtype;
+  load.weights_as_stored = sdgen::weights_as_stored_from_name(o.dtype, device);
   if (o.vae_dtype != "auto") load.vae_dtype = sdgen::dtype_from_name(o.vae_dtype, dtype);
   load.cuda_graphs = !o.no_cuda_graphs;
   load.channels_last = o.channels_last == "auto" ? -1 : o.channels_last == "on" ? 1 : 0;
@@ -325,7 +326,7 @@ int run(const Options& o) {
   result["device"] = sdgen::device_name(device);
   result["torch"] = TORCH_VERSION;
   result["threads"] = at::get_num_threads();
-  result["dtype"] = sdgen::dtype_name(model.dtype);
+  result["dtype"] = model.weights_as_stored ? "fp32-lowmem" : sdgen::dtype_name(model.dtype);
   result["vae_dtype"] = sdgen::dtype_name(model.vae_dtype);
   result["batch"] = o.batch_size;
   result["width"] = o.width;

@@ -9,8 +9,15 @@
 // initialisation would only cost time (seconds for SD1.5) and, on the CPU,
 // memory. Weights are allocated with torch::empty and replaced at load time
 // by load_weights(); tools that want random weights draw them explicitly.
+//
+// Each layer computes in its weights' dtype unless `compute_dtype` is set:
+// then the weights stay as they were loaded (e.g. the checkpoint's fp16,
+// straight from the file mapping) and are converted to `compute_dtype` on
+// every use, the copy freed right after the operation (--dtype fp32-lowmem:
+// fp16 -> fp32 is exact, so results match weights converted once at load).
 
 #include <cstdint>
+#include <optional>
 
 #include <torch/torch.h>
 
@@ -23,7 +30,10 @@ class Conv2dImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::Tensor weight;  // [out, in, k, k]
-  torch::Tensor bias;    // [out] or undefined
+  // Unset: the weights' own dtype (see above).
+  std::optional<torch::ScalarType> compute_dtype;
+  torch::ScalarType dtype() const { return compute_dtype.value_or(weight.scalar_type()); }
+  torch::Tensor bias;  // [out] or undefined
   int64_t stride;
   int64_t padding;
 };
@@ -35,7 +45,10 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::Tensor weight;  // [out, in]
-  torch::Tensor bias;    // [out] or undefined
+  // Unset: the weights' own dtype (see above).
+  std::optional<torch::ScalarType> compute_dtype;
+  torch::ScalarType dtype() const { return compute_dtype.value_or(weight.scalar_type()); }
+  torch::Tensor bias;  // [out] or undefined
 };
 TORCH_MODULE(Linear);
 
@@ -47,7 +60,10 @@ class GroupNormImpl : public torch::nn::Module {
   torch::Tensor forward_silu(const torch::Tensor& x);
 
   torch::Tensor weight;  // [channels], initialised to 1
-  torch::Tensor bias;    // [channels], initialised to 0
+  // Unset: the weights' own dtype (see above).
+  std::optional<torch::ScalarType> compute_dtype;
+  torch::ScalarType dtype() const { return compute_dtype.value_or(weight.scalar_type()); }
+  torch::Tensor bias;  // [channels], initialised to 0
   int64_t groups;
   double eps;
 };
@@ -59,7 +75,10 @@ class LayerNormImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::Tensor weight;  // [dim], initialised to 1
-  torch::Tensor bias;    // [dim], initialised to 0
+  // Unset: the weights' own dtype (see above).
+  std::optional<torch::ScalarType> compute_dtype;
+  torch::ScalarType dtype() const { return compute_dtype.value_or(weight.scalar_type()); }
+  torch::Tensor bias;  // [dim], initialised to 0
   int64_t dim;
   double eps;
 };
@@ -71,7 +90,13 @@ class EmbeddingImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& ids);
 
   torch::Tensor weight;  // [count, dim]
+  // Unset: the weights' own dtype (see above).
+  std::optional<torch::ScalarType> compute_dtype;
+  torch::ScalarType dtype() const { return compute_dtype.value_or(weight.scalar_type()); }
 };
 TORCH_MODULE(Embedding);
+
+// Sets compute_dtype on every layer above in `module` and its submodules.
+void set_compute_dtype(torch::nn::Module& module, torch::ScalarType dtype);
 
 }  // namespace sdgen::nn

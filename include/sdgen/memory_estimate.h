@@ -6,7 +6,8 @@
 // killed by the kernel) minutes into a run. Also recognises and words the
 // out-of-memory errors that still happen (CUDA).
 //
-// The estimate is weights (parameter counts x the compute dtype) + the peak of
+// The estimate is weights (parameter counts x the compute dtype, or the bytes
+// the checkpoint stores when weights are kept as stored) + the peak of
 // the largest stage (text encoder, one UNet step, VAE decode, VAE encode for
 // img2img) + a fixed runtime allowance. Each stage's peak comes from walking
 // the architecture in its config with the request's size and batch, counting
@@ -39,6 +40,10 @@ struct ModelFootprint {
   int64_t unet_parameters = 0;
   int64_t vae_parameters = 0;
   int64_t text_encoder_parameters = 0;  // all text encoders
+  // All parts' weights in the dtypes the checkpoint stores them (the loaded
+  // parameters' bytes for model_footprint): what MemorySettings::
+  // weights_as_stored keeps resident.
+  int64_t stored_weight_bytes = 0;
 };
 
 // From the model's files without loading any weight: the configs (read, or
@@ -55,6 +60,10 @@ struct MemorySettings {
   torch::ScalarType dtype = torch::kFloat32;      // text encoder and UNet
   torch::ScalarType vae_dtype = torch::kFloat32;  // VAE
   bool cuda_graphs = true;  // CUDA: the captured UNet graph keeps its own memory pool
+  // CPU: weights kept as stored, converted per layer on use (LoadOptions::
+  // weights_as_stored): ModelFootprint::stored_weight_bytes, plus the largest
+  // layer's converted copy.
+  bool weights_as_stored = false;
 };
 
 // The parts of a request that change the activations.
@@ -77,7 +86,9 @@ struct MemoryRequest {
 
 // Bytes.
 struct MemoryEstimate {
-  int64_t weights = 0;       // all three parts in their dtypes
+  // All three parts in their dtypes; with MemorySettings::weights_as_stored
+  // on the CPU, the largest model's stored weights (one model's at a time).
+  int64_t weights = 0;
   int64_t text_encoder = 0;  // peak activations of each stage
   int64_t unet = 0;
   int64_t vae_decode = 0;

@@ -41,6 +41,11 @@ struct LoadOptions {
   // Convolutions in channels_last (NHWC) memory format: -1 the device's
   // default (measured: see README), 0 off, 1 on.
   int channels_last = -1;
+  // CPU (--dtype fp32-lowmem): keep the checkpoint's floating-point weights
+  // as stored (fp16, bf16 or fp32 views of the mapped file, no copy) and
+  // compute in `dtype` / `vae_dtype`, each layer converting its weights on use
+  // (WeightTarget::as_stored). Ignored on CUDA.
+  bool weights_as_stored = false;
 };
 
 struct StableDiffusionModel {
@@ -69,6 +74,10 @@ struct StableDiffusionModel {
   torch::ScalarType vae_dtype = torch::kFloat32;  // VAE
   bool cuda_graphs = true;                        // from LoadOptions
   bool channels_last = false;                     // resolved from LoadOptions
+  // LoadOptions::weights_as_stored in effect: parameters may be read-only
+  // views of the file mapping (replace them with set_data, never write to
+  // them); `dtype` and `vae_dtype` are the compute dtypes.
+  bool weights_as_stored = false;
   // CPU models: the file tensors (views of the memory-mapped checkpoint, no
   // resident memory of their own) that the UNet's and text encoders'
   // parameters were converted from, by component ("unet", "text_encoder",

@@ -27,11 +27,23 @@ bool cpu_has_native_bf16();
 // golden images within a few 8-bit levels: docs/performance.md), else fp32.
 torch::ScalarType default_dtype(const torch::Device& device);
 
+// Whether a CPU model keeps its checkpoint's weights as stored (fp16/bf16,
+// mapped from the file) and computes in fp32, converting each layer's weights
+// on use (LoadOptions::weights_as_stored, --dtype fp32-lowmem), when no dtype
+// is asked for: on a CPU without native bf16. Same images as fp32 weights for
+// fp16/bf16/fp32 checkpoints, about half the memory.
+bool default_weights_as_stored(const torch::Device& device);
+
+// LoadOptions::weights_as_stored for a --dtype name: true for "fp32-lowmem"
+// on the CPU, default_weights_as_stored(device) for "auto", else false.
+bool weights_as_stored_from_name(const std::string& name, const torch::Device& device);
+
 // "fp16", "bf16", "fp32" (libtorch's name for other types), as the flags spell them.
 const char* dtype_name(torch::ScalarType dtype);
 
-// The dtype a flag names: fp32/float32, fp16/float16, bf16/bfloat16, or
-// `automatic` for "auto". Throws Error("dtype NAME: expected auto, fp32, fp16 or bf16").
+// The (compute) dtype a flag names: fp32/float32/fp32-lowmem, fp16/float16,
+// bf16/bfloat16, or `automatic` for "auto". Throws
+// Error("dtype NAME: expected auto, fp32, fp32-lowmem, fp16 or bf16").
 torch::ScalarType dtype_from_name(const std::string& name, torch::ScalarType automatic);
 
 }  // namespace sdgen

@@ -48,7 +48,9 @@ enum class SigmaSchedule { automatic, karras, normal };
 enum class PredictionType { model, epsilon, v_prediction };
 // Prompts over 75 tokens: A1111's 75-token chunks or diffusers' truncation.
 enum class LongPromptMode { chunks, truncate };
-enum class DtypeChoice { automatic, fp32, fp16, bf16 };
+// fp32_lowmem: fp32 arithmetic on weights kept as the checkpoint stores them
+// (LoadOptions::weights_as_stored).
+enum class DtypeChoice { automatic, fp32, fp16, bf16, fp32_lowmem };
 enum class ChannelsLast { automatic, on, off };
 
 struct DeviceChoice {

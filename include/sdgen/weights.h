@@ -31,6 +31,12 @@ struct WeightTarget {
   // renamed (single-file checkpoints), so that errors name both
   // ("<file key> -> <module key> (expected ..., found ...)"); "" if unknown.
   std::function<std::string(const torch::Tensor&)> file_key;
+  // CPU: floating-point sources (fp16, bf16, fp32) become the parameters
+  // themselves, in their stored dtype (for a SafeTensorsFile, views of its
+  // read-only mapping: no copy, and writing to them faults), and every layer
+  // computes in `dtype`, converting its weights on use (nn::set_compute_dtype).
+  // Other sources are converted to `dtype` as usual. channels_last is ignored.
+  bool as_stored = false;
 };
 
 // Replaces the parameters of `module` by the tensors of `weights` with the
@@ -46,6 +52,16 @@ struct WeightTarget {
 // asynchronous copies, converting the dtype on the GPU.
 void load_weights(torch::nn::Module& module, const TensorMap& weights, const std::string& what,
                   const WeightTarget& target = {});
+
+// Models loaded with WeightTarget::as_stored keep their weights in file
+// pages; only the model that is computing needs them resident. Called as a
+// model (text encoder, UNet, VAE) starts: when another such model's pages
+// were resident they are dropped from this process (they stay in the page
+// cache, so touching them again is a minor fault, no disk read) and
+// `module`'s are mapped in, in one system call. A no-op for other modules
+// and when `module` is already the resident one. Always correct: a dropped
+// page of a read-only file mapping reads back the same bytes.
+void make_weights_resident(const torch::nn::Module& module);
 
 // The inverse, for writing safetensors: the parameters of `module` as named
 // tensors (`prefix` + name), detached, converted to `dtype` and contiguous.

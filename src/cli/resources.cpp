@@ -39,6 +39,7 @@ MemorySettings settings_of(const LoadOptions& load) {
   s.dtype = load.dtype;
   s.vae_dtype = load.vae_dtype.value_or(load.dtype);
   s.cuda_graphs = load.cuda_graphs;
+  s.weights_as_stored = load.weights_as_stored && load.device.is_cpu();
   return s;
 }
 
@@ -58,6 +59,7 @@ MemorySettings settings_of(const StableDiffusionModel& model) {
   s.dtype = model.dtype;
   s.vae_dtype = model.vae_dtype;
   s.cuda_graphs = model.cuda_graphs;
+  s.weights_as_stored = model.weights_as_stored;
   return s;
 }
 

@@ -32,6 +32,7 @@ std::string default_model_dir() {
 torch::ScalarType torch_dtype(DtypeChoice choice, const torch::Device& device) {
   switch (choice) {
     case DtypeChoice::fp32:
+    case DtypeChoice::fp32_lowmem:  // + LoadOptions::weights_as_stored (load_session)
       return torch::kFloat32;
     case DtypeChoice::fp16:
       return torch::kFloat16;
@@ -137,6 +138,7 @@ void load_session(ModelSession& session, const Settings& run, const MemoryReques
   load.prediction_type = to_string(run.prediction);
   load.device = session.device;
   load.dtype = session.dtype;
+  load.weights_as_stored = weights_as_stored_from_name(to_string(run.dtype), session.device);
   load.verbose = !run.quiet;
   load.cuda_graphs = !run.no_cuda_graphs;
   load.channels_last = run.channels_last == ChannelsLast::on    ? 1

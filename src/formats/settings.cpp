@@ -60,7 +60,8 @@ const NameTable<DtypeChoice>& dtype_names() {
   static const NameTable<DtypeChoice> t{{{DtypeChoice::automatic, {"auto"}},
                                          {DtypeChoice::fp32, {"fp32", "float32"}},
                                          {DtypeChoice::fp16, {"fp16", "float16"}},
-                                         {DtypeChoice::bf16, {"bf16", "bfloat16"}}}};
+                                         {DtypeChoice::bf16, {"bf16", "bfloat16"}},
+                                         {DtypeChoice::fp32_lowmem, {"fp32-lowmem"}}}};
   return t;
 }
 const NameTable<ChannelsLast>& channels_last_names() {
