@@ -106,18 +106,20 @@ def cli_round(r):
     args = [sdgen, *flags, "--prompt-file", prompts, "--json", "-q",
             "-o", os.path.join(out, f"cli-{r}-{{index}}.png")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    times, cpu, pngs = [], [], {}
+    times, cpu, pngs, generating = [], [], {}, []
     for line in proc.stdout:
         times.append(time.monotonic())
         cpu.append(cpu_seconds(proc.pid))
         doc = json.loads(line)
+        generating.append(doc["timings"]["total_s"])
         with open(doc["path"], "rb") as f:
             pngs[doc["seed"]] = f.read()
         os.remove(doc["path"])
     err = proc.stderr.read()
     if proc.wait() != 0 or len(times) != n + 1:
         sys.exit(f"sdgen --prompt-file failed ({len(times)} images):\n{err}")
-    return (times[-1] - times[0]) / n, (cpu[-1] - cpu[0]) / n, pngs
+    # Lines 2..N+1 are the measured images (the first is the warm-up).
+    return (times[-1] - times[0]) / n, (cpu[-1] - cpu[0]) / n, pngs, sum(generating[1:]) / n
 
 
 def free_port():
@@ -160,6 +162,18 @@ def post(port, body):
     return json.loads(payload)
 
 
+def generation_seconds(port):
+    """sdgen_image_seconds_sum of the server's GET /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    for line in text.splitlines():
+        if line.startswith("sdgen_image_seconds_sum "):
+            return float(line.split()[1])
+    sys.exit("GET /metrics has no sdgen_image_seconds_sum")
+
+
 def serve_round():
     """Wall and CPU (the server's) seconds per image of N sequential requests
     (after one warm-up), and the images. The server runs only for this round,
@@ -171,28 +185,33 @@ def serve_round():
         start = cpu0 = None
         for i, job in enumerate(warmups + jobs):
             if i == len(warmups) + 1:
+                gen0 = generation_seconds(port)
                 start, cpu0 = time.monotonic(), cpu_seconds(server.pid)
             doc = post(port, dict(job, **settings, sampler_name="Euler"))
             if i >= len(warmups):
                 pngs[job["seed"]] = base64.b64decode(doc["images"][0])
-        return (time.monotonic() - start) / n, (cpu_seconds(server.pid) - cpu0) / n, pngs
+        wall, cpu = (time.monotonic() - start) / n, (cpu_seconds(server.pid) - cpu0) / n
+        return wall, cpu, pngs, (generation_seconds(port) - gen0) / n
     finally:
         server.terminate()
         server.wait()
 
 
-cli, srv, cli_cpu, srv_cpu = [], [], [], []
+cli, srv, cli_cpu, srv_cpu, cli_out, srv_out = [], [], [], [], [], []
 for r in range(rounds):
-    c, c_cpu, cli_pngs = cli_round(r)
-    s, s_cpu, srv_pngs = serve_round()
+    c, c_cpu, cli_pngs, c_gen = cli_round(r)
+    s, s_cpu, srv_pngs, s_gen = serve_round()
     if cli_pngs != srv_pngs:
         sys.exit("the server's images differ from the command line's")
     cli.append(c)
     srv.append(s)
     cli_cpu.append(c_cpu)
     srv_cpu.append(s_cpu)
-    print(f"bench-serve: round {r + 1}: CLI {c:.4f} s/image ({c_cpu:.4f} CPU), "
-          f"serve {s:.4f} s/image ({s_cpu:.4f} CPU)", file=sys.stderr)
+    cli_out.append(c - c_gen)
+    srv_out.append(s - s_gen)
+    print(f"bench-serve: round {r + 1}: CLI {c:.4f} s/image ({c_cpu:.4f} CPU, "
+          f"{(c - c_gen) * 1000:.1f} ms outside generation), serve {s:.4f} s/image "
+          f"({s_cpu:.4f} CPU, {(s - s_gen) * 1000:.1f} ms outside generation)", file=sys.stderr)
 c, s = statistics.median(cli), statistics.median(srv)
 c_cpu, s_cpu = statistics.median(cli_cpu), statistics.median(srv_cpu)
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -202,4 +221,7 @@ print(f"  sdgen --prompt-file : {c:.4f} s/image wall, {c_cpu:.4f} s/image CPU")
 print(f"  sdgen serve (HTTP)  : {s:.4f} s/image wall, {s_cpu:.4f} s/image CPU (the server's)")
 print(f"  overhead            : {(s - c) * 1000:+.1f} ms/image ({(s / c - 1) * 100:+.1f}%) wall, "
       f"{(s_cpu - c_cpu) * 1000:+.1f} ms/image ({(s_cpu / c_cpu - 1) * 100:+.1f}%) CPU")
+c_out, s_out = statistics.median(cli_out), statistics.median(srv_out)
+print(f"  outside generation  : CLI {c_out * 1000:.1f} ms/image, serve {s_out * 1000:.1f} ms/image: "
+      f"the server adds {(s_out - c_out) * 1000:+.1f} ms/image ({(s_out - c_out) / c * 100:+.2f}%)")
 PY

@@ -418,11 +418,14 @@ int Server::run() {
               << ", loading the model" << std::endl;
   int code = kExitOk;
   try {
-    session_ = std::make_unique<ModelSession>();
-    session_->device = device_;
-    session_->dtype = dtype_;
-    load_session(*session_, run_, nullptr);
-    session_->loras->set_names_only(true);  // requests never name files
+    // On the model thread, as every later use of the model (ModelThread).
+    model_thread_.run([this] {
+      session_ = std::make_unique<ModelSession>();
+      session_->device = device_;
+      session_->dtype = dtype_;
+      load_session(*session_, run_, nullptr);
+      session_->loras->set_names_only(true);  // requests never name files
+    });
     std::filesystem::path model_path =
         std::filesystem::path(session_->model_path).lexically_normal();
     if (model_path.filename().empty()) model_path = model_path.parent_path();

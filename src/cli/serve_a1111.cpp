@@ -222,7 +222,7 @@ void Server::a1111_options_post(const ServeRequest& req, httplib::Response& res)
       FifoTurns& turns;
       ~TurnDone() { turns.done(); }
     } turn_done{turns_};
-    use_model(choice);
+    model_thread_.run([&] { use_model(choice); });
     if (parsed.layer.has("clip_skip")) {
       std::lock_guard<std::mutex> lock(model_mutex_);
       options_layer_.set("clip_skip", resolve_settings({&parsed.layer}).clip_skip);

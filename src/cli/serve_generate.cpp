@@ -74,6 +74,51 @@ int FifoTurns::waiting() {
   return waiting_;
 }
 
+ModelThread::~ModelThread() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  changed_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void ModelThread::run(const std::function<void()>& task) {
+  std::lock_guard<std::mutex> one_caller(run_mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
+  task_ = &task;
+  done_ = false;
+  error_ = nullptr;
+  changed_.notify_all();
+  changed_.wait(lock, [&] { return done_; });
+  task_ = nullptr;
+  if (error_) std::rethrow_exception(error_);
+}
+
+void ModelThread::loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    changed_.wait(lock, [&] { return stop_ || (task_ != nullptr && !done_); });
+    if (stop_) return;
+    const std::function<void()>& task = *task_;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      // The OpenMP team takes --threads (at::set_num_threads set it on the
+      // main thread at start-up) before any operator runs.
+      at::init_num_threads();
+      task();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    error_ = error;
+    done_ = true;
+    changed_.notify_all();
+  }
+}
+
 // cpp-httplib 0.11 gives a handler neither its socket nor a way to ask
 // whether the client is still there (later versions have
 // Request::is_connection_closed). The connection's socket is still open in
@@ -232,9 +277,14 @@ ServeImages Server::generate(const ServeRequest& req, const ModelChoice& choice,
     throw ClientGone{};
   }
   if (!session_ && !ready()) throw HttpError{503, "", "no model is loaded"};
-  // This HTTP worker thread's OpenMP team gets --threads (at::set_num_threads
-  // at start-up set it on the main thread only), before any operator runs.
-  at::init_num_threads();
+  ServeImages out;
+  model_thread_.run([&] { out = generate_turn(choice, make, batch_count, job); });
+  serve_request_images = static_cast<int>(out.pngs.size());
+  return out;
+}
+
+ServeImages Server::generate_turn(const ModelChoice& choice, const JobMaker& make,
+                                  int batch_count, Job& job) {
   use_model(choice);
   try {
     job = make();
@@ -331,7 +381,6 @@ ServeImages Server::generate(const ServeRequest& req, const ModelChoice& choice,
   }
   r.seed = base_seed;
   job.settings.seed = base_seed;
-  serve_request_images = static_cast<int>(out.pngs.size());
   return out;
 }
 

@@ -9,12 +9,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 #include <string>
 #include <utility>
 #include <vector>
@@ -58,6 +60,32 @@ class FifoTurns {
   uint64_t next_ticket_ = 0, serving_ = 0;
   int waiting_ = 0;
   int limit_;
+};
+
+// Every generation runs on this one thread, as the command line runs it on
+// its main thread: one OpenMP team for the server's life instead of one per
+// HTTP thread (with more threads than cores libgomp throttles its teams: on
+// 2 cores tiny images took 40% longer on the HTTP threads than in the
+// command line), and one thread for CUDA's current stream and captured graphs.
+class ModelThread {
+ public:
+  ModelThread() = default;
+  ModelThread(const ModelThread&) = delete;
+  ModelThread& operator=(const ModelThread&) = delete;
+  ~ModelThread();
+  // Runs `task` there (the thread starts on the first call) and waits for it;
+  // what it throws is rethrown here. One caller at a time.
+  void run(const std::function<void()>& task);
+
+ private:
+  void loop();
+  std::mutex run_mutex_;  // one run() at a time
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  const std::function<void()>* task_ = nullptr;
+  std::exception_ptr error_;
+  bool done_ = false, stop_ = false;
+  std::thread thread_;
 };
 
 // The images of one request, PNGs with their parameters text.
@@ -152,6 +180,9 @@ class Server {
   // batch_count batches (<= 0: the job's batch_count); `done` gets the job as made.
   ServeImages generate(const ServeRequest& req, const ModelChoice& choice, const JobMaker& make,
                        int batch_count, Job& done);
+  // generate's work once the turn is this request's, on the model thread.
+  ServeImages generate_turn(const ModelChoice& choice, const JobMaker& make, int batch_count,
+                            Job& done);
   // Loads `entry` in place of the loaded model (under the turn).
   void switch_model(const ModelEntry& entry);
   // Makes `choice` (or the current checkpoint) the loaded model; under the turn.
@@ -181,6 +212,7 @@ class Server {
   torch::Device device_ = torch::kCPU;
   torch::ScalarType dtype_ = torch::kFloat32;
   FifoTurns turns_;
+  ModelThread model_thread_;  // runs each turn's generation
   httplib::Server http_;
   std::atomic<bool> ready_{false};
   std::set<std::string> routes_;  // the paths with handlers (metrics labels)
