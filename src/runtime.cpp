@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <malloc.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -36,9 +37,24 @@ void limit_openblas_threads() {
 
 }  // namespace
 
+int default_cpu_threads() {
+  // OMP_NUM_THREADS, when set, is what libtorch's OpenMP pool starts with.
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (end != env && n > 0) return static_cast<int>(std::min(n, 1024L));
+  }
+  // The cores this process may run on (taskset, a container's or Slurm's
+  // cpuset), not every core of the machine: 64 threads spin-waiting for 4
+  // cores run many times slower than 4.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 int init_cpu_runtime(int threads) {
-  const int n =
-      threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int n = threads > 0 ? threads : default_cpu_threads();
   at::set_num_threads(n);
   limit_openblas_threads();
 #if defined(__GLIBC__)

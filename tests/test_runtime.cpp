@@ -6,7 +6,11 @@
 #include <dlfcn.h>
 #include <torch/version.h>
 
+#include <sched.h>
+
 #include <cstdlib>
+#include <string>
+#include <thread>
 
 #include "cpu_allocator.h"
 #include "sdgen/runtime.h"
@@ -70,6 +74,43 @@ TEST(Runtime, OpenBlasGetsOneThreadUnlessItsVariableIsSet) {
   EXPECT_EQ(get(), 2) << "OPENBLAS_NUM_THREADS is the user's";
   if (preset == nullptr) unsetenv("OPENBLAS_NUM_THREADS");
   at::set_num_threads(torch_threads);
+}
+
+// --threads 0: OMP_NUM_THREADS when set, else the cores this thread may run
+// on (a taskset or a Slurm/container cpuset), never every core of a machine
+// the process was given only a part of.
+TEST(Runtime, DefaultThreadsFollowTheAffinityAndOmpNumThreads) {
+  const char* preset = std::getenv("OMP_NUM_THREADS");
+  const std::string saved = preset ? preset : "";
+  ASSERT_EQ(setenv("OMP_NUM_THREADS", "3", 1), 0);
+  EXPECT_EQ(default_cpu_threads(), 3);
+  ASSERT_EQ(setenv("OMP_NUM_THREADS", "zero", 1), 0);  // not a count: ignored
+  const int unset_count = [] {
+    unsetenv("OMP_NUM_THREADS");
+    return default_cpu_threads();
+  }();
+  EXPECT_EQ(default_cpu_threads(), unset_count);
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
+  EXPECT_EQ(unset_count, CPU_COUNT(&all));
+  EXPECT_LE(unset_count, static_cast<int>(std::thread::hardware_concurrency()));
+  // A thread bound to one core (affinity is per thread; a process started
+  // under taskset gets it for every thread).
+  int bound_count = 0;
+  std::thread bound([&] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+      if (CPU_ISSET(cpu, &all)) {
+        CPU_SET(cpu, &one);
+        break;
+      }
+    if (sched_setaffinity(0, sizeof(one), &one) == 0) bound_count = default_cpu_threads();
+  });
+  bound.join();
+  EXPECT_EQ(bound_count, 1);
+  if (preset) setenv("OMP_NUM_THREADS", saved.c_str(), 1);
 }
 
 }  // namespace

@@ -8,7 +8,11 @@
 
 namespace sdgen {
 
-// Sets libtorch's intra-op threads (0 = all cores) and keeps freed memory in
+// The threads `--threads 0` means: OMP_NUM_THREADS when set, else the cores
+// this process may run on (its CPU affinity: taskset, a cpuset).
+int default_cpu_threads();
+
+// Sets libtorch's intra-op threads (0 = default_cpu_threads()) and keeps freed memory in
 // the process: the allocator would otherwise hand large activation buffers
 // back to the kernel after every layer and page-fault them in again on the
 // next one, which on virtual machines costs more than the arithmetic.
