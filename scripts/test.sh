@@ -15,7 +15,15 @@ for arg in "$@"; do
   if [ "$arg" = --fast ]; then SDGEN_SKIP_HARDENING=1; else CMAKE_ARGS+=("$arg"); fi
 done
 
+# Each stage's wall time on stderr ("test.sh: build took 812 s"), for CI's log.
+stage_start=$SECONDS
+stage_done() {
+  echo "test.sh: $1 took $((SECONDS - stage_start)) s" >&2
+  stage_start=$SECONDS
+}
+
 scripts/install-deps.sh
+stage_done "installing packages"
 
 BUILD_DIR=${SDGEN_BUILD_DIR:-build}
 SHARED_DIR=${SDGEN_SHARED_DIR:-$(cd .. && pwd)/shared}
@@ -26,7 +34,9 @@ if command -v ccache >/dev/null; then LAUNCHER=(-DCMAKE_CXX_COMPILER_LAUNCHER=cc
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DSDGEN_SHARED_DIR="$SHARED_DIR" "${LAUNCHER[@]}" "${CMAKE_ARGS[@]}"
 cmake --build "$BUILD_DIR" -j "$JOBS"
+stage_done build
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+stage_done ctest
 
 # Hardening (issue 7): every fuzz target for a short, fixed time (CI runs it;
 # skip locally with --fast or SDGEN_SKIP_HARDENING=1), and the fast tests
@@ -41,10 +51,13 @@ if [ "${SDGEN_SKIP_HARDENING:-0}" != 1 ]; then
     cmake -S . -B "$ASAN_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSDGEN_SANITIZE=ON \
       -DSDGEN_SHARED_DIR="$SHARED_DIR" "${LAUNCHER[@]}" "${CMAKE_ARGS[@]}"
     cmake --build "$ASAN_DIR" --target sanitize-tests -j "$JOBS"
+    stage_done "ASan build"
     # Leak checking off (libtorch keeps process-lifetime allocations); memory
     # errors and undefined behaviour stay fatal.
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest --test-dir "$ASAN_DIR" -L sanitize --output-on-failure -j "$JOBS"
+    stage_done "ASan tests"
   fi
   scripts/fuzz.sh "${SDGEN_FUZZ_SECONDS:-15}"
+  stage_done "fuzz build and runs"
 fi
