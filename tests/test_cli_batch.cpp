@@ -5,14 +5,18 @@
 // Images are 64x64 with 2-4 steps, so each run takes about a second.
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "cli/background_writer.h"
 #include "cli/resources.h"
 #include "cli/session.h"
 #include "sdgen/image_io.h"
@@ -418,6 +422,118 @@ TEST(CLIMaxBatch, RejectsABadMaxBatch) {
       dir, "--max-batch 0 -q --prompt-file " + q(dir + "/p.txt") + " -o " + q(dir + "/x.png"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("--max-batch"), std::string::npos) << r.output;
+}
+
+// The writer thread (PNG encoding and writing beside the next batch's
+// sampling): tasks run in the order given, submit waits while the queue is
+// full, and every task given runs before the writer goes away.
+TEST(BackgroundWriter, RunsInOrderBoundedAndFinishesItsQueue) {
+  std::vector<int> done;
+  {
+    cli::BackgroundWriter writer(4);
+    for (int i = 0; i < 100; ++i) writer.submit([&done, i] { done.push_back(i); });
+    writer.wait_idle();
+    ASSERT_EQ(done.size(), 100u);
+    for (int i = 0; i < 100; ++i) EXPECT_EQ(done[i], i);
+    // One task holds the thread and two wait (capacity 2): the next submit blocks.
+    cli::BackgroundWriter small(2);
+    std::atomic<bool> release{false}, started{false}, third_queued{false};
+    std::atomic<int> ran{0};
+    small.submit([&] {
+      started = true;
+      while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      ++ran;
+    });
+    while (!started) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    small.submit([&] { ++ran; });
+    small.submit([&] { ++ran; });
+    std::thread giver([&] {
+      small.submit([&] { ++ran; });
+      third_queued = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_FALSE(third_queued) << "submit did not wait for room in a full queue";
+    release = true;
+    giver.join();
+    EXPECT_TRUE(third_queued);
+    small.wait_idle();
+    EXPECT_EQ(ran, 4);
+    for (int i = 100; i < 110; ++i) writer.submit([&done, i] { done.push_back(i); });
+  }  // the destructors run what is queued
+  EXPECT_EQ(done.size(), 110u);
+}
+
+// An image that cannot be written (a folder has its name) is reported with its
+// line after the images before it, the others are still written and listed
+// in file order, and the run fails; --fail-fast stops there. The same with
+// mixed-prompt batches.
+TEST(CLIBatch, AnImageThatCannotBeWrittenIsReportedInFileOrder) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("unwritable");
+  write_file(dir + "/p.txt", "first\nsecond\nthird\nfourth\n");
+  const auto files = [](const std::string& d) {
+    std::set<std::string> out;
+    for (const auto& e : fs::directory_iterator(d))
+      if (e.is_regular_file()) out.insert(e.path().filename().string());
+    return out;
+  };
+  for (const char* max_batch : {"1", "4"}) {
+    SCOPED_TRACE(std::string("--max-batch ") + max_batch);
+    const std::string out = dir + "/out" + max_batch, ff = dir + "/ff" + max_batch;
+    fs::create_directories(out + "/1.png");
+    fs::create_directories(ff + "/1.png");
+    const std::string cmd = sdgen_cmd(dir) + "--steps 2 --seed 3 --json --max-batch " + max_batch +
+                            " --prompt-file " + q(dir + "/p.txt");
+    std::string log;
+    // stdout alone in `log` (test::run adds 2>&1 after the group).
+    EXPECT_EQ(
+        test::run("{ " + cmd + " -o " + q(out + "/{index}.png") + " 2>" + q(dir + "/err.txt") + "; }",
+                  &log),
+        1);
+    const std::string err = read_file(dir + "/err.txt");
+    EXPECT_NE(err.find("p.txt line 2: "), std::string::npos) << err;
+    EXPECT_NE(err.find("1.png"), std::string::npos) << err;
+    EXPECT_NE(err.find("3 written, 0 skipped (already there), 1 failed"), std::string::npos) << err;
+    EXPECT_EQ(files(out), std::set<std::string>({"0.png", "2.png", "3.png"}));
+    std::vector<int> indices;
+    std::istringstream lines(log);
+    for (std::string line; std::getline(lines, line);)
+      indices.push_back(nlohmann::json::parse(line)["index"].get<int>());
+    EXPECT_EQ(indices, std::vector<int>({0, 2, 3})) << log;
+    EXPECT_EQ(test::run(cmd + " --fail-fast -o " + q(ff + "/{index}.png") + " 2>&1", &log), 1);
+    EXPECT_EQ(files(ff), std::set<std::string>({"0.png"})) << log;
+  }
+}
+
+// --prompt-file -: each line's image is written and its --json line printed
+// before the next line is read (a program driving sdgen through a pipe waits
+// for that line before it sends the next prompt).
+TEST(CLIBatch, StandardInputAnswersEachLineBeforeTheNext) {
+  SDGEN_REQUIRE_SHARED();
+  const auto dir = test::temp_dir("stdin_turns");
+  write_file(dir + "/drive.sh",
+             "set -euo pipefail\n"
+             "coproc SD { " + sdgen_cmd(dir) + "--steps 2 --seed 4 --json -q --prompt-file - -o " +
+                 q(dir + "/{index}.png") + " 2>" + q(dir + "/err.txt") + "; }\n"
+             "for p in 'a red fox' 'a blue cat' 'a green tree'; do\n"
+             "  echo \"$p\" >&\"${SD[1]}\"\n"
+             "  read -r -t 120 line <&\"${SD[0]}\" || { echo \"no line for $p\"; exit 3; }\n"
+             "  echo \"$line\"\n"
+             "done\n"
+             "to_sdgen=${SD[1]}\n"
+             "exec {to_sdgen}>&-\n"
+             "wait \"$SD_PID\"\n");
+  std::string log;
+  ASSERT_EQ(test::run("bash " + q(dir + "/drive.sh"), &log), 0)
+      << log << read_file(dir + "/err.txt");
+  std::istringstream lines(log);
+  int n = 0;
+  for (std::string line; std::getline(lines, line); ++n) {
+    const auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["index"], n);
+    EXPECT_TRUE(fs::is_regular_file(j["path"].get<std::string>())) << line;
+  }
+  EXPECT_EQ(n, 3) << log;
 }
 
 }  // namespace

@@ -51,12 +51,25 @@ torch::Tensor read_mask_image(const std::string& path) {
 }
 
 void Runner::report(int code, const std::string& where, const std::string& message) {
-  // The jobs waiting for a batch come before this message in file order.
+  // The jobs waiting for a batch, and the images being written, come before
+  // this message in file order.
   flush_pending();
+  wait_for_writes();
   if (progress_) progress_->clear();
-  std::cerr << "sdgen: error: " << where << one_line(message) << std::endl;
-  if (first_error_code_ == kExitOk) first_error_code_ = code;
+  report_written(code, where, message);
+}
+
+void Runner::report_written(int code, const std::string& where, const std::string& message) {
+  const std::string text = "sdgen: error: " + where + one_line(message) + "\n";
+  std::lock_guard<std::mutex> lock(output_mutex_);
+  std::cerr << text << std::flush;
+  int none = kExitOk;
+  first_error_code_.compare_exchange_strong(none, code);
   if (run_.fail_fast) stop_ = true;
+}
+
+void Runner::wait_for_writes() {
+  if (writer_) writer_->wait_idle();
 }
 
 int Runner::entry_image_count(const PromptEntry* e) const {
@@ -216,6 +229,7 @@ int Runner::run() {
     index_base += images;
   }
   flush_pending();
+  wait_for_writes();  // every image generated is written, also after Ctrl-C
   progress_->clear();
   if (interrupted()) {
     std::cerr << interrupted_line(images_written_) << std::endl;

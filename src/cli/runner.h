@@ -5,14 +5,17 @@
 // A1111 metadata, --from-png, progress and --json. runner.cpp has the run and
 // the model load, runner_entry.cpp one prompt-file entry.
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "background_writer.h"
 #include "loras.h"
 #include "options.h"
 #include "progress.h"
@@ -42,6 +45,9 @@ torch::Tensor read_mask_image(const std::string& path);
 // cap, lowered by the memory estimate for large sizes.
 inline constexpr int kCpuDefaultMaxBatch = 1;
 inline constexpr int kCudaDefaultMaxBatch = 8;
+// Images waiting for the writer thread at most (then generation waits):
+// 48 MB of 1024x1024 pixels.
+inline constexpr size_t kWriterQueueImages = 16;
 
 class Runner {
  public:
@@ -80,7 +86,12 @@ class Runner {
   void generate_pending(std::vector<PendingJob>& batch);
   void write_image(const Job& job, const GenerationResult& result, int pos, int64_t index, int line,
                    const std::string& path, double total_s);
+  // Reports an error of `where` (after the images before it in file order are
+  // written): one line on stderr, the run's exit code, --fail-fast.
   void report(int code, const std::string& where, const std::string& message);
+  // The same from the writer thread, for an image it could not write.
+  void report_written(int code, const std::string& where, const std::string& message);
+  void wait_for_writes();
   std::string where(int line) const {
     if (run_.prompt_file.empty()) return "";
     return (run_.prompt_file == "-" ? std::string("<stdin>") : run_.prompt_file) + " line " +
@@ -101,10 +112,16 @@ class Runner {
   std::vector<PendingJob> pending_;         // in file order, sharing one UNet batch
   std::map<std::string, torch::Tensor> init_images_;
   std::map<std::string, torch::Tensor> masks_;
-  int64_t images_written_ = 0, images_skipped_ = 0, images_failed_ = 0, bad_lines_ = 0;
-  int first_error_code_ = kExitOk;
-  bool stop_ = false;
+  // Written and failed images are counted on the writer thread too.
+  std::atomic<int64_t> images_written_{0}, images_failed_{0};
+  int64_t images_skipped_ = 0, bad_lines_ = 0;
+  std::atomic<int> first_error_code_{kExitOk};
+  std::atomic<bool> stop_{false};
   bool file_mode_ = false;
+  std::mutex output_mutex_;  // a line at a time on stdout and stderr, from both threads
+  // PNG encoding and writing, overlapping the next batch (declared last: it
+  // finishes its queue before the members its tasks use go away).
+  std::unique_ptr<BackgroundWriter> writer_;
 };
 
 }  // namespace sdgen::cli

@@ -46,6 +46,9 @@ void Runner::flush_pending() {
   if (pending_.empty()) return;
   std::vector<PendingJob> batch;
   batch.swap(pending_);
+  // --fail-fast stops at the first image that cannot be written: nothing is
+  // generated while one is being written.
+  if (run_.fail_fast) wait_for_writes();
   if (stop_) return;
   if (interrupted()) {  // Ctrl-C while the previous batch was written
     stop_ = true;

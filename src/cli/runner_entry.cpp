@@ -214,45 +214,58 @@ void Runner::run_entry(const PromptEntry& e, int64_t index_base, int entry_image
 
 void Runner::write_image(const Job& job, const GenerationResult& result, int pos, int64_t index,
                          int line, const std::string& path, double total_s) {
-  const std::string params = image_parameters(session_, job, pos);
-  try {
-    write_png(path, result.images_u8[pos], {{"parameters", params}});
-  } catch (const Error& err) {
-    ++images_failed_;
-    report(kExitGeneration, where(line), err.what());
-    return;
-  }
-  ++images_written_;
+  // What the image's PNG and output line say is taken here, from the run's
+  // state now; the PNG is encoded and written, and the line printed, on the
+  // writer thread while the next batch samples.
+  std::string params = image_parameters(session_, job, pos);
+  std::string text;
   if (!run_.json) {
-    std::cout << "wrote " << path << " (seed " << job.request.seed << ")" << std::endl;
-    return;
+    text = "wrote " + path + " (seed " + std::to_string(job.request.seed) + ")";
+  } else {
+    // The settings table's --json fields, then what only the run knows.
+    Settings shown = job.settings;
+    shown.model = session_.model_path;
+    nlohmann::json out = settings_json(shown);
+    const auto& t = result.timings;
+    out["path"] = path;
+    out["index"] = index;
+    out["line"] = line;
+    out["batch_pos"] = pos;
+    out["model_hash"] = session_.model_hash10;
+    out["device"] = session_.device.str();
+    out["dtype"] = std::string(c10::toString(session_.dtype));
+    nlohmann::json loras = nlohmann::json::array();
+    for (const auto& l : job.loras)
+      loras.push_back({{"name", l.name},
+                       {"path", l.file->path},
+                       {"hash", l.hash},
+                       {"te_weight", l.te_weight},
+                       {"unet_weight", l.unet_weight}});
+    out["loras"] = loras;
+    out["timings"] = {{"load_s", session_.load_s},
+                      {"text_s", t.text_s},
+                      {"sampling_s", t.sampling_s},
+                      {"decode_s", t.decode_s},
+                      {"total_s", total_s},
+                      {"lora_merge_s", session_.loras->last_merge_seconds()},
+                      {"steps", t.steps},
+                      {"it_per_s", t.sampling_s > 0 ? t.steps / t.sampling_s : 0.0}};
+    text = out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
-  // The settings table's --json fields, then what only the run knows.
-  Settings shown = job.settings;
-  shown.model = session_.model_path;
-  nlohmann::json out = settings_json(shown);
-  const auto& t = result.timings;
-  out["path"] = path;
-  out["index"] = index;
-  out["line"] = line;
-  out["batch_pos"] = pos;
-  out["model_hash"] = session_.model_hash10;
-  out["device"] = session_.device.str();
-  out["dtype"] = std::string(c10::toString(session_.dtype));
-  nlohmann::json loras = nlohmann::json::array();
-  for (const auto& l : job.loras)
-    loras.push_back({{"name", l.name},
-                     {"path", l.file->path},
-                     {"hash", l.hash},
-                     {"te_weight", l.te_weight},
-                     {"unet_weight", l.unet_weight}});
-  out["loras"] = loras;
-  out["timings"] = {
-      {"load_s", session_.load_s},  {"text_s", t.text_s},
-      {"sampling_s", t.sampling_s}, {"decode_s", t.decode_s},
-      {"total_s", total_s},         {"lora_merge_s", session_.loras->last_merge_seconds()},
-      {"steps", t.steps},           {"it_per_s", t.sampling_s > 0 ? t.steps / t.sampling_s : 0.0}};
-  std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  if (!writer_) writer_ = std::make_unique<BackgroundWriter>(kWriterQueueImages);
+  writer_->submit([this, image = result.images_u8[pos], path, params = std::move(params),
+                   text = std::move(text), at = where(line)] {
+    try {
+      write_png(path, image, {{"parameters", params}});
+    } catch (const std::exception& err) {
+      ++images_failed_;
+      report_written(kExitGeneration, at, err.what());
+      return;
+    }
+    ++images_written_;
+    std::lock_guard<std::mutex> lock(output_mutex_);
+    std::cout << text << std::endl;
+  });
 }
 
 }  // namespace sdgen::cli
