@@ -713,6 +713,13 @@ TEST(Serve, Img2ImgProgressMetrics) {
   skipped.join();
   EXPECT_EQ(slow_status, 200);
   EXPECT_TRUE(p.at("state").at("skipped").get<bool>()) << p.dump();
+  // A POST without Content-Length has no body (`curl -X POST .../interrupt`):
+  // answered at once, not after the server's 5 s read timeout.
+  const auto t_raw = std::chrono::steady_clock::now();
+  const std::string bodiless = raw_exchange(
+      server.port, "POST /sdapi/v1/interrupt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(bodiless.rfind("HTTP/1.1 200", 0), 0u) << bodiless;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_raw).count(), 2.5);
 
   // /metrics: the text format, and the counts of what happened above.
   auto metrics = client.Get("/metrics");

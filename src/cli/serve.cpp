@@ -232,11 +232,18 @@ void Server::add_routes() {
                                                               const httplib::ContentReader& read) {
       ServeRequest request{req, {}, -1};
       bool too_large = false;
-      read([&](const char* data, size_t n) {
-        if (request.body.size() + n > body_limit) return !(too_large = true);
-        request.body.append(data, n);
-        return true;
-      });
+      // A request with neither Content-Length nor a chunked body has no body
+      // (RFC 9112 section 6.3; `curl -X POST .../interrupt`): cpp-httplib 0.11
+      // would wait for the client to close the connection (5 s) instead.
+      const bool has_body = req.has_header("Content-Length") ||
+                            req.get_header_value("Transfer-Encoding").find("chunked") !=
+                                std::string::npos;
+      if (has_body)
+        read([&](const char* data, size_t n) {
+          if (request.body.size() + n > body_limit) return !(too_large = true);
+          request.body.append(data, n);
+          return true;
+        });
       if (too_large) {
         refuse_body(req, res);
         return;
