@@ -62,11 +62,10 @@ class FifoTurns {
   int limit_;
 };
 
-// Every generation runs on this one thread, as the command line runs it on
-// its main thread: one OpenMP team for the server's life instead of one per
-// HTTP thread (with more threads than cores libgomp throttles its teams: on
-// 2 cores tiny images took 40% longer on the HTTP threads than in the
-// command line), and one thread for CUDA's current stream and captured graphs.
+// Every use of the model (the load, switches, generations) runs on this one
+// thread, as the command line runs it on its main thread: one OpenMP team
+// for the server's life instead of one per HTTP thread that held the turn,
+// and one thread for CUDA's current stream and captured graphs.
 class ModelThread {
  public:
   ModelThread() = default;
