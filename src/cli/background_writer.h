@@ -2,7 +2,8 @@
 
 // A thread that runs the tasks given to it in order while their giver goes
 // on (issue 32): the command line's PNG encoding and file writes overlap the
-// next batch's sampling instead of holding it up.
+// next batch's sampling instead of holding it up. `sdgen serve`'s model
+// thread (serve_internal.h) is one too, waited for after each task.
 
 #include <condition_variable>
 #include <cstddef>

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <iostream>
 
@@ -74,36 +75,10 @@ int FifoTurns::waiting() {
   return waiting_;
 }
 
-ModelThread::~ModelThread() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  changed_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
-
 void ModelThread::run(const std::function<void()>& task) {
   std::lock_guard<std::mutex> one_caller(run_mutex_);
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
-  task_ = &task;
-  done_ = false;
-  error_ = nullptr;
-  changed_.notify_all();
-  changed_.wait(lock, [&] { return done_; });
-  task_ = nullptr;
-  if (error_) std::rethrow_exception(error_);
-}
-
-void ModelThread::loop() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  while (true) {
-    changed_.wait(lock, [&] { return stop_ || (task_ != nullptr && !done_); });
-    if (stop_) return;
-    const std::function<void()>& task = *task_;
-    lock.unlock();
-    std::exception_ptr error;
+  std::exception_ptr error;
+  thread_.submit([&] {
     try {
       // The OpenMP team takes --threads (at::set_num_threads set it on the
       // main thread at start-up) before any operator runs.
@@ -112,11 +87,9 @@ void ModelThread::loop() {
     } catch (...) {
       error = std::current_exception();
     }
-    lock.lock();
-    error_ = error;
-    done_ = true;
-    changed_.notify_all();
-  }
+  });
+  thread_.wait_idle();
+  if (error) std::rethrow_exception(error);
 }
 
 // cpp-httplib 0.11 gives a handler neither its socket nor a way to ask

@@ -9,14 +9,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
-#include <thread>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +22,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "background_writer.h"
 #include "sdgen/image_api.h"
 #include "serve.h"
 #include "session.h"
@@ -68,23 +67,13 @@ class FifoTurns {
 // and one thread for CUDA's current stream and captured graphs.
 class ModelThread {
  public:
-  ModelThread() = default;
-  ModelThread(const ModelThread&) = delete;
-  ModelThread& operator=(const ModelThread&) = delete;
-  ~ModelThread();
   // Runs `task` there (the thread starts on the first call) and waits for it;
   // what it throws is rethrown here. One caller at a time.
   void run(const std::function<void()>& task);
 
  private:
-  void loop();
-  std::mutex run_mutex_;  // one run() at a time
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  const std::function<void()>* task_ = nullptr;
-  std::exception_ptr error_;
-  bool done_ = false, stop_ = false;
-  std::thread thread_;
+  std::mutex run_mutex_;        // one run() at a time
+  BackgroundWriter thread_{1};  // the thread, and its one task at a time
 };
 
 // The images of one request, PNGs with their parameters text.
