@@ -23,8 +23,10 @@ namespace {
 // beside libtorch's OpenMP pool; after each call both pools spin-wait
 // (sched_yield) for the same cores. On 2 cores that made a training step of
 // the default model 1.7x slower and sampling it 1.5-2x slower than with one
-// BLAS thread (docs/performance.md). libtorch parallelizes around its BLAS
-// calls, so each caller gets one BLAS thread. OPENBLAS_NUM_THREADS, when set,
+// BLAS thread (docs/performance.md). Each caller gets one BLAS thread;
+// libtorch makes a single call for a Linear or each matrix of a bmm, so
+// sdgen's Linear and attention split their rows over libtorch's threads
+// themselves (src/nn/cpu_parallel.h). OPENBLAS_NUM_THREADS, when set,
 // is left to OpenBLAS; other BLAS libraries (MKL in pip's libtorch) lack the
 // symbol and are left alone.
 void limit_openblas_threads() {

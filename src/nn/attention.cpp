@@ -1,5 +1,7 @@
 #include "nn/attention.h"
 
+#include "nn/cpu_parallel.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -89,6 +91,9 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 #if TORCH_VERSION_MAJOR >= 2
   return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal);
 #else
+  // fp32 on the CPU: blocks of query rows on every thread (libtorch 1.13's
+  // bmm makes one single-threaded BLAS call per matrix).
+  if (auto out = attention_rows_parallel(q, k, v, causal)) return *std::move(out);
   return blocked_attention(q, k, v, causal);
 #endif
 }

@@ -1,5 +1,6 @@
 #include "sdgen/layers.h"
 
+#include "nn/cpu_parallel.h"
 #include "nn/group_norm_cpu.h"
 
 namespace sdgen::nn {
@@ -52,8 +53,10 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias) {
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  return torch::linear(x, weight_in_compute_dtype(weight, compute_dtype),
-                       in_compute_dtype(bias, compute_dtype));
+  const auto w = weight_in_compute_dtype(weight, compute_dtype);
+  const auto b = in_compute_dtype(bias, compute_dtype);
+  if (auto y = linear_rows_parallel(x, w, b)) return *std::move(y);
+  return torch::linear(x, w, b);
 }
 
 GroupNormImpl::GroupNormImpl(int64_t groups, int64_t channels, double eps)

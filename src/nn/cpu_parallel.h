@@ -1,0 +1,37 @@
+#pragma once
+
+// Matrix products on the CPU spread over libtorch's threads.
+//
+// sdgen gives OpenBLAS one thread per caller (init_cpu_runtime: its own
+// thread pool spin-waited against libtorch's OpenMP pool), and libtorch 1.13
+// makes one BLAS call for a Linear over all its rows and one per matrix of a
+// bmm, so those products ran on one core while the others waited: in an fp32
+// UNet step on 2 cores, a third of the time (issue 33). These functions split
+// the rows over libtorch's OpenMP threads, one single-threaded BLAS call each,
+// and compute attention per block of query rows without materialising the
+// whole score matrix.
+
+#include <optional>
+
+#include <torch/torch.h>
+
+namespace sdgen::nn {
+
+// Whether this build spreads work over threads (compiled with OpenMP, which
+// libtorch's at::parallel_for needs in the caller) and more than one thread
+// is set.
+bool cpu_parallel_kernels_enabled();
+
+// x [..., in] @ w[out, in]^T + b for fp32 CPU tensors, rows split over the
+// threads; nullopt where it does not apply (another dtype or device, autograd,
+// few rows, one thread), and the caller takes torch::linear.
+std::optional<torch::Tensor> linear_rows_parallel(const torch::Tensor& x, const torch::Tensor& w,
+                                                  const torch::Tensor& b);
+
+// softmax(q k^T / sqrt(d) [+ causal mask]) v for fp32 CPU q [B, H, Lq, D],
+// k [B, H, Lk, D], v [B, H, Lk, Dv]; nullopt where it does not apply
+// (another dtype or device, autograd).
+std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, const torch::Tensor& k,
+                                                     const torch::Tensor& v, bool causal);
+
+}  // namespace sdgen::nn
