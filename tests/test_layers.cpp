@@ -1,10 +1,12 @@
 // sdgen's layers against torch's functional ops: the bf16 CPU GroupNorm
 // kernel (NCHW and channels_last, fused SiLU) against fp32 group_norm on the
-// same bf16 values, and the layers' plain forward math.
+// same bf16 values, the fp32 Winograd convolution against float64 conv2d,
+// and the layers' plain forward math.
 
 #include <tuple>
 
 #include "nn/group_norm_cpu.h"
+#include "nn/winograd_cpu.h"
 #include "sdgen/layers.h"
 #include "test_util.h"
 
@@ -105,6 +107,82 @@ TEST(Layers, ConvAndLinearFollowTorchFunctional) {
   EXPECT_TRUE(torch::allclose(conv(x), torch::conv2d(x, conv->weight, conv->bias, 2, 1)));
   auto v = torch::randn({3, 6});
   EXPECT_TRUE(torch::allclose(linear(v), torch::linear(v, linear->weight, linear->bias)));
+}
+
+// Largest |winograd - exact| for x [n, c, h, w] and k output channels, the
+// exact result computed in float64.
+double winograd_error(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w, bool bias) {
+  const auto x = torch::randn({n, c, h, w});
+  const auto weight = torch::randn({k, c, 3, 3}) / std::sqrt(9.0 * c);
+  const auto b = bias ? torch::randn({k}) : torch::Tensor();
+  const auto exact = torch::conv2d(x.to(torch::kDouble), weight.to(torch::kDouble),
+                                   bias ? b.to(torch::kDouble) : torch::Tensor(), 1, 1);
+  const auto y = nn::conv3x3_winograd_always(x, weight, b);
+  EXPECT_EQ(y.sizes(), exact.sizes());
+  return test::max_abs_diff(y, exact);
+}
+
+TEST(Layers, WinogradConvolutionMatchesTheExactOneOnEveryThreadCount) {
+  const int old_threads = at::get_num_threads();
+  for (int threads = 1; threads <= 3; ++threads) {
+    at::set_num_threads(threads);
+    torch::manual_seed(threads);
+    // Odd and even sizes (partial tiles on the right and bottom edges), one
+    // row or column, one channel, batches, with and without bias; several
+    // bands of tile rows (130 wide: 512-tile bands of 7 rows).
+    for (const auto& [n, c, k, h, w] : std::vector<std::array<int64_t, 5>>{{1, 1, 1, 1, 1},
+                                                                           {1, 3, 5, 7, 9},
+                                                                           {2, 4, 3, 1, 6},
+                                                                           {3, 2, 2, 8, 1},
+                                                                           {2, 16, 24, 33, 32},
+                                                                           {1, 8, 4, 130, 66}}) {
+      for (bool bias : {true, false}) {
+        EXPECT_LT(winograd_error(n, c, k, h, w, bias), 2e-5)
+            << n << "x" << c << "->" << k << " at " << h << "x" << w << " bias " << bias << ", "
+            << threads << " threads";
+      }
+    }
+  }
+  at::set_num_threads(old_threads);
+}
+
+TEST(Layers, WinogradConvolutionIsUsedOnlyWhereItApplies) {
+  const auto x = torch::randn({1, 4, 32, 32});
+  const auto w = torch::randn({6, 4, 3, 3}), b = torch::randn({6});
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(nn::conv3x3_winograd(x, w, b).has_value());
+  EXPECT_TRUE(nn::conv3x3_winograd(x, w, torch::Tensor()).has_value());
+  // Small maps, channels_last, other dtypes and kernels: torch::conv2d.
+  EXPECT_FALSE(nn::conv3x3_winograd(torch::randn({1, 4, 16, 32}), w, b).has_value());
+  EXPECT_FALSE(
+      nn::conv3x3_winograd(x.contiguous(torch::MemoryFormat::ChannelsLast), w, b).has_value());
+  EXPECT_FALSE(
+      nn::conv3x3_winograd(x.to(torch::kBFloat16), w.to(torch::kBFloat16), b.to(torch::kBFloat16))
+          .has_value());
+  EXPECT_FALSE(nn::conv3x3_winograd(x, torch::randn({6, 4, 1, 1}), b).has_value());
+  EXPECT_FALSE(nn::conv3x3_winograd(x, torch::randn({6, 5, 3, 3}), b).has_value());
+}
+
+TEST(Layers, Conv2dTakesWinogradForFp32AndKeepsAutograd) {
+  nn::Conv2d conv(8, 12, 3, 1, 1);
+  torch::manual_seed(5);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : conv->parameters()) p.copy_(torch::randn(p.sizes()) * 0.1);
+  }
+  const auto x = torch::randn({2, 8, 40, 36});
+  const auto exact = torch::conv2d(x.to(torch::kDouble), conv->weight.to(torch::kDouble),
+                                   conv->bias.to(torch::kDouble), 1, 1);
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_LT(test::max_abs_diff(conv(x), exact), 2e-5);
+  }
+  // Training: the parameters require grad, so libtorch's convolution runs.
+  const auto y = conv(x);
+  EXPECT_TRUE(y.requires_grad());
+  y.sum().backward();
+  EXPECT_TRUE(conv->weight.grad().defined());
+  EXPECT_LT(test::max_abs_diff(y, exact), 1e-4);
 }
 
 }  // namespace

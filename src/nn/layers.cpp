@@ -2,6 +2,7 @@
 
 #include "nn/cpu_parallel.h"
 #include "nn/group_norm_cpu.h"
+#include "nn/winograd_cpu.h"
 
 namespace sdgen::nn {
 
@@ -43,8 +44,14 @@ Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel
 
 // torch.nn.Conv2d.forward (zeros padding, no dilation, one group).
 torch::Tensor Conv2dImpl::forward(const torch::Tensor& x) {
-  return torch::conv2d(x, weight_in_compute_dtype(weight, compute_dtype),
-                       in_compute_dtype(bias, compute_dtype), {stride, stride}, {padding, padding});
+  const auto w = weight_in_compute_dtype(weight, compute_dtype);
+  const auto b = in_compute_dtype(bias, compute_dtype);
+  // fp32 3x3 convolutions on the CPU: Winograd F(2x2, 3x3), 1.2-1.7x faster
+  // than oneDNN's direct kernels from 32x32 up (src/nn/winograd_cpu.h).
+  if (stride == 1 && padding == 1) {
+    if (auto y = conv3x3_winograd(x, w, b)) return *std::move(y);
+  }
+  return torch::conv2d(x, w, b, {stride, stride}, {padding, padding});
 }
 
 LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias) {
