@@ -15,10 +15,12 @@ option(SDGEN_SANITIZE "Build everything with AddressSanitizer and UndefinedBehav
 # its HTTP parsing, with a busy machine), the others < 30 s each;
 # test_cli_batch (386 s, the same binary paths as test_smoke and
 # test_bad_inputs with more prompts) is left out to keep CI short.
+# test_attention (7 s) and test_layers (1 s) cover the CPU kernels' pointer
+# arithmetic (row-parallel attention, Winograd, bf16 GroupNorm) at edge sizes.
 set(SDGEN_SANITIZE_TESTS
     test_safetensors test_tokenizer test_prompt_weights test_prompt_file test_a1111
     test_image_io test_checkpoint test_model test_pipeline test_smoke test_bad_inputs
-    test_convert test_serve)
+    test_convert test_serve test_attention test_layers)
 
 if(SDGEN_SANITIZE)
   set(SDGEN_SANITIZE_FLAGS -fsanitize=address,undefined -fno-omit-frame-pointer
