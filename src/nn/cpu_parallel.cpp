@@ -9,6 +9,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "nn/simd.h"
 
 namespace sdgen::nn {
@@ -94,6 +98,21 @@ bool cpu_parallel_kernels_enabled() {
 #endif
 }
 
+int64_t cpu_worker_slots() {
+#ifdef _OPENMP
+  if (!cpu_parallel_kernels_enabled()) return 1;
+  return std::max<int64_t>(at::get_num_threads(), omp_get_max_threads());
+#else
+  return 1;
+#endif
+}
+
+int64_t cpu_worker_slot(int64_t slots) {
+  const int64_t slot = slots > 1 ? at::get_thread_num() : 0;
+  TORCH_CHECK(slot >= 0 && slot < slots, "sdgen CPU kernel: thread ", slot, " of ", slots);
+  return slot;
+}
+
 std::optional<torch::Tensor> linear_rows_parallel(const torch::Tensor& x, const torch::Tensor& w,
                                                   const torch::Tensor& b) {
   if (x.dim() < 2 || !x.defined() || !dense_fp32_cpu(x) || !dense_fp32_cpu(w) ||
@@ -142,7 +161,7 @@ std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, con
   // diffusers' scale is dim_head ** -0.5 in double, rounded to fp32 by baddbmm.
   const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
 
-  const int64_t threads = cpu_parallel_kernels_enabled() ? at::get_num_threads() : 1;
+  const int64_t threads = cpu_worker_slots();
   int64_t rows = std::clamp<int64_t>(kScoreBlockElements / lk, 1, lq);
   // Enough blocks for every thread to get several.
   while (rows > 16 && bh * ((lq + rows - 1) / rows) < 4 * threads) rows = (rows + 1) / 2;
@@ -162,7 +181,7 @@ std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, con
   const int64_t tasks = bh * blocks_per_head;
   std::atomic<int64_t> next{0};
   const auto body = [&](int64_t /*worker*/, int64_t /*worker_end*/) {
-    const int64_t thread = threads > 1 ? at::get_thread_num() : 0;
+    const int64_t thread = cpu_worker_slot(threads);
     float* sum = sums.data() + thread * rows;
     for (int64_t task = next++; task < tasks; task = next++) {
       const int64_t head = task / blocks_per_head, row0 = (task % blocks_per_head) * rows;

@@ -22,6 +22,16 @@ namespace sdgen::nn {
 // is set.
 bool cpu_parallel_kernels_enabled();
 
+// How many per-thread buffers a kernel needs: at least one per thread that
+// the OpenMP runtime this library calls may start (with pip's libtorch,
+// which bundles its own libgomp, that runtime's count can differ from
+// at::get_num_threads()); 1 where the kernels run on one thread.
+int64_t cpu_worker_slots();
+
+// This thread's buffer index inside a kernel's parallel region, checked
+// against the kernel's slot count.
+int64_t cpu_worker_slot(int64_t slots);
+
 // x [..., in] @ w[out, in]^T + b for fp32 CPU tensors, rows split over the
 // threads; nullopt where it does not apply (another dtype or device, autograd,
 // few rows, one thread), and the caller takes torch::linear.

@@ -169,7 +169,7 @@ torch::Tensor conv3x3_winograd_always(const torch::Tensor& input, const torch::T
   torch::Tensor y = torch::empty({batch, k_count, h, w}, x.options());
   if (y.numel() == 0) return y;
   const int64_t th = (h + 1) / 2, tw = (w + 1) / 2;
-  const int64_t threads = cpu_parallel_kernels_enabled() ? at::get_num_threads() : 1;
+  const int64_t threads = cpu_worker_slots();
   const at::ThreadLocalState state;
   const auto on_threads = [&](int64_t count, const auto& body) {
     if (threads == 1) return body(0, count);
@@ -204,7 +204,7 @@ torch::Tensor conv3x3_winograd_always(const torch::Tensor& input, const torch::T
   const int64_t tasks = batch * bands;
   std::atomic<int64_t> next{0};
   on_threads(threads, [&](int64_t /*begin*/, int64_t /*end*/) {
-    const int64_t thread = threads > 1 ? at::get_thread_num() : 0;
+    const int64_t thread = cpu_worker_slot(threads);
     const torch::Tensor v = v_all[thread], m = m_all[thread];
     float* v_data = v.data_ptr<float>();
     float* m_data = m.data_ptr<float>();
