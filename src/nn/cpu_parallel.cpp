@@ -29,17 +29,6 @@ constexpr int64_t kMinRowsPerThread = 64;
 // blocks of one BLAS thread before.
 constexpr int64_t kScoreBlockElements = int64_t{1} << 20;
 
-bool no_autograd(std::initializer_list<const torch::Tensor*> tensors) {
-  if (!torch::GradMode::is_enabled()) return true;
-  return std::none_of(tensors.begin(), tensors.end(),
-                      [](const torch::Tensor* t) { return t->defined() && t->requires_grad(); });
-}
-
-bool dense_fp32_cpu(const torch::Tensor& t) {
-  return !t.defined() ||
-         (t.is_cpu() && t.layout() == torch::kStrided && t.scalar_type() == torch::kFloat);
-}
-
 // The largest of n values; NaN is skipped here and propagates through the exp.
 SDGEN_SIMD_CLONES float row_max(const float* x, int64_t n) {
   constexpr int kLanes = 16;
@@ -76,19 +65,25 @@ SDGEN_SIMD_CLONES float exp_shifted(float* x, int64_t n, float max, float scale)
   return static_cast<float>(sum);
 }
 
-// Runs body(begin, end) over [0, n) on libtorch's threads with the caller's
-// thread-local state (grad and inference mode): OpenMP's workers do not
-// inherit it, and libtorch 1.13's parallel_for does not pass it on.
-template <typename Body>
-void parallel_rows(int64_t n, int64_t grain, const Body& body) {
+}  // namespace
+
+bool plain_fp32_cpu(std::initializer_list<const torch::Tensor*> tensors) {
+  const bool autograd = torch::GradMode::is_enabled();
+  return std::all_of(tensors.begin(), tensors.end(), [autograd](const torch::Tensor* t) {
+    return !t->defined() ||
+           (t->is_cpu() && t->layout() == torch::kStrided && t->scalar_type() == torch::kFloat &&
+            !(autograd && t->requires_grad()));
+  });
+}
+
+void parallel_for_with_state(int64_t n, int64_t grain,
+                             const std::function<void(int64_t, int64_t)>& body) {
   const at::ThreadLocalState state;
   at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
     const at::ThreadLocalStateGuard guard(state);
     body(begin, end);
   });
 }
-
-}  // namespace
 
 bool cpu_parallel_kernels_enabled() {
 #ifdef _OPENMP
@@ -115,8 +110,8 @@ int64_t cpu_worker_slot(int64_t slots) {
 
 std::optional<torch::Tensor> linear_rows_parallel(const torch::Tensor& x, const torch::Tensor& w,
                                                   const torch::Tensor& b) {
-  if (x.dim() < 2 || !x.defined() || !dense_fp32_cpu(x) || !dense_fp32_cpu(w) ||
-      !dense_fp32_cpu(b) || !no_autograd({&x, &w, &b}) || !cpu_parallel_kernels_enabled())
+  if (!x.defined() || x.dim() < 2 || !plain_fp32_cpu({&x, &w, &b}) ||
+      !cpu_parallel_kernels_enabled())
     return std::nullopt;
   const int64_t in = x.size(-1), out_features = w.size(0);
   const torch::Tensor rows = x.reshape({-1, in});
@@ -124,7 +119,7 @@ std::optional<torch::Tensor> linear_rows_parallel(const torch::Tensor& x, const 
   if (m < 2 * kMinRowsPerThread || w.size(1) != in) return std::nullopt;
   torch::Tensor out = torch::empty({m, out_features}, x.options());
   const torch::Tensor wt = w.t();
-  parallel_rows(m, kMinRowsPerThread, [&](int64_t begin, int64_t end) {
+  parallel_for_with_state(m, kMinRowsPerThread, [&](int64_t begin, int64_t end) {
     torch::Tensor part = out.narrow(0, begin, end - begin);
     if (b.defined()) {
       at::addmm_out(part, b, rows.narrow(0, begin, end - begin), wt);
@@ -144,8 +139,8 @@ std::optional<torch::Tensor> linear_rows_parallel(const torch::Tensor& x, const 
 // independent, so blocking changes nothing but rounding.
 std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, const torch::Tensor& k,
                                                      const torch::Tensor& v, bool causal) {
-  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || !dense_fp32_cpu(q) || !dense_fp32_cpu(k) ||
-      !dense_fp32_cpu(v) || !no_autograd({&q, &k, &v}))
+  if (!q.defined() || !k.defined() || !v.defined() || q.dim() != 4 || k.dim() != 4 ||
+      v.dim() != 4 || !plain_fp32_cpu({&q, &k, &v}))
     return std::nullopt;
   const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), lk = k.size(2),
                 dv = v.size(3);
@@ -180,7 +175,8 @@ std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, con
   // waiting at the end of every call.
   const int64_t tasks = bh * blocks_per_head;
   std::atomic<int64_t> next{0};
-  const auto body = [&](int64_t /*worker*/, int64_t /*worker_end*/) {
+  // One call per thread (or one in all where parallel_for stays serial).
+  parallel_for_with_state(threads, 1, [&](int64_t /*worker*/, int64_t /*worker_end*/) {
     const int64_t thread = cpu_worker_slot(threads);
     float* sum = sums.data() + thread * rows;
     for (int64_t task = next++; task < tasks; task = next++) {
@@ -206,12 +202,7 @@ std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, con
         for (int64_t j = 0; j < dv; ++j) op[r * stride + j] *= inv;
       }
     }
-  };
-  if (threads > 1) {
-    parallel_rows(threads, 1, body);  // one call per thread
-  } else {
-    body(0, 1);
-  }
+  });
   return out.permute({0, 2, 1, 3});
 }
 

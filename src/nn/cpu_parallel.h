@@ -11,6 +11,8 @@
 // and compute attention per block of query rows without materialising the
 // whole score matrix.
 
+#include <functional>
+#include <initializer_list>
 #include <optional>
 
 #include <torch/torch.h>
@@ -31,6 +33,17 @@ int64_t cpu_worker_slots();
 // This thread's buffer index inside a kernel's parallel region, checked
 // against the kernel's slot count.
 int64_t cpu_worker_slot(int64_t slots);
+
+// Whether every defined tensor among these is a dense fp32 CPU tensor and
+// none of them needs autograd (the kernels here have no backward).
+bool plain_fp32_cpu(std::initializer_list<const torch::Tensor*> tensors);
+
+// at::parallel_for(0, n, grain, body) with the caller's thread-local state
+// (grad and inference mode) on every thread: OpenMP's workers do not inherit
+// it, and libtorch 1.13's parallel_for does not pass it on. Runs body(0, n)
+// on the calling thread where parallel_for would (one thread, nested).
+void parallel_for_with_state(int64_t n, int64_t grain,
+                             const std::function<void(int64_t, int64_t)>& body);
 
 // x [..., in] @ w[out, in]^T + b for fp32 CPU tensors, rows split over the
 // threads; nullopt where it does not apply (another dtype or device, autograd,

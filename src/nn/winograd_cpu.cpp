@@ -5,9 +5,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
-
 #include "nn/cpu_parallel.h"
 #include "nn/simd.h"
 
@@ -170,17 +167,9 @@ torch::Tensor conv3x3_winograd_always(const torch::Tensor& input, const torch::T
   if (y.numel() == 0) return y;
   const int64_t th = (h + 1) / 2, tw = (w + 1) / 2;
   const int64_t threads = cpu_worker_slots();
-  const at::ThreadLocalState state;
-  const auto on_threads = [&](int64_t count, const auto& body) {
-    if (threads == 1) return body(0, count);
-    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      const at::ThreadLocalStateGuard guard(state);
-      body(begin, end);
-    });
-  };
 
   torch::Tensor u = torch::empty({16, k_count, c_count}, x.options());
-  on_threads(k_count, [&](int64_t begin, int64_t end) {
+  parallel_for_with_state(k_count, 1, [&](int64_t begin, int64_t end) {
     transform_weights(wc.data_ptr<float>(), u.data_ptr<float>(), k_count, c_count, begin, end);
   });
 
@@ -203,7 +192,7 @@ torch::Tensor conv3x3_winograd_always(const torch::Tensor& input, const torch::T
   // Bands are handed out one at a time, as in attention_rows_parallel.
   const int64_t tasks = batch * bands;
   std::atomic<int64_t> next{0};
-  on_threads(threads, [&](int64_t /*begin*/, int64_t /*end*/) {
+  parallel_for_with_state(threads, 1, [&](int64_t /*begin*/, int64_t /*end*/) {
     const int64_t thread = cpu_worker_slot(threads);
     const torch::Tensor v = v_all[thread], m = m_all[thread];
     float* v_data = v.data_ptr<float>();
@@ -233,18 +222,11 @@ torch::Tensor conv3x3_winograd_always(const torch::Tensor& input, const torch::T
 
 std::optional<torch::Tensor> conv3x3_winograd(const torch::Tensor& x, const torch::Tensor& w,
                                               const torch::Tensor& b) {
-  const auto fp32_cpu = [](const torch::Tensor& t) {
-    return !t.defined() ||
-           (t.is_cpu() && t.layout() == torch::kStrided && t.scalar_type() == torch::kFloat);
-  };
-  if (!x.defined() || x.dim() != 4 || !fp32_cpu(x) || !fp32_cpu(w) || !fp32_cpu(b) ||
+  if (!x.defined() || !w.defined() || x.dim() != 4 || !plain_fp32_cpu({&x, &w, &b}) ||
       w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.size(1) != x.size(1))
     return std::nullopt;
   // channels_last inputs stay with oneDNN, which takes them as they are.
   if (!x.is_contiguous()) return std::nullopt;
-  if (torch::GradMode::is_enabled() &&
-      (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad())))
-    return std::nullopt;
   // Below 32x32 the transformed weights are read once per few tiles and the
   // direct convolution is as fast or faster (16x16: equal; 8x8: 1.4x slower).
   if (x.size(2) * x.size(3) < 32 * 32 || winograd_disabled()) return std::nullopt;
