@@ -111,71 +111,109 @@ TEST(Layers, ConvAndLinearFollowTorchFunctional) {
 
 // Largest |winograd - exact| for x [n, c, h, w] and k output channels, the
 // exact result computed in float64.
-double winograd_error(int64_t n, int64_t c, int64_t k, int64_t h, int64_t w, bool bias) {
+double winograd_error(nn::WinogradKernel kernel, int64_t n, int64_t c, int64_t k, int64_t h,
+                      int64_t w, bool bias) {
   const auto x = torch::randn({n, c, h, w});
   const auto weight = torch::randn({k, c, 3, 3}) / std::sqrt(9.0 * c);
   const auto b = bias ? torch::randn({k}) : torch::Tensor();
   const auto exact = torch::conv2d(x.to(torch::kDouble), weight.to(torch::kDouble),
                                    bias ? b.to(torch::kDouble) : torch::Tensor(), 1, 1);
-  const auto y = nn::conv3x3_winograd_always(x, weight, b);
+  const auto y = nn::conv3x3_winograd_always(x, weight, b, kernel);
   EXPECT_EQ(y.sizes(), exact.sizes());
   return test::max_abs_diff(y, exact);
 }
 
-TEST(Layers, WinogradConvolutionMatchesTheExactOneOnEveryThreadCount) {
+TEST(Layers, WinogradConvolutionsMatchTheExactOneOnEveryThreadCount) {
   const int old_threads = at::get_num_threads();
   for (int threads = 1; threads <= 3; ++threads) {
     at::set_num_threads(threads);
     torch::manual_seed(threads);
-    // Odd and even sizes (partial tiles on the right and bottom edges), one
-    // row or column, one channel, batches, with and without bias; several
-    // bands of tile rows (130 wide: 512-tile bands of 7 rows).
-    for (const auto& [n, c, k, h, w] : std::vector<std::array<int64_t, 5>>{{1, 1, 1, 1, 1},
-                                                                           {1, 3, 5, 7, 9},
-                                                                           {2, 4, 3, 1, 6},
-                                                                           {3, 2, 2, 8, 1},
-                                                                           {2, 16, 24, 33, 32},
-                                                                           {1, 8, 4, 130, 66}}) {
-      for (bool bias : {true, false}) {
-        EXPECT_LT(winograd_error(n, c, k, h, w, bias), 2e-5)
-            << n << "x" << c << "->" << k << " at " << h << "x" << w << " bias " << bias << ", "
-            << threads << " threads";
+    // Odd and even sizes (partial 2x2 and 4x4 tiles on the right and bottom
+    // edges), one row or column, one channel, batches, with and without
+    // bias; several bands of tile rows (130 wide: 512-tile bands of 7 rows
+    // for F(2x2), 128-tile bands of 3 rows for F(4x4)); 130 output channels:
+    // several blocks of them with a shorter last one.
+    const std::vector<std::array<int64_t, 5>> shapes{
+        {1, 1, 1, 1, 1},     {1, 3, 5, 7, 9},    {2, 4, 3, 1, 6},    {3, 2, 2, 8, 1},
+        {2, 16, 24, 33, 32}, {1, 8, 4, 130, 66}, {2, 5, 130, 10, 7}, {1, 3, 7, 6, 5}};
+    for (const auto kernel : {nn::WinogradKernel::kF2Banded, nn::WinogradKernel::kF4Banded,
+                              nn::WinogradKernel::kF2KBlocked}) {
+      // F(4x4)'s transforms carry larger constants (up to 5 and 1/24): its
+      // error is a few times F(2x2)'s (tests at these sizes: <= 1e-5).
+      const double tolerance = kernel == nn::WinogradKernel::kF4Banded ? 5e-5 : 2e-5;
+      for (const auto& [n, c, k, h, w] : shapes) {
+        for (bool bias : {true, false}) {
+          EXPECT_LT(winograd_error(kernel, n, c, k, h, w, bias), tolerance)
+              << "kernel " << static_cast<int>(kernel) << ": " << n << "x" << c << "->" << k
+              << " at " << h << "x" << w << " bias " << bias << ", " << threads << " threads";
+        }
       }
     }
   }
   at::set_num_threads(old_threads);
 }
 
+TEST(Layers, WinogradKernelsAreChosenByShape) {
+  using nn::WinogradKernel;
+  // SD1.5's UNet: 320 channels at 64x64, 640 at 32x32, 1280 at 16x16 and 8x8.
+  EXPECT_EQ(nn::winograd_kernel_for(320, 320, 64, 64), WinogradKernel::kF4Banded);
+  EXPECT_EQ(nn::winograd_kernel_for(640, 320, 64, 64), WinogradKernel::kF4Banded);
+  EXPECT_EQ(nn::winograd_kernel_for(320, 640, 32, 32), WinogradKernel::kF2KBlocked);
+  EXPECT_EQ(nn::winograd_kernel_for(2560, 1280, 16, 16), WinogradKernel::kF2KBlocked);
+  EXPECT_EQ(nn::winograd_kernel_for(1280, 1280, 8, 8), WinogradKernel::kF2KBlocked);
+  // The VAE decoder: 512 channels from 64x64, 128 at 512x512.
+  EXPECT_EQ(nn::winograd_kernel_for(512, 512, 64, 64), WinogradKernel::kF4Banded);
+  EXPECT_EQ(nn::winograd_kernel_for(128, 128, 512, 512), WinogradKernel::kF4Banded);
+  // Few channels (the UNet's first and last convolutions, sdgen's small
+  // default model), tiny maps: oneDNN.
+  EXPECT_FALSE(nn::winograd_kernel_for(4, 320, 64, 64));
+  EXPECT_FALSE(nn::winograd_kernel_for(320, 4, 64, 64));
+  EXPECT_FALSE(nn::winograd_kernel_for(128, 128, 32, 32));
+  EXPECT_FALSE(nn::winograd_kernel_for(64, 64, 512, 512));
+  EXPECT_FALSE(nn::winograd_kernel_for(1280, 1280, 4, 4));
+}
+
 TEST(Layers, WinogradConvolutionIsUsedOnlyWhereItApplies) {
-  const auto x = torch::randn({1, 4, 32, 32});
-  const auto w = torch::randn({6, 4, 3, 3}), b = torch::randn({6});
+  const auto x = torch::randn({1, 256, 8, 8});
+  const auto w = torch::randn({256, 256, 3, 3}) / 48.0, b = torch::randn({256});
   torch::NoGradGuard no_grad;
-  EXPECT_TRUE(nn::conv3x3_winograd(x, w, b).has_value());
+  const auto y = nn::conv3x3_winograd(x, w, b);
+  ASSERT_TRUE(y.has_value());
+  EXPECT_TRUE(
+      torch::equal(*y, nn::conv3x3_winograd_always(x, w, b, nn::WinogradKernel::kF2KBlocked)));
+  EXPECT_LT(test::max_abs_diff(*y, torch::conv2d(x, w, b, 1, 1)), 1e-4);
   EXPECT_TRUE(nn::conv3x3_winograd(x, w, torch::Tensor()).has_value());
-  // Small maps, channels_last, other dtypes and kernels: torch::conv2d.
-  EXPECT_FALSE(nn::conv3x3_winograd(torch::randn({1, 4, 16, 32}), w, b).has_value());
+  // Small maps, few channels, channels_last, other dtypes and kernels:
+  // torch::conv2d.
+  EXPECT_FALSE(nn::conv3x3_winograd(torch::randn({1, 256, 4, 8}), w, b).has_value());
+  EXPECT_FALSE(nn::conv3x3_winograd(torch::randn({1, 4, 32, 32}), torch::randn({6, 4, 3, 3}),
+                                    torch::randn({6}))
+                   .has_value());
   EXPECT_FALSE(
       nn::conv3x3_winograd(x.contiguous(torch::MemoryFormat::ChannelsLast), w, b).has_value());
   EXPECT_FALSE(
       nn::conv3x3_winograd(x.to(torch::kBFloat16), w.to(torch::kBFloat16), b.to(torch::kBFloat16))
           .has_value());
-  EXPECT_FALSE(nn::conv3x3_winograd(x, torch::randn({6, 4, 1, 1}), b).has_value());
-  EXPECT_FALSE(nn::conv3x3_winograd(x, torch::randn({6, 5, 3, 3}), b).has_value());
+  EXPECT_FALSE(nn::conv3x3_winograd(x, torch::randn({256, 256, 1, 1}), b).has_value());
+  EXPECT_FALSE(nn::conv3x3_winograd(x, torch::randn({256, 255, 3, 3}), b).has_value());
 }
 
 TEST(Layers, Conv2dTakesWinogradForFp32AndKeepsAutograd) {
-  nn::Conv2d conv(8, 12, 3, 1, 1);
+  nn::Conv2d conv(256, 256, 3, 1, 1);
   torch::manual_seed(5);
   {
     torch::NoGradGuard no_grad;
-    for (auto& p : conv->parameters()) p.copy_(torch::randn(p.sizes()) * 0.1);
+    for (auto& p : conv->parameters()) p.copy_(torch::randn(p.sizes()) / 48.0);
   }
-  const auto x = torch::randn({2, 8, 40, 36});
+  const auto x = torch::randn({2, 256, 12, 10});
   const auto exact = torch::conv2d(x.to(torch::kDouble), conv->weight.to(torch::kDouble),
                                    conv->bias.to(torch::kDouble), 1, 1);
   {
     torch::NoGradGuard no_grad;
-    EXPECT_LT(test::max_abs_diff(conv(x), exact), 2e-5);
+    const auto y = conv(x);
+    EXPECT_TRUE(torch::equal(y, nn::conv3x3_winograd_always(x, conv->weight, conv->bias,
+                                                            nn::WinogradKernel::kF2KBlocked)));
+    EXPECT_LT(test::max_abs_diff(y, exact), 2e-5);
   }
   // Training: the parameters require grad, so libtorch's convolution runs.
   const auto y = conv(x);

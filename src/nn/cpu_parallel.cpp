@@ -8,6 +8,11 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -67,12 +72,11 @@ SDGEN_SIMD_CLONES float exp_shifted(float* x, int64_t n, float max, float scale)
 
 }  // namespace
 
-bool plain_fp32_cpu(std::initializer_list<const torch::Tensor*> tensors) {
-  const bool autograd = torch::GradMode::is_enabled();
-  return std::all_of(tensors.begin(), tensors.end(), [autograd](const torch::Tensor* t) {
-    return !t->defined() ||
-           (t->is_cpu() && t->layout() == torch::kStrided && t->scalar_type() == torch::kFloat &&
-            !(autograd && t->requires_grad()));
+bool plain_fp32_cpu(std::initializer_list<const at::Tensor*> tensors) {
+  const bool autograd = at::GradMode::is_enabled();
+  return std::all_of(tensors.begin(), tensors.end(), [autograd](const at::Tensor* t) {
+    return !t->defined() || (t->is_cpu() && t->layout() == at::kStrided &&
+                             t->scalar_type() == at::kFloat && !(autograd && t->requires_grad()));
   });
 }
 
@@ -108,19 +112,19 @@ int64_t cpu_worker_slot(int64_t slots) {
   return slot;
 }
 
-std::optional<torch::Tensor> linear_rows_parallel(const torch::Tensor& x, const torch::Tensor& w,
-                                                  const torch::Tensor& b) {
+std::optional<at::Tensor> linear_rows_parallel(const at::Tensor& x, const at::Tensor& w,
+                                               const at::Tensor& b) {
   if (!x.defined() || x.dim() < 2 || !plain_fp32_cpu({&x, &w, &b}) ||
       !cpu_parallel_kernels_enabled())
     return std::nullopt;
   const int64_t in = x.size(-1), out_features = w.size(0);
-  const torch::Tensor rows = x.reshape({-1, in});
+  const at::Tensor rows = x.reshape({-1, in});
   const int64_t m = rows.size(0);
   if (m < 2 * kMinRowsPerThread || w.size(1) != in) return std::nullopt;
-  torch::Tensor out = torch::empty({m, out_features}, x.options());
-  const torch::Tensor wt = w.t();
+  at::Tensor out = at::empty({m, out_features}, x.options());
+  const at::Tensor wt = w.t();
   parallel_for_with_state(m, kMinRowsPerThread, [&](int64_t begin, int64_t end) {
-    torch::Tensor part = out.narrow(0, begin, end - begin);
+    at::Tensor part = out.narrow(0, begin, end - begin);
     if (b.defined()) {
       at::addmm_out(part, b, rows.narrow(0, begin, end - begin), wt);
     } else {
@@ -137,8 +141,8 @@ std::optional<torch::Tensor> linear_rows_parallel(const torch::Tensor& x, const 
 // block, the softmax in place (exp_approx, sums in fp32 lanes and double),
 // the block times v, and each output row divided by its sum. Rows are
 // independent, so blocking changes nothing but rounding.
-std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, const torch::Tensor& k,
-                                                     const torch::Tensor& v, bool causal) {
+std::optional<at::Tensor> attention_rows_parallel(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, bool causal) {
   if (!q.defined() || !k.defined() || !v.defined() || q.dim() != 4 || k.dim() != 4 ||
       v.dim() != 4 || !plain_fp32_cpu({&q, &k, &v}))
     return std::nullopt;
@@ -149,10 +153,10 @@ std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, con
   // Each head's [L, D] matrix is read in place (split_heads' view of the
   // projection: rows h * D apart), as BLAS takes a row stride; only a last
   // dimension that is not dense needs a copy.
-  const auto rows_dense = [](const torch::Tensor& t) {
+  const auto rows_dense = [](const at::Tensor& t) {
     return t.stride(-1) == 1 ? t : t.contiguous();
   };
-  const torch::Tensor qd = rows_dense(q), kd = rows_dense(k), vd = rows_dense(v);
+  const at::Tensor qd = rows_dense(q), kd = rows_dense(k), vd = rows_dense(v);
   // diffusers' scale is dim_head ** -0.5 in double, rounded to fp32 by baddbmm.
   const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
 
@@ -164,11 +168,11 @@ std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, con
 
   // [B, Lq, H, Dv], returned as the [B, H, Lq, Dv] view: merge_heads, which
   // every caller applies next, is then free.
-  torch::Tensor out = torch::empty({b, lq, h, dv}, q.options());
+  at::Tensor out = at::empty({b, lq, h, dv}, q.options());
   // One score block per thread, allocated here (not on OpenMP's workers).
   // Zeros, not empty: libtorch 1.13's small-product kernels have let
   // uninitialised output bytes through (attention.cpp, attention_scores).
-  torch::Tensor scratch = torch::zeros({threads, rows, lk}, q.options());
+  at::Tensor scratch = at::zeros({threads, rows, lk}, q.options());
   std::vector<float> sums(static_cast<size_t>(threads * rows));
   // Blocks are handed out one at a time (not a fixed share per thread): the
   // threads' BLAS calls run at different speeds, and a static split left one
@@ -183,7 +187,7 @@ std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, con
       const int64_t head = task / blocks_per_head, row0 = (task % blocks_per_head) * rows;
       const int64_t bi = head / h, hi = head % h;
       const int64_t n = std::min(rows, lq - row0);
-      torch::Tensor scores = scratch[thread].narrow(0, 0, n);
+      at::Tensor scores = scratch[thread].narrow(0, 0, n);
       at::mm_out(scores, qd[bi][hi].narrow(0, row0, n), kd[bi][hi].t());
       float* s = scores.data_ptr<float>();
       for (int64_t r = 0; r < n; ++r) {
@@ -193,7 +197,7 @@ std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, con
         sum[r] = exp_shifted(row, visible, row_max(row, visible), scale);
         std::fill(row + visible, row + lk, 0.0f);
       }
-      torch::Tensor o = out[bi].narrow(0, row0, n).select(1, hi);
+      at::Tensor o = out[bi].narrow(0, row0, n).select(1, hi);
       at::mm_out(o, scores, vd[bi][hi]);
       float* op = o.data_ptr<float>();
       const int64_t stride = o.stride(0);

@@ -15,7 +15,7 @@
 #include <initializer_list>
 #include <optional>
 
-#include <torch/torch.h>
+#include <ATen/core/Tensor.h>
 
 namespace sdgen::nn {
 
@@ -36,7 +36,7 @@ int64_t cpu_worker_slot(int64_t slots);
 
 // Whether every defined tensor among these is a dense fp32 CPU tensor and
 // none of them needs autograd (the kernels here have no backward).
-bool plain_fp32_cpu(std::initializer_list<const torch::Tensor*> tensors);
+bool plain_fp32_cpu(std::initializer_list<const at::Tensor*> tensors);
 
 // at::parallel_for(0, n, grain, body) with the caller's thread-local state
 // (grad and inference mode) on every thread: OpenMP's workers do not inherit
@@ -48,13 +48,13 @@ void parallel_for_with_state(int64_t n, int64_t grain,
 // x [..., in] @ w[out, in]^T + b for fp32 CPU tensors, rows split over the
 // threads; nullopt where it does not apply (another dtype or device, autograd,
 // few rows, one thread), and the caller takes torch::linear.
-std::optional<torch::Tensor> linear_rows_parallel(const torch::Tensor& x, const torch::Tensor& w,
-                                                  const torch::Tensor& b);
+std::optional<at::Tensor> linear_rows_parallel(const at::Tensor& x, const at::Tensor& w,
+                                               const at::Tensor& b);
 
 // softmax(q k^T / sqrt(d) [+ causal mask]) v for fp32 CPU q [B, H, Lq, D],
 // k [B, H, Lk, D], v [B, H, Lk, Dv]; nullopt where it does not apply
 // (another dtype or device, autograd).
-std::optional<torch::Tensor> attention_rows_parallel(const torch::Tensor& q, const torch::Tensor& k,
-                                                     const torch::Tensor& v, bool causal);
+std::optional<at::Tensor> attention_rows_parallel(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, bool causal);
 
 }  // namespace sdgen::nn

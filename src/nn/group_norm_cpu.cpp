@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty_like.h>
 
 namespace sdgen::nn {
 namespace {
@@ -116,18 +117,17 @@ SDGEN_SIMD_CLONES void affine_rows(const uint16_t* __restrict x, uint16_t* __res
 
 }  // namespace
 
-torch::Tensor group_norm_bf16_cpu(const torch::Tensor& x, int64_t groups,
-                                  const torch::Tensor& weight, const torch::Tensor& bias,
-                                  double eps, bool apply_silu) {
-  TORCH_CHECK(x.is_cpu() && x.scalar_type() == torch::kBFloat16 && x.dim() >= 2,
+at::Tensor group_norm_bf16_cpu(const at::Tensor& x, int64_t groups, const at::Tensor& weight,
+                               const at::Tensor& bias, double eps, bool apply_silu) {
+  TORCH_CHECK(x.is_cpu() && x.scalar_type() == at::kBFloat16 && x.dim() >= 2,
               "group_norm_bf16_cpu: expected a bf16 CPU tensor [N, C, ...]");
   const int64_t batch = x.size(0), channels = x.size(1);
   TORCH_CHECK(groups > 0 && channels % groups == 0, "group_norm_bf16_cpu: ", channels,
               " channels are not divisible into ", groups, " groups");
   const bool channels_last =
-      x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(torch::MemoryFormat::ChannelsLast);
-  const torch::Tensor input = channels_last ? x : x.contiguous();
-  torch::Tensor output = torch::empty_like(input);
+      x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor input = channels_last ? x : x.contiguous();
+  at::Tensor output = at::empty_like(input);
   if (input.numel() == 0) return output;
   const int64_t spatial = input.numel() / (batch * channels);
   const auto* in = reinterpret_cast<const uint16_t*>(input.data_ptr<at::BFloat16>());
@@ -186,8 +186,8 @@ torch::Tensor group_norm_bf16_cpu(const torch::Tensor& x, int64_t groups,
 
   // Groups from channels (Chan et al.'s parallel variance), then the
   // per-channel affine map y = x * scale + shift.
-  const torch::Tensor gamma = weight.to(torch::kFloat).contiguous();
-  const torch::Tensor beta = bias.to(torch::kFloat).contiguous();
+  const at::Tensor gamma = weight.to(at::kFloat).contiguous();
+  const at::Tensor beta = bias.to(at::kFloat).contiguous();
   const float* gamma_data = gamma.data_ptr<float>();
   const float* beta_data = beta.data_ptr<float>();
   const int64_t per_group = channels / groups;
