@@ -16,6 +16,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "nn/winograd_cpu.h"
 #include "sdgen/device_info.h"
 #include "sdgen/error.h"
 #include "sdgen/lora.h"
@@ -60,6 +62,7 @@ struct Options {
   int mixed_prompts = 0;              // > 0: images/s of this many different prompts
   int max_batch = 0;                  // their batch (default: 8 on CUDA, 4 on CPU)
   bool one_call_cpu_batches = false;  // CPU: one UNet call per batch (not bit-exact)
+  bool cpu_convolutions = false;      // time SD1.5's 3x3 convolutions per CPU kernel
 };
 
 // `n` different prompts and seeds of one-chunk length, some with a negative
@@ -153,6 +156,83 @@ double median(std::vector<double> v) {
 }
 
 double mb(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
+
+// --cpu-convolutions: every 3x3 stride-1 convolution of an SD1.5 UNet
+// evaluation with guidance (batch 2, 64x64 latents) and of a VAE decode at
+// 512x512, fp32 on the CPU, timed per distinct shape with libtorch's conv2d
+// (oneDNN), each Winograd kernel and the one sdgen picks
+// (src/nn/winograd_cpu.h): best of `repeats` (default 2) after one warm-up.
+// One JSON line per shape, then one with the totals.
+int run_cpu_convolutions(const Options& o) {
+  sdgen::init_cpu_runtime(o.threads);
+  torch::NoGradGuard no_grad;
+  struct Shape {
+    const char* model;
+    int64_t batch, in, out, size, count;  // count: convolutions of this shape per pass
+  };
+  const std::vector<Shape> shapes{{"unet", 2, 320, 320, 64, 7},   {"unet", 2, 960, 320, 64, 1},
+                                  {"unet", 2, 640, 320, 64, 2},   {"unet", 2, 640, 640, 64, 1},
+                                  {"unet", 2, 320, 640, 32, 1},   {"unet", 2, 640, 640, 32, 6},
+                                  {"unet", 2, 1920, 640, 32, 1},  {"unet", 2, 1280, 640, 32, 1},
+                                  {"unet", 2, 960, 640, 32, 1},   {"unet", 2, 1280, 1280, 32, 1},
+                                  {"unet", 2, 640, 1280, 16, 1},  {"unet", 2, 1280, 1280, 16, 7},
+                                  {"unet", 2, 2560, 1280, 16, 2}, {"unet", 2, 1920, 1280, 16, 1},
+                                  {"unet", 2, 1280, 1280, 8, 11}, {"unet", 2, 2560, 1280, 8, 3},
+                                  {"unet", 2, 4, 320, 64, 1},     {"unet", 2, 320, 4, 64, 1},
+                                  {"vae", 1, 4, 512, 64, 1},      {"vae", 1, 512, 512, 64, 10},
+                                  {"vae", 1, 512, 512, 128, 7},   {"vae", 1, 512, 512, 256, 1},
+                                  {"vae", 1, 512, 256, 256, 1},   {"vae", 1, 256, 256, 256, 5},
+                                  {"vae", 1, 256, 256, 512, 1},   {"vae", 1, 256, 128, 512, 1},
+                                  {"vae", 1, 128, 128, 512, 5},   {"vae", 1, 128, 3, 512, 1}};
+  using sdgen::nn::WinogradKernel;
+  const std::vector<std::pair<std::string, std::optional<WinogradKernel>>> methods{
+      {"onednn", std::nullopt},
+      {"f2_banded", WinogradKernel::kF2Banded},
+      {"f4_banded", WinogradKernel::kF4Banded},
+      {"f2_k_blocked", WinogradKernel::kF2KBlocked}};
+  const int repeats = o.repeats > 0 ? o.repeats : 2;
+  std::map<std::string, std::map<std::string, double>> totals;  // model -> method -> seconds
+  for (const Shape& s : shapes) {
+    torch::manual_seed(0);
+    const auto x = torch::randn({s.batch, s.in, s.size, s.size});
+    const auto w = torch::randn({s.out, s.in, 3, 3}) / std::sqrt(9.0 * s.in);
+    const auto b = torch::randn({s.out});
+    const auto chosen = sdgen::nn::winograd_kernel_for(s.in, s.out, s.size, s.size);
+    nlohmann::json line{{"model", s.model},
+                        {"batch", s.batch},
+                        {"in", s.in},
+                        {"out", s.out},
+                        {"size", s.size},
+                        {"count", s.count},
+                        {"threads", at::get_num_threads()}};
+    for (const auto& [name, kernel] : methods) {
+      const auto once = [&, kernel = kernel] {
+        return kernel ? sdgen::nn::conv3x3_winograd_always(x, w, b, *kernel)
+                      : torch::conv2d(x, w, b, 1, 1);
+      };
+      once();
+      double best = 1e30;
+      for (int r = 0; r < repeats; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        once();
+        best = std::min(
+            best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      line[name + "_ms"] = best * 1e3;
+      auto& total = totals[std::string(s.model) + "_s"];
+      total[name] += best * s.count;
+      if (kernel == chosen) {
+        line["chosen"] = name;
+        total["chosen"] += best * s.count;
+      }
+    }
+    std::cout << line.dump() << std::endl;
+  }
+  nlohmann::json summary(totals);
+  summary["what"] = "3x3 convolutions per UNet evaluation (unet_s) and per VAE decode (vae_s)";
+  std::cout << summary.dump() << std::endl;
+  return 0;
+}
 
 int run(const Options& o) {
   sdgen::init_cpu_runtime(o.threads);
@@ -401,12 +481,16 @@ int main(int argc, char** argv) {
   app.add_flag("--one-call-cpu-batches", o.one_call_cpu_batches,
                "CPU: run a mixed batch's UNet and VAE as one call, as on CUDA (within rounding "
                "of alone), instead of per request (bit for bit)");
+  app.add_flag("--cpu-convolutions", o.cpu_convolutions,
+               "Only time SD1.5's 3x3 convolutions on the CPU (fp32, UNet and VAE shapes at "
+               "512x512) with oneDNN and each Winograd kernel; one JSON line per shape");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   try {
+    if (o.cpu_convolutions) return run_cpu_convolutions(o);
     return run(o);
   } catch (const c10::Error& e) {
     std::cerr << "sdgen-bench: error: " << e.what_without_backtrace() << std::endl;
