@@ -173,6 +173,32 @@ TEST(Layers, WinogradKernelsAreChosenByShape) {
   EXPECT_FALSE(nn::winograd_kernel_for(1280, 1280, 4, 4));
 }
 
+TEST(Layers, WinogradTakesHalfPrecisionWeightsAsStored) {
+  torch::manual_seed(11);
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({2, 6, 11, 9}), b = torch::randn({70});
+  for (const auto dtype : {torch::kHalf, torch::kBFloat16}) {
+    const auto stored = (torch::randn({70, 6, 3, 3}) / 8.0).to(dtype);
+    const auto fp32 = stored.to(torch::kFloat32);
+    for (const auto kernel : {nn::WinogradKernel::kF2Banded, nn::WinogradKernel::kF4Banded,
+                              nn::WinogradKernel::kF2KBlocked}) {
+      EXPECT_TRUE(torch::equal(nn::conv3x3_winograd_always(x, stored, b, kernel),
+                               nn::conv3x3_winograd_always(x, fp32, b, kernel)))
+          << "kernel " << static_cast<int>(kernel) << ", " << dtype;
+    }
+  }
+  // Through the shape rule: 256 channels at 8x8, fp16 weights.
+  const auto x2 = torch::randn({1, 256, 8, 8});
+  const auto w2 = (torch::randn({256, 256, 3, 3}) / 48.0).to(torch::kHalf);
+  const auto y = nn::conv3x3_winograd(x2, w2, torch::Tensor());
+  ASSERT_TRUE(y.has_value());
+  EXPECT_TRUE(
+      torch::equal(*y, nn::conv3x3_winograd_always(x2, w2.to(torch::kFloat32), torch::Tensor(),
+                                                   nn::WinogradKernel::kF2KBlocked)));
+  // Half-precision input: not this kernel's.
+  EXPECT_FALSE(nn::conv3x3_winograd(x2.to(torch::kHalf), w2, torch::Tensor()).has_value());
+}
+
 TEST(Layers, WinogradConvolutionIsUsedOnlyWhereItApplies) {
   const auto x = torch::randn({1, 256, 8, 8});
   const auto w = torch::randn({256, 256, 3, 3}) / 48.0, b = torch::randn({256});

@@ -44,13 +44,14 @@ Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel
 
 // torch.nn.Conv2d.forward (zeros padding, no dilation, one group).
 torch::Tensor Conv2dImpl::forward(const torch::Tensor& x) {
-  const auto w = weight_in_compute_dtype(weight, compute_dtype);
   const auto b = in_compute_dtype(bias, compute_dtype);
   // fp32 3x3 convolutions on the CPU with many channels: Winograd, 1.2-2x
-  // faster than oneDNN's direct kernels (src/nn/winograd_cpu.h).
-  if (stride == 1 && padding == 1) {
-    if (auto y = conv3x3_winograd(x, w, b)) return *std::move(y);
+  // faster than oneDNN's direct kernels (src/nn/winograd_cpu.h). It takes
+  // fp16/bf16 weights as stored (fp32-lowmem) and converts them itself.
+  if (stride == 1 && padding == 1 && (!compute_dtype || *compute_dtype == torch::kFloat32)) {
+    if (auto y = conv3x3_winograd(x, weight, b)) return *std::move(y);
   }
+  const auto w = weight_in_compute_dtype(weight, compute_dtype);
   return torch::conv2d(x, w, b, {stride, stride}, {padding, padding});
 }
 

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
@@ -32,13 +33,34 @@ constexpr int64_t kOutputChannelsPerBlock = 64;
 
 // ---- F(2x2, 3x3): 4x4 input tiles, 2x2 output tiles -----------------------
 
-// The 9 weights of output channel k's kernels, w[k][c][t], as g[t][c] in
+// The weights w[K][C][3][3] as stored: fp32, or fp16 / bf16 (fp32-lowmem
+// keeps the checkpoint's half-precision weights; converting them here, exact,
+// saves a pass over every weight).
+struct Weights {
+  const void* data;
+  at::ScalarType type;
+};
+
+// The 9 weights of output channel k's kernels, w[k][c][t], as fp32 g[t][c] in
 // `buffer`, so that the transforms below run over the input channels and
 // vectorise.
-const float* weights_by_tap(const float* w, int64_t k, int64_t c_count, float* buffer) {
-  const float* src = w + k * c_count * 9;
+template <typename T>
+void regroup_by_tap(const T* src, int64_t c_count, float* buffer) {
   for (int64_t c = 0; c < c_count; ++c) {
-    for (int t = 0; t < 9; ++t) buffer[t * c_count + c] = src[c * 9 + t];
+    for (int t = 0; t < 9; ++t) buffer[t * c_count + c] = static_cast<float>(src[c * 9 + t]);
+  }
+}
+const float* weights_by_tap(const Weights& w, int64_t k, int64_t c_count, float* buffer) {
+  const int64_t offset = k * c_count * 9;
+  switch (w.type) {
+    case at::kHalf:
+      regroup_by_tap(static_cast<const at::Half*>(w.data) + offset, c_count, buffer);
+      break;
+    case at::kBFloat16:
+      regroup_by_tap(static_cast<const at::BFloat16*>(w.data) + offset, c_count, buffer);
+      break;
+    default:
+      regroup_by_tap(static_cast<const float*>(w.data) + offset, c_count, buffer);
   }
   return buffer;
 }
@@ -68,12 +90,13 @@ SDGEN_SIMD_CLONES void kernel_f2(const float* g, int64_t c_count, float* u, int6
   }
 }
 
-// U[16][K][C] for output channels [begin, end); `k_count` is U's second
-// dimension (and w's first), `buffer` 9 C floats.
-void weights_f2(const float* w, float* u, int64_t k_count, int64_t c_count, int64_t begin,
+// U[16][rows][C] for output channels [begin, end) of w, channel begin in
+// U's row 0 at `u` (u_rows: U's second dimension); `buffer`: 9 C floats.
+void weights_f2(const Weights& w, float* u, int64_t u_rows, int64_t c_count, int64_t begin,
                 int64_t end, float* buffer) {
   for (int64_t k = begin; k < end; ++k) {
-    kernel_f2(weights_by_tap(w, k, c_count, buffer), c_count, u + k * c_count, k_count * c_count);
+    kernel_f2(weights_by_tap(w, k, c_count, buffer), c_count, u + (k - begin) * c_count,
+              u_rows * c_count);
   }
 }
 
@@ -217,10 +240,11 @@ SDGEN_SIMD_CLONES void kernel_f4(const float* g, int64_t c_count, float* u, int6
 }
 
 // U[36][K][C] for output channels [begin, end), as weights_f2.
-void weights_f4(const float* w, float* u, int64_t k_count, int64_t c_count, int64_t begin,
+void weights_f4(const Weights& w, float* u, int64_t u_rows, int64_t c_count, int64_t begin,
                 int64_t end, float* buffer) {
   for (int64_t k = begin; k < end; ++k) {
-    kernel_f4(weights_by_tap(w, k, c_count, buffer), c_count, u + k * c_count, k_count * c_count);
+    kernel_f4(weights_by_tap(w, k, c_count, buffer), c_count, u + (k - begin) * c_count,
+              u_rows * c_count);
   }
 }
 
@@ -342,7 +366,7 @@ SDGEN_SIMD_CLONES void output_f4(const float* m, int64_t m_stride, int64_t i0, i
 struct Algorithm {
   int tile;   // output tile size (2 or 4)
   int alpha;  // input tile size (tile + 2)
-  void (*weights)(const float*, float*, int64_t, int64_t, int64_t, int64_t, float*);
+  void (*weights)(const Weights&, float*, int64_t, int64_t, int64_t, int64_t, float*);
   void (*input)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t);
   void (*output)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float*,
                  float*);
@@ -370,8 +394,8 @@ void run_banded(const Algorithm& f, const at::Tensor& x, const at::Tensor& wc, c
   at::Tensor u = at::empty({products, k_count, c_count}, x.options());
   parallel_for_with_state(k_count, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(9 * c_count);
-    f.weights(wc.data_ptr<float>(), u.data_ptr<float>(), k_count, c_count, begin, end,
-              buffer.data());
+    f.weights(Weights{wc.data_ptr(), wc.scalar_type()}, u.data_ptr<float>() + begin * c_count,
+              k_count, c_count, begin, end, buffer.data());
   });
 
   // About 256 (F2) or 128 (F4) tiles per band, fewer where the buffers would
@@ -452,7 +476,7 @@ void run_k_blocked(const Algorithm& f, const at::Tensor& x, const at::Tensor& wc
   blocks = (k_count + block - 1) / block;
   at::Tensor u_all = at::empty({threads, products * block * c_count}, x.options());
   at::Tensor m_all = at::empty({threads, products * block * tiles}, x.options());
-  const float* w_data = wc.data_ptr<float>();
+  const Weights weights{wc.data_ptr(), wc.scalar_type()};
   float* y_data = y.data_ptr<float>();
   std::atomic<int64_t> next{0};
   parallel_for_with_state(threads, 1, [&](int64_t /*begin*/, int64_t /*end*/) {
@@ -462,7 +486,7 @@ void run_k_blocked(const Algorithm& f, const at::Tensor& x, const at::Tensor& wc
     float* buffer = buffers[thread].data_ptr<float>();
     for (int64_t task = next++; task < blocks; task = next++) {
       const int64_t k0 = task * block, count = std::min(k_count, k0 + block) - k0;
-      f.weights(w_data + k0 * c_count * 9, u_data, count, c_count, 0, count, buffer);
+      f.weights(weights, u_data, count, c_count, k0, k0 + count, buffer);
       const at::Tensor u =
           u_all[thread].narrow(0, 0, products * count * c_count).view({products, count, c_count});
       at::Tensor m =
@@ -541,8 +565,14 @@ at::Tensor conv3x3_winograd_always(const at::Tensor& input, const at::Tensor& we
 
 std::optional<at::Tensor> conv3x3_winograd(const at::Tensor& x, const at::Tensor& w,
                                            const at::Tensor& b) {
-  if (!x.defined() || !w.defined() || x.dim() != 4 || !plain_fp32_cpu({&x, &w, &b}) ||
-      w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.size(1) != x.size(1))
+  // The weights may be fp16 or bf16 as stored (fp32-lowmem): converted
+  // exactly on the way into the weight transform.
+  const bool half_weights = w.defined() && w.is_cpu() && w.layout() == at::kStrided &&
+                            (w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16) &&
+                            !(at::GradMode::is_enabled() && w.requires_grad());
+  if (!x.defined() || !w.defined() || x.dim() != 4 || !plain_fp32_cpu({&x, &b}) ||
+      !(half_weights || plain_fp32_cpu({&w})) || w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 ||
+      w.size(1) != x.size(1))
     return std::nullopt;
   // channels_last inputs stay with oneDNN, which takes them as they are.
   if (!x.is_contiguous() || winograd_disabled()) return std::nullopt;

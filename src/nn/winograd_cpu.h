@@ -33,7 +33,9 @@ std::optional<WinogradKernel> winograd_kernel_for(int64_t in_channels, int64_t o
                                                   int64_t height, int64_t width);
 
 // conv2d(x, w, b, stride 1, padding 1) for an fp32 NCHW CPU x [N, C, H, W]
-// and w [K, C, 3, 3]; nullopt where it does not apply or would not be faster
+// and w [K, C, 3, 3] (fp32, or fp16 / bf16 weights as fp32-lowmem stores
+// them: converted exactly, the result bit-identical to converting first);
+// nullopt where it does not apply or would not be faster
 // (another dtype, layout or kernel, autograd, winograd_kernel_for's shapes,
 // SDGEN_CPU_WINOGRAD=0 in the environment) and the caller takes
 // torch::conv2d.
