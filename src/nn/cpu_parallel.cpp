@@ -72,12 +72,16 @@ SDGEN_SIMD_CLONES float exp_shifted(float* x, int64_t n, float max, float scale)
 
 }  // namespace
 
-bool plain_fp32_cpu(std::initializer_list<const at::Tensor*> tensors) {
+bool plain_cpu(std::initializer_list<const at::Tensor*> tensors, at::ScalarType dtype) {
   const bool autograd = at::GradMode::is_enabled();
-  return std::all_of(tensors.begin(), tensors.end(), [autograd](const at::Tensor* t) {
+  return std::all_of(tensors.begin(), tensors.end(), [autograd, dtype](const at::Tensor* t) {
     return !t->defined() || (t->is_cpu() && t->layout() == at::kStrided &&
-                             t->scalar_type() == at::kFloat && !(autograd && t->requires_grad()));
+                             t->scalar_type() == dtype && !(autograd && t->requires_grad()));
   });
+}
+
+bool plain_fp32_cpu(std::initializer_list<const at::Tensor*> tensors) {
+  return plain_cpu(tensors, at::kFloat);
 }
 
 void parallel_for_with_state(int64_t n, int64_t grain,

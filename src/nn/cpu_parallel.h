@@ -34,8 +34,10 @@ int64_t cpu_worker_slots();
 // against the kernel's slot count.
 int64_t cpu_worker_slot(int64_t slots);
 
-// Whether every defined tensor among these is a dense fp32 CPU tensor and
-// none of them needs autograd (the kernels here have no backward).
+// Whether every defined tensor among these is a dense CPU tensor of `dtype`
+// and none of them needs autograd (the kernels here have no backward);
+// plain_fp32_cpu for fp32.
+bool plain_cpu(std::initializer_list<const at::Tensor*> tensors, at::ScalarType dtype);
 bool plain_fp32_cpu(std::initializer_list<const at::Tensor*> tensors);
 
 // at::parallel_for(0, n, grain, body) with the caller's thread-local state

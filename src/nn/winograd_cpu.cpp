@@ -6,7 +6,6 @@
 #include <cstring>
 #include <vector>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
@@ -87,16 +86,6 @@ SDGEN_SIMD_CLONES void kernel_f2(const float* g, int64_t c_count, float* u, int6
       u[(i * 4 + 2) * u_stride + c] = 0.5f * (r[0] - r[1] + r[2]);
       u[(i * 4 + 3) * u_stride + c] = r[2];
     }
-  }
-}
-
-// U[16][rows][C] for output channels [begin, end) of w, channel begin in
-// U's row 0 at `u` (u_rows: U's second dimension); `buffer`: 9 C floats.
-void weights_f2(const Weights& w, float* u, int64_t u_rows, int64_t c_count, int64_t begin,
-                int64_t end, float* buffer) {
-  for (int64_t k = begin; k < end; ++k) {
-    kernel_f2(weights_by_tap(w, k, c_count, buffer), c_count, u + (k - begin) * c_count,
-              u_rows * c_count);
   }
 }
 
@@ -239,15 +228,6 @@ SDGEN_SIMD_CLONES void kernel_f4(const float* g, int64_t c_count, float* u, int6
   }
 }
 
-// U[36][K][C] for output channels [begin, end), as weights_f2.
-void weights_f4(const Weights& w, float* u, int64_t u_rows, int64_t c_count, int64_t begin,
-                int64_t end, float* buffer) {
-  for (int64_t k = begin; k < end; ++k) {
-    kernel_f4(weights_by_tap(w, k, c_count, buffer), c_count, u + (k - begin) * c_count,
-              u_rows * c_count);
-  }
-}
-
 // B^T d for d = (d0 .. d5), B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],
 // [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0],
 // [0, 4, 0, -5, 0, 1]].
@@ -364,21 +344,32 @@ SDGEN_SIMD_CLONES void output_f4(const float* m, int64_t m_stride, int64_t i0, i
 // ---- The two ways of running an algorithm ---------------------------------
 
 struct Algorithm {
-  int tile;   // output tile size (2 or 4)
-  int alpha;  // input tile size (tile + 2)
-  void (*weights)(const Weights&, float*, int64_t, int64_t, int64_t, int64_t, float*);
+  int tile;  // output tile size m (2 or 4); input tiles are m + 2 wide
+  // G g G^T for one output channel's kernels (by tap) into u[p * stride + c].
+  void (*kernel)(const float*, int64_t, float*, int64_t);
   void (*input)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t);
   void (*output)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float*,
                  float*);
   int64_t (*input_buffer)(int64_t);
   int64_t (*output_buffer)(int64_t);
 
-  int64_t products() const { return int64_t{alpha} * alpha; }
+  int64_t products() const { return int64_t{tile + 2} * (tile + 2); }
+  int64_t tiles(int64_t size) const { return (size + tile - 1) / tile; }  // along one side
   int64_t buffer(int64_t tw) const { return std::max(input_buffer(tw), output_buffer(tw)); }
 };
 
-const Algorithm kF2{2, 4, weights_f2, input_f2, output_f2, input_buffer_f2, output_buffer_f2};
-const Algorithm kF4{4, 6, weights_f4, input_f4, output_f4, input_buffer_f4, output_buffer_f4};
+const Algorithm kF2{2, kernel_f2, input_f2, output_f2, input_buffer_f2, output_buffer_f2};
+const Algorithm kF4{4, kernel_f4, input_f4, output_f4, input_buffer_f4, output_buffer_f4};
+
+// U[products][rows][C] for output channels [begin, end) of w, channel begin
+// in U's row 0 at `u` (u_rows: U's second dimension); `buffer`: 9 C floats.
+void transform_weights(const Algorithm& f, const Weights& w, float* u, int64_t u_rows,
+                       int64_t c_count, int64_t begin, int64_t end, float* buffer) {
+  for (int64_t k = begin; k < end; ++k) {
+    f.kernel(weights_by_tap(w, k, c_count, buffer), c_count, u + (k - begin) * c_count,
+             u_rows * c_count);
+  }
+}
 
 // Bands of whole tile rows of one image, one band per task: each thread
 // transforms its band's input for every channel, makes the products for
@@ -388,14 +379,15 @@ void run_banded(const Algorithm& f, const at::Tensor& x, const at::Tensor& wc, c
                 at::Tensor& y) {
   const int64_t batch = x.size(0), c_count = x.size(1), h = x.size(2), w = x.size(3),
                 k_count = wc.size(0), products = f.products();
-  const int64_t th = (h + f.tile - 1) / f.tile, tw = (w + f.tile - 1) / f.tile;
+  const int64_t th = f.tiles(h), tw = f.tiles(w);
   const int64_t threads = cpu_worker_slots();
 
   at::Tensor u = at::empty({products, k_count, c_count}, x.options());
   parallel_for_with_state(k_count, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(9 * c_count);
-    f.weights(Weights{wc.data_ptr(), wc.scalar_type()}, u.data_ptr<float>() + begin * c_count,
-              k_count, c_count, begin, end, buffer.data());
+    transform_weights(f, Weights{wc.data_ptr(), wc.scalar_type()},
+                      u.data_ptr<float>() + begin * c_count, k_count, c_count, begin, end,
+                      buffer.data());
   });
 
   // About 256 (F2) or 128 (F4) tiles per band, fewer where the buffers would
@@ -451,7 +443,7 @@ void run_k_blocked(const Algorithm& f, const at::Tensor& x, const at::Tensor& wc
                    int64_t n0, int64_t n1, at::Tensor& y) {
   const int64_t c_count = x.size(1), h = x.size(2), w = x.size(3), k_count = wc.size(0),
                 products = f.products();
-  const int64_t th = (h + f.tile - 1) / f.tile, tw = (w + f.tile - 1) / f.tile;
+  const int64_t th = f.tiles(h), tw = f.tiles(w);
   const int64_t image_tiles = th * tw, tiles = (n1 - n0) * image_tiles;
   const int64_t threads = cpu_worker_slots();
 
@@ -486,7 +478,7 @@ void run_k_blocked(const Algorithm& f, const at::Tensor& x, const at::Tensor& wc
     float* buffer = buffers[thread].data_ptr<float>();
     for (int64_t task = next++; task < blocks; task = next++) {
       const int64_t k0 = task * block, count = std::min(k_count, k0 + block) - k0;
-      f.weights(weights, u_data, count, c_count, k0, k0 + count, buffer);
+      transform_weights(f, weights, u_data, count, c_count, k0, k0 + count, buffer);
       const at::Tensor u =
           u_all[thread].narrow(0, 0, products * count * c_count).view({products, count, c_count});
       at::Tensor m =
@@ -552,8 +544,8 @@ at::Tensor conv3x3_winograd_always(const at::Tensor& input, const at::Tensor& we
       break;
     case WinogradKernel::kF2KBlocked: {
       // Images in groups whose transformed input stays below kBlockedInputBytes.
-      const int64_t image_bytes = kF2.products() * x.size(1) * ((x.size(2) + 1) / 2) *
-                                  ((x.size(3) + 1) / 2) * int64_t{sizeof(float)};
+      const int64_t image_bytes = kF2.products() * x.size(1) * kF2.tiles(x.size(2)) *
+                                  kF2.tiles(x.size(3)) * int64_t{sizeof(float)};
       const int64_t group = std::max<int64_t>(1, kBlockedInputBytes / image_bytes);
       for (int64_t n0 = 0; n0 < x.size(0); n0 += group)
         run_k_blocked(kF2, x, wc, b_data, n0, std::min(x.size(0), n0 + group), y);
@@ -567,12 +559,9 @@ std::optional<at::Tensor> conv3x3_winograd(const at::Tensor& x, const at::Tensor
                                            const at::Tensor& b) {
   // The weights may be fp16 or bf16 as stored (fp32-lowmem): converted
   // exactly on the way into the weight transform.
-  const bool half_weights = w.defined() && w.is_cpu() && w.layout() == at::kStrided &&
-                            (w.scalar_type() == at::kHalf || w.scalar_type() == at::kBFloat16) &&
-                            !(at::GradMode::is_enabled() && w.requires_grad());
   if (!x.defined() || !w.defined() || x.dim() != 4 || !plain_fp32_cpu({&x, &b}) ||
-      !(half_weights || plain_fp32_cpu({&w})) || w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 ||
-      w.size(1) != x.size(1))
+      !(plain_fp32_cpu({&w}) || plain_cpu({&w}, at::kHalf) || plain_cpu({&w}, at::kBFloat16)) ||
+      w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.size(1) != x.size(1))
     return std::nullopt;
   // channels_last inputs stay with oneDNN, which takes them as they are.
   if (!x.is_contiguous() || winograd_disabled()) return std::nullopt;
